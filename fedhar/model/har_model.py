@@ -1,0 +1,173 @@
+"""The HAR model: normalise → conv projection → frozen (LoRA-adapted) backbone → pooling → head."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedhar.config import ModelConfig
+from fedhar.data.preprocess import Normalizer
+from fedhar.data.recording import SensorLayout
+from fedhar.data.windows import WindowSet
+from fedhar.errors import ConfigError
+from fedhar.model.backbones import Backbone, load_backbone
+from fedhar.model.frontend import ConvProjection
+
+
+@dataclass
+class DataSpec:
+    """What a model must know of its data: stored with every checkpoint so predict needs no dataset."""
+
+    layout: SensorLayout
+    window_len: int
+    sample_rate: float
+    label_names: list[str]
+    normalizer: Normalizer
+
+    @classmethod
+    def from_windows(cls, ws: WindowSet, normalize: bool = True) -> "DataSpec":
+        norm = Normalizer.fit(ws) if normalize else Normalizer.identity(ws.num_channels)
+        return cls(ws.layout, ws.window_len, ws.sample_rate, list(ws.label_names), norm)
+
+    def to_json(self) -> dict:
+        return {
+            "layout": self.layout.to_json(),
+            "window_len": self.window_len,
+            "sample_rate": self.sample_rate,
+            "label_names": self.label_names,
+            "normalizer": self.normalizer.to_json(),
+        }
+
+    @classmethod
+    def from_json(cls, d: dict) -> "DataSpec":
+        return cls(
+            SensorLayout.from_json(d["layout"]),
+            int(d["window_len"]),
+            float(d["sample_rate"]),
+            list(d["label_names"]),
+            Normalizer.from_json(d["normalizer"]),
+        )
+
+
+class HARNet(nn.Module):
+    """Base of every fedhar classifier: input normalisation stored as buffers, so checkpoints take raw windows."""
+
+    def __init__(self, model_cfg: ModelConfig, data: DataSpec):
+        super().__init__()
+        self.model_cfg = model_cfg
+        self.data = data
+        self.register_buffer("norm_mean", torch.from_numpy(data.normalizer.mean).view(1, -1, 1).clone())
+        self.register_buffer("norm_std", torch.from_numpy(data.normalizer.std).view(1, -1, 1).clone())
+        self.backbone_pretrained: bool | None = None  # None: the model has no backbone
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.norm_mean) / self.norm_std
+
+    def set_normalizer(self, norm: Normalizer) -> None:
+        self.data.normalizer = norm
+        self.norm_mean.copy_(torch.from_numpy(norm.mean).view(1, -1, 1))
+        self.norm_std.copy_(torch.from_numpy(norm.std).view(1, -1, 1))
+
+
+class LLMHARModel(HARNet):
+    """Frontend tokens go into the backbone as ``inputs_embeds``; a linear head reads the pooled output."""
+
+    def __init__(self, model_cfg: ModelConfig, data: DataSpec, backbone: Backbone, seed: int = 0):
+        super().__init__(model_cfg, data)
+        torch.manual_seed(seed)  # same seed → same frontend, LoRA and head init on every client
+        self.frontend = ConvProjection(
+            data.layout.group_dict, data.window_len, model_cfg.tokens, backbone.hidden_size,
+            model_cfg.conv_channels, model_cfg.conv_depth, model_cfg.kernel_size, model_cfg.dropout,
+        )  # fmt: skip
+        self.backbone_info = dataclasses.replace(backbone, module=None)
+        self.backbone_pretrained = backbone.pretrained
+        module = backbone.module
+        if model_cfg.finetune == "lora":
+            module = _add_lora(module, model_cfg, backbone)
+        elif model_cfg.finetune == "full":
+            module.requires_grad_(True)
+        self.backbone = module
+        self.pooling = model_cfg.pooling
+        if self.pooling == "auto":
+            self.pooling = "last" if backbone.is_causal else "mean"
+        self.norm = nn.LayerNorm(backbone.hidden_size)
+        self.head = nn.Linear(backbone.hidden_size, len(data.label_names))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.frontend(self.normalize(x))
+        mask = torch.ones(tokens.shape[:2], dtype=torch.long, device=tokens.device)
+        hidden = self.backbone(inputs_embeds=tokens, attention_mask=mask).last_hidden_state
+        pooled = hidden[:, -1] if self.pooling == "last" else hidden.mean(dim=1)
+        return self.head(self.norm(pooled))
+
+    def train(self, mode: bool = True) -> "LLMHARModel":
+        super().train(mode)
+        if self.model_cfg.finetune == "frozen":
+            self.backbone.eval()
+        return self
+
+
+def _add_lora(module: nn.Module, cfg: ModelConfig, backbone: Backbone) -> nn.Module:
+    from peft import LoraConfig, get_peft_model
+
+    targets = cfg.lora.targets or backbone.lora_targets
+    if not targets:
+        raise ConfigError(
+            f"no default LoRA targets for architecture `{backbone.arch}`; set model.lora.targets "
+            "to the names of its attention projection layers"
+        )
+    names = {n.rsplit(".", 1)[-1] for n, _ in module.named_modules()}
+    missing = [t for t in targets if t not in names]
+    if missing:
+        raise ConfigError(f"model.lora.targets {missing} are not layers of `{backbone.spec}` ({backbone.arch})")
+    lora = LoraConfig(
+        r=cfg.lora.r,
+        lora_alpha=cfg.lora.alpha,
+        lora_dropout=cfg.lora.dropout,
+        target_modules=list(targets),
+        fan_in_fan_out=backbone.fan_in_fan_out,
+        bias="none",
+    )
+    model = get_peft_model(module, lora)
+    if cfg.lora.freeze_a:
+        for name, p in model.named_parameters():
+            if ".lora_A." in name:
+                p.requires_grad_(False)
+    return model
+
+
+def build_model(model_cfg: ModelConfig, data: DataSpec, seed: int = 0, backbone: Backbone | None = None) -> HARNet:
+    """The model a config describes. Pass ``backbone`` to reuse one already in memory (clients, sweeps)."""
+    model: HARNet
+    if model_cfg.kind == "llm":
+        if backbone is None:
+            backbone = load_backbone(model_cfg.backbone, model_cfg.num_layers, seed)
+        model = LLMHARModel(model_cfg, data, backbone, seed)
+    else:
+        from fedhar.model.baselines import DeepConvLSTM, ScratchTransformer
+
+        torch.manual_seed(seed)
+        model = (DeepConvLSTM if model_cfg.kind == "deepconvlstm" else ScratchTransformer)(model_cfg, data)
+    model.init_seed = seed
+    return model
+
+
+def parameter_counts(model: nn.Module) -> dict[str, int]:
+    """Trainable and total parameters (the backbone's dropped token-embedding table is not counted)."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return {"trainable": int(trainable), "total": int(total)}
+
+
+def predict_logits(model: nn.Module, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    device = next(model.parameters()).device
+    model.eval()
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(x), batch_size):
+            out.append(model(torch.from_numpy(x[i : i + batch_size]).to(device)).float().cpu().numpy())
+    return np.concatenate(out) if out else np.empty((0, len(model.data.label_names)), np.float32)
