@@ -54,7 +54,7 @@ class DataConfig:
     placement: str | None = None  # loaders with several IMUs (PAMAP2, RealWorld): which one
     split: SplitConfig = field(default_factory=SplitConfig)
     synthetic: dict[str, Any] = field(default_factory=dict)  # SyntheticSpec fields
-    cache_dir: str | None = None  # default: $FEDHAR_CACHE/windows
+    cache_dir: str | None = None  # default: $FEDHAR_WINDOW_CACHE or $FEDHAR_CACHE/windows
 
     def validate(self, path: str) -> None:
         if self.window < 8:

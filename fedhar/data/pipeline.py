@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from pathlib import Path
 
@@ -58,7 +59,7 @@ def load_windows(cfg: DataConfig, seed: int = 0, use_cache: bool = True) -> Wind
         if cfg.path is None:
             raise DataError("`data.dataset: auto` needs `data.path`")
         cfg = DataConfig(**{**cfg.__dict__, "dataset": detect_layout(cfg.path)})
-    cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else cache_root() / "windows"
+    cache_dir = Path(cfg.cache_dir or os.environ.get("FEDHAR_WINDOW_CACHE") or cache_root() / "windows")
     key = _fingerprint(cfg, seed)
     cached = cache_dir / f"{cfg.dataset}-{key}.npz"
     if use_cache and cached.is_file():
