@@ -1,0 +1,33 @@
+"""Pieces shared by subcommands: config arguments and result printing."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from rich.console import Console
+from rich.table import Table
+
+console = Console(stderr=True)
+
+
+def add_config_args(p: argparse.ArgumentParser, required: bool = False) -> None:
+    p.add_argument("--config", "-c", required=required, help="YAML experiment config (see configs/)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.epochs=3")
+
+
+def print_metrics(title: str, metrics: dict) -> None:
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key in ("accuracy", "macro_f1", "loss", "num_windows"):
+        if key in metrics:
+            v = metrics[key]
+            table.add_row(key, f"{v:.4f}" if isinstance(v, float) else str(v))
+    for name, f1 in metrics.get("per_class_f1", {}).items():
+        table.add_row(f"F1 {name}", f"{f1:.4f}")
+    console.print(table)
+
+
+def dump_json(data: dict) -> str:
+    return json.dumps(data, indent=2, default=str)

@@ -1,0 +1,59 @@
+"""``fedhar`` command line. Each subcommand lives in its own module with ``add_parser`` and ``run``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+
+from fedhar import __version__
+from fedhar.errors import FedharError
+
+#: subcommand → module in fedhar.cli (imported only when used: torch/flwr imports are slow)
+COMMANDS = {
+    "train": "train",
+    "evaluate": "evaluate",
+    "predict": "predict",
+    "data": "data",
+    "backbones": "backbones",
+    "simulate": "simulate",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fedhar", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"fedhar {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show debug logs and full tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, module in COMMANDS.items():
+        try:
+            mod = importlib.import_module(f"fedhar.cli.{module}")
+        except ModuleNotFoundError as e:
+            if e.name == f"fedhar.cli.{module}":
+                continue  # command not built into this version
+            raise
+        mod.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")  # Flower telemetry only when the user opts in
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.handler(args) or 0)
+    except FedharError as e:
+        if args.verbose:
+            raise
+        print(f"fedhar {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"fedhar {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
