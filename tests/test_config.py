@@ -1,0 +1,64 @@
+import pytest
+
+from fedhar.config import ExperimentConfig, apply_overrides, load_config
+from fedhar.errors import ConfigError
+
+
+def test_defaults_are_valid():
+    cfg = load_config()
+    assert isinstance(cfg, ExperimentConfig)
+    assert cfg.model.backbone == "smollm2-135m"
+
+
+def test_overrides_parse_yaml_values():
+    cfg = load_config(None, ["train.epochs=3", "train.lr=5e-4", "data.classes=[a, b]", "model.num_layers=null"])
+    assert cfg.train.epochs == 3 and cfg.train.lr == 5e-4
+    assert cfg.data.classes == ["a", "b"]
+    assert cfg.model.num_layers is None
+
+
+def test_subject_ids_may_be_numbers():
+    cfg = load_config(None, ["data.split.train=[1, 3]"])
+    assert cfg.data.split.train == ["1", "3"]
+
+
+def test_unknown_key_suggests_fix():
+    with pytest.raises(ConfigError, match=r"train.epoch.*did you mean `epochs`"):
+        load_config(None, ["train.epoch=3"])
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.epochs=0", "train.epochs must be >= 1"),
+        ("data.overlap=1.5", "overlap must be in"),
+        ("model.finetune=half", "finetune must be lora, full or frozen"),
+        ("federated.strategy=fedmagic", "strategy must be one of"),
+        ("train.lr=fast", "train.lr must be a number"),
+        ("train.device=tpu", "device must be auto"),
+    ],
+)
+def test_bad_values_name_key_and_allowed_values(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
+
+
+def test_bad_override_syntax():
+    with pytest.raises(ConfigError, match="key=value"):
+        apply_overrides({}, ["train.epochs"])
+
+
+def test_missing_and_invalid_files(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- just\n- a list\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(bad)
+
+
+def test_shipped_configs_load():
+    from pathlib import Path
+
+    for path in sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")):
+        load_config(path)

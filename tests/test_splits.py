@@ -1,0 +1,56 @@
+import pytest
+
+from fedhar.config import SplitConfig
+from fedhar.data.splits import kfold_by_subject, leave_one_out, low_label, split_by_subject
+from fedhar.errors import DataError
+
+
+def test_explicit_split_is_subject_disjoint(tiny_windows):
+    tr, va, te = split_by_subject(tiny_windows, SplitConfig(train=["1", "2"], val=["3"], test=["4"]), 0)
+    assert set(tr.subject) == {"1", "2"} and set(va.subject) == {"3"} and set(te.subject) == {"4"}
+
+
+def test_seeded_split_is_reproducible_and_disjoint(tiny_windows):
+    cfg = SplitConfig(val_fraction=0.25, test_fraction=0.25)
+    a = split_by_subject(tiny_windows, cfg, 7)
+    b = split_by_subject(tiny_windows, cfg, 7)
+    assert [set(p.subject) for p in a] == [set(p.subject) for p in b]
+    assert not (set(a[0].subject) & set(a[2].subject))
+
+
+def test_overlap_and_unknown_subjects_fail(tiny_windows):
+    with pytest.raises(DataError, match="more than one"):
+        split_by_subject(tiny_windows, SplitConfig(train=["1"], test=["1"]), 0)
+    with pytest.raises(DataError, match="not in the data"):
+        split_by_subject(tiny_windows, SplitConfig(train=["1"], test=["99"]), 0)
+
+
+def test_named_uci_har_split(tiny_windows):
+    import numpy as np
+
+    ws = tiny_windows.subset(np.arange(len(tiny_windows)))
+    ws.subject = np.where(ws.subject == "4", "9", ws.subject)  # 9 is a UCI-HAR test subject
+    tr, va, te = split_by_subject(ws, SplitConfig(named="uci-har", val_fraction=0.0), 0)
+    assert set(te.subject) == {"2", "9"} and not {"2", "9"} & set(tr.subject)
+
+
+def test_kfold_covers_each_subject_once(tiny_windows):
+    folds = kfold_by_subject(tiny_windows, 2, 0)
+    tested = [s for _, test in folds for s in test]
+    assert sorted(tested) == ["1", "2", "3", "4"]
+
+
+def test_leave_one_out(tiny_windows):
+    with pytest.raises(DataError, match="at least two"):
+        leave_one_out(tiny_windows, "device")
+    out = leave_one_out(tiny_windows, "subject")
+    assert len(out) == 4 and all(len(tr) + len(te) == len(tiny_windows) for _, tr, te in out)
+
+
+def test_low_label_protocols(tiny_windows):
+    few = low_label(tiny_windows, 0, per_class=2)
+    assert list(few.class_counts()) == [2, 2, 2]
+    pct = low_label(tiny_windows, 0, percent=50)
+    assert list(pct.class_counts()) == [16, 16, 16]
+    with pytest.raises(DataError):
+        low_label(tiny_windows, 0)
