@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -132,7 +133,9 @@ def _add_lora(module: nn.Module, cfg: ModelConfig, backbone: Backbone) -> nn.Mod
         fan_in_fan_out=backbone.fan_in_fan_out,
         bias="none",
     )
-    model = get_peft_model(module, lora)
+    with warnings.catch_warnings():  # peft 0.21 calls a transformers API deprecated in 5.x
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        model = get_peft_model(module, lora)
     if cfg.lora.freeze_a:
         for name, p in model.named_parameters():
             if ".lora_A." in name:

@@ -1,0 +1,69 @@
+import numpy as np
+import pytest
+import torch
+
+from fedhar.config import ModelConfig, TrainConfig
+from fedhar.errors import ConfigError
+from fedhar.model.har_model import DataSpec, build_model
+from fedhar.training.loop import evaluate, fit, lr_factor
+
+FAST = dict(batch_size=16, lr=3e-3, patience=0, warmup_fraction=0.1, device="cpu")
+
+
+def _model(ws, kind="llm"):
+    return build_model(ModelConfig(kind=kind, backbone="tiny-llama", num_layers=2, tokens=8, hidden=32),
+                       DataSpec.from_windows(ws), seed=0)  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", ["llm", "deepconvlstm"])
+def test_fit_learns_a_separable_task(tiny_windows, kind):
+    model = _model(tiny_windows, kind)
+    before = evaluate(model, tiny_windows)["accuracy"]
+    result = fit(model, tiny_windows, None, TrainConfig(epochs=8, **FAST), seed=0)
+    after = evaluate(model, tiny_windows)
+    assert after["accuracy"] > 0.9 > before
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+    assert result.windows_seen == 8 * len(tiny_windows)
+
+
+def test_same_seed_same_history(tiny_windows):
+    runs = []
+    for _ in range(2):
+        r = fit(_model(tiny_windows), tiny_windows, None, TrainConfig(epochs=2, **FAST), seed=5)
+        runs.append([h["train_loss"] for h in r.history])
+    assert runs[0] == runs[1]
+
+
+def test_early_stopping_restores_best_epoch(tiny_windows):
+    model = _model(tiny_windows)
+    cfg = TrainConfig(epochs=30, **{**FAST, "patience": 2, "lr": 0.05})
+    result = fit(model, tiny_windows, tiny_windows, cfg, seed=0)
+    best = max(h["val_macro_f1"] for h in result.history)
+    assert result.best_val_macro_f1 == best
+    assert evaluate(model, tiny_windows)["macro_f1"] == pytest.approx(best)
+    if result.stopped_early:
+        assert len(result.history) - result.best_epoch == 2
+
+
+def test_regularizer_is_added(tiny_windows):
+    model = _model(tiny_windows)
+    calls = []
+
+    def reg(m):
+        calls.append(1)
+        return torch.zeros(())
+
+    fit(model, tiny_windows, None, TrainConfig(epochs=1, **FAST), regularizer=reg)
+    assert len(calls) == int(np.ceil(len(tiny_windows) / 16))
+
+
+def test_schedule_shape():
+    assert lr_factor(0, 100, 10, "cosine") == pytest.approx(0.1)
+    assert lr_factor(10, 100, 10, "cosine") == pytest.approx(1.0)
+    assert lr_factor(99, 100, 10, "cosine") < 0.01
+    assert lr_factor(99, 100, 10, "constant") == 1.0
+
+
+def test_empty_training_set_is_an_error(tiny_windows):
+    with pytest.raises(ConfigError, match="no training windows"):
+        fit(_model(tiny_windows), tiny_windows.subset(np.zeros(len(tiny_windows), bool)), None, TrainConfig())

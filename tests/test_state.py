@@ -1,0 +1,82 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from fedhar.config import ModelConfig
+from fedhar.errors import CheckpointError
+from fedhar.model.har_model import DataSpec, build_model
+from fedhar.model.state import (
+    get_trainable_state,
+    load_checkpoint,
+    save_checkpoint,
+    set_trainable_state,
+)
+
+
+@pytest.fixture
+def model(tiny_windows):
+    return build_model(ModelConfig(backbone="tiny-llama", num_layers=2, tokens=8), DataSpec.from_windows(tiny_windows))
+
+
+def test_state_roundtrip(model):
+    state = get_trainable_state(model)
+    assert all(isinstance(a, np.ndarray) for a in state.values())
+    changed = {k: v + 1.0 for k, v in state.items()}
+    set_trainable_state(model, changed)
+    again = get_trainable_state(model)
+    assert all(np.array_equal(again[k], changed[k]) for k in state)
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda s: s.pop(next(iter(s))), "missing"),
+        (lambda s: s.update(extra=np.zeros(1, np.float32)), "unexpected"),
+        (lambda s: s.update({k: v[..., :1] for k, v in list(s.items())[:1]}), "shape"),
+        (lambda s: s.update({k: v.astype(np.float64) for k, v in list(s.items())[:1]}), "dtype"),
+        (lambda s: s.update({k: np.full_like(v, np.nan) for k, v in list(s.items())[:1]}), "NaN"),
+    ],
+)
+def test_mismatches_are_named(model, mutate, message):
+    state = get_trainable_state(model)
+    before = get_trainable_state(model)
+    mutate(state)
+    with pytest.raises(CheckpointError, match=message):
+        set_trainable_state(model, state)
+    after = get_trainable_state(model)  # a rejected state changes nothing
+    assert all(np.array_equal(before[k], after[k]) for k in before)
+
+
+def test_checkpoint_roundtrip_predicts_the_same(model, tiny_windows, tmp_path):
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.01)
+    model.eval()
+    save_checkpoint(model, tmp_path / "ckpt")
+    info = json.loads((tmp_path / "ckpt" / "model.json").read_text())
+    assert "UNTRAINED" in info["warning"]
+    loaded = load_checkpoint(tmp_path / "ckpt")
+    x = torch.from_numpy(tiny_windows.x[:8])
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), loaded.eval()(x))
+
+
+def test_checkpoint_errors(model, tmp_path):
+    with pytest.raises(CheckpointError, match="not a fedhar checkpoint"):
+        load_checkpoint(tmp_path)
+    save_checkpoint(model, tmp_path / "c")
+    (tmp_path / "c" / "trainable.safetensors").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="not a readable safetensors"):
+        load_checkpoint(tmp_path / "c")
+
+
+def test_checkpoint_for_another_architecture_fails(model, tiny_windows, tmp_path):
+    save_checkpoint(model, tmp_path / "c")
+    info = json.loads((tmp_path / "c" / "model.json").read_text())
+    info["model"]["lora"]["r"] = 4
+    (tmp_path / "c" / "model.json").write_text(json.dumps(info))
+    with pytest.raises(CheckpointError, match="shape"):
+        load_checkpoint(tmp_path / "c")
