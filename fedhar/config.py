@@ -170,10 +170,11 @@ class FederatedConfig:
     server_beta1: float = 0.9
     server_beta2: float = 0.99
     server_tau: float = 1e-3
-    lr_decay: float = 1.0  # client lr multiplied by this each round
+    lr_decay: float = 1.0  # client lr multiplied by this each round (lr_schedule: exponential)
+    lr_schedule: str = "exponential"  # per-round client lr: exponential (lr_decay) | cosine (over the rounds)
     client_val_fraction: float = 0.0  # local held-out share for client-side evaluation
     cpus_per_client: float = 1.0
-    max_concurrent_clients: int | None = None
+    max_concurrent_clients: int | None = None  # local Ray only: caps the CPUs Ray may use
     ray_address: str | None = None  # attach to an existing Ray cluster
     round_timeout_s: float | None = None
 
@@ -191,6 +192,31 @@ class FederatedConfig:
             )
         if self.alpha <= 0:
             raise ConfigError(f"{path}.alpha must be positive, got {self.alpha}")
+        if self.local_epochs < 1:
+            raise ConfigError(f"{path}.local_epochs must be >= 1, got {self.local_epochs}")
+        if self.min_clients < 1:
+            raise ConfigError(f"{path}.min_clients must be >= 1, got {self.min_clients}")
+        if self.num_clients is not None and self.num_clients < 1:
+            raise ConfigError(f"{path}.num_clients must be >= 1 or null, got {self.num_clients}")
+        if self.proximal_mu < 0:
+            raise ConfigError(f"{path}.proximal_mu must be >= 0, got {self.proximal_mu}")
+        if not self.server_lr > 0 or not self.server_tau > 0:
+            raise ConfigError(f"{path}.server_lr and server_tau must be positive")
+        for name in ("server_beta1", "server_beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ConfigError(f"{path}.{name} must be in [0, 1), got {getattr(self, name)}")
+        if not 0 < self.lr_decay <= 1:
+            raise ConfigError(f"{path}.lr_decay must be in (0, 1], got {self.lr_decay}")
+        if self.lr_schedule not in ("exponential", "cosine"):
+            raise ConfigError(f"{path}.lr_schedule must be exponential or cosine, got `{self.lr_schedule}`")
+        if not 0 <= self.client_val_fraction < 1:
+            raise ConfigError(f"{path}.client_val_fraction must be in [0, 1), got {self.client_val_fraction}")
+        if not self.cpus_per_client > 0:
+            raise ConfigError(f"{path}.cpus_per_client must be positive, got {self.cpus_per_client}")
+        if self.max_concurrent_clients is not None and self.max_concurrent_clients < 1:
+            raise ConfigError(f"{path}.max_concurrent_clients must be >= 1 or null, got {self.max_concurrent_clients}")
+        if self.round_timeout_s is not None and not self.round_timeout_s > 0:
+            raise ConfigError(f"{path}.round_timeout_s must be positive or null, got {self.round_timeout_s}")
 
 
 @dataclass

@@ -17,9 +17,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from fedhar.config import load_config
     from fedhar.results.run import RunDir
-    from fedhar.training.centralized import train_centralized
+    from fedhar.training.centralized import preflight, train_centralized
 
     cfg = load_config(args.config, args.overrides)
+    preflight(cfg)
     run_dir = RunDir.create(cfg, kind="train")
     console.print(f"[bold]fedhar train[/] {cfg.name} → {run_dir.path}")
     summary = train_centralized(cfg, run_dir, progress=not args.quiet)

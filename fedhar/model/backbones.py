@@ -211,6 +211,26 @@ def _truncated_config(config, num_layers: int | None):
     return config, total
 
 
+#: hub ids without an organisation that are common enough to accept
+BARE_HUB_IDS = ("gpt2", "gpt2-medium", "distilgpt2", "bert-base-uncased", "distilbert-base-uncased", "roberta-base")
+
+
+def check_spec(spec: str) -> str:
+    """Kind of a backbone spec (tiny, named, folder, hub) without loading anything; unknown specs fail."""
+    if spec in TINY:
+        return "tiny"
+    if spec in NAMED:
+        return "named"
+    if Path(spec).expanduser().is_dir():
+        return "folder"
+    if spec.count("/") == 1 and not spec.startswith((".", "/", "~")) or spec in BARE_HUB_IDS:
+        return "hub"
+    raise BackboneError(
+        f"unknown backbone `{spec}`; use one of {sorted(NAMED) + sorted(TINY)}, "
+        "a Hugging Face hub id (org/name) or a local model folder"
+    )
+
+
 def load_backbone(spec: str, num_layers: int | None = None, seed: int = 0) -> Backbone:
     """Resolve a spec string to a frozen backbone with its first ``num_layers`` blocks."""
     from transformers import AutoConfig, AutoModel
@@ -228,17 +248,13 @@ def load_backbone(spec: str, num_layers: int | None = None, seed: int = 0) -> Ba
             model = AutoModel.from_config(config)
         pretrained = False
     else:
-        if spec in NAMED:
+        kind = check_spec(spec)
+        if kind == "named":
             source = prepare_named(spec)
-        elif Path(spec).expanduser().is_dir():
+        elif kind == "folder":
             source = Path(spec).expanduser()
-        elif "/" in spec or spec in ("gpt2", "bert-base-uncased", "distilgpt2"):
-            source = spec  # a hub id: works offline when it is in the HF cache
         else:
-            raise BackboneError(
-                f"unknown backbone `{spec}`; use one of {sorted(NAMED) + sorted(TINY)}, "
-                "a Hugging Face hub id (org/name) or a local model folder"
-            )
+            source = spec  # a hub id: works offline when it is in the HF cache
         try:
             config = AutoConfig.from_pretrained(source)
         except (OSError, ValueError) as e:

@@ -21,6 +21,22 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def preflight(cfg: ExperimentConfig) -> None:
+    """Fail on an unknown backbone or missing data before any run folder is created."""
+    from pathlib import Path
+
+    from fedhar.errors import DataError
+    from fedhar.model.backbones import check_spec
+
+    if cfg.model.kind == "llm":
+        check_spec(cfg.model.backbone)
+    if cfg.data.dataset != "synthetic":
+        if cfg.data.path is None:
+            raise DataError(f"`data.path` is not set; point it at the unpacked {cfg.data.dataset} folder")
+        if not Path(cfg.data.path).exists():
+            raise DataError(f"data path {cfg.data.path} does not exist; download the dataset and set `data.path`")
+
+
 def train_centralized(
     cfg: ExperimentConfig, run: RunDir | None = None, backbone: Backbone | None = None, progress: bool = True
 ) -> dict:
