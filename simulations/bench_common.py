@@ -1,0 +1,88 @@
+"""Shared by the benchmark recipes: run `fedhar train` variants in fresh processes and tabulate them.
+
+A fresh process per variant makes peak RSS and wall time per model honest (nothing cached in
+memory from the previous variant).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+COLUMNS = ["variant", "model", "test_accuracy", "test_macro_f1", "best_val_macro_f1", "trainable", "total",
+           "trainable_percent", "epochs_run", "train_seconds", "train_windows_per_s", "wall_seconds", "peak_rss_mb"]  # fmt: skip
+
+
+def run_variant(config: str, name: str, out: Path, overrides: list[str]) -> dict:
+    """One `fedhar train` run; returns its metrics.json plus the variant name."""
+    cmd = [sys.executable, "-m", "fedhar.cli.main", "train", "--config", config, "--quiet",
+           f"name={name}", f"output_dir={out}", *overrides]  # fmt: skip
+    print(f"\n=== {name}: {' '.join(overrides) or '(config defaults)'}", flush=True)
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd)
+    if proc.returncode != 0:
+        raise SystemExit(f"variant {name} failed (exit {proc.returncode}); command: {' '.join(cmd)}")
+    runs = sorted(out.glob(f"{name}*/metrics.json"), key=lambda p: p.stat().st_mtime)
+    metrics = json.loads(runs[-1].read_text())
+    metrics["variant"] = name
+    metrics["overrides"] = overrides
+    metrics["run_dir"] = str(runs[-1].parent)
+    print(f"    done in {time.perf_counter() - t0:.0f} s: test macro-F1 {metrics['test']['macro_f1']:.4f}", flush=True)
+    return metrics
+
+
+def row(m: dict) -> dict:
+    return {
+        "variant": m["variant"],
+        "model": m["model"],
+        "test_accuracy": round(m["test"]["accuracy"], 4),
+        "test_macro_f1": round(m["test"]["macro_f1"], 4),
+        "best_val_macro_f1": None if m["best_val_macro_f1"] is None else round(m["best_val_macro_f1"], 4),
+        "trainable": m["parameters"]["trainable"],
+        "total": m["parameters"]["total"],
+        "trainable_percent": m["trainable_percent"],
+        "epochs_run": m["epochs_run"],
+        "train_seconds": m["train_seconds"],
+        "train_windows_per_s": m["train_windows_per_s"],
+        "wall_seconds": m["wall_seconds"],
+        "peak_rss_mb": m["peak_rss_mb"],
+    }
+
+
+def write_table(rows: list[dict], out: Path, stem: str) -> None:
+    with (out / f"{stem}.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(str(r.get(c, "")) for c in COLUMNS) + " |" for r in rows]
+    (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    print("\n" + "\n".join(lines))
+
+
+def plot_f1_vs_params(rows: list[dict], path: Path, title: str) -> None:
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in rows:
+        ax.scatter(r["trainable"], r["test_macro_f1"], s=60)
+        ax.annotate(r["variant"], (r["trainable"], r["test_macro_f1"]), textcoords="offset points", xytext=(5, 5),
+                    fontsize=8)  # fmt: skip
+    ax.set(xscale="log", xlabel="trainable parameters (log)", ylabel="test macro-F1", title=title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def load_existing(out: Path, stem: str) -> list[dict]:
+    """Earlier results of this recipe, so an interrupted benchmark resumes instead of redoing variants."""
+    path = out / f"{stem}.json"
+    return json.loads(path.read_text()) if path.is_file() else []

@@ -1,0 +1,58 @@
+"""The sweep behind the default model settings: backbone depth, LoRA rank and targets, tokens per window.
+
+One factor at a time around a base setting (changing all at once would cost a full grid of CPU
+hours); chosen on *validation* macro-F1 (subjects 25 26), never on the test subjects, with the
+cost (windows/s, trainable parameters) beside it.
+
+    python simulations/sweep_defaults.py --out runs/sweep train.epochs=6
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from bench_common import load_existing, plot_f1_vs_params, row, run_variant, write_table
+
+BASE = {"model.num_layers": "6", "model.lora.r": "8", "model.lora.targets": "[q_proj, v_proj]", "model.tokens": "16"}
+VARIANTS = {
+    "base": {},
+    "layers2": {"model.num_layers": "2"},
+    "layers4": {"model.num_layers": "4"},
+    "layers12": {"model.num_layers": "12"},
+    "r4": {"model.lora.r": "4", "model.lora.alpha": "8"},
+    "r16": {"model.lora.r": "16", "model.lora.alpha": "32"},
+    "qkvo": {"model.lora.targets": "[q_proj, k_proj, v_proj, o_proj]"},
+    "tokens8": {"model.tokens": "8"},
+    "tokens32": {"model.tokens": "32"},
+}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=Path("runs/sweep"))
+    p.add_argument("--config", default="configs/hapt.yaml")
+    p.add_argument("--only", default=",".join(VARIANTS), help="comma-separated subset, e.g. base,r16")
+    p.add_argument("overrides", nargs="*", help="overrides applied to every variant")
+    args = p.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    results = {m["variant"]: m for m in load_existing(args.out, "sweep")}
+    for name in args.only.split(","):
+        if name not in VARIANTS:
+            raise SystemExit(f"unknown variant `{name}`; choose from {list(VARIANTS)}")
+        if name in results:
+            print(f"{name}: already measured in {results[name]['run_dir']}")
+            continue
+        setting = {**BASE, **VARIANTS[name]}
+        overrides = [f"{k}={v}" for k, v in setting.items()] + args.overrides
+        results[name] = run_variant(args.config, f"sweep-{name}", args.out, overrides)
+        results[name]["variant"] = name
+        (args.out / "sweep.json").write_text(json.dumps(list(results.values()), indent=2))
+    rows = sorted((row(m) for m in results.values()), key=lambda r: -(r["best_val_macro_f1"] or 0))
+    write_table(rows, args.out, "sweep")
+    plot_f1_vs_params(rows, args.out / "sweep.png", "default sweep (HAPT)")
+
+
+if __name__ == "__main__":
+    main()
