@@ -289,7 +289,7 @@ MOTIONS = {
 POSTURES = {
     "trunk": {
         "WALKING": (-3, 2, 0, 3), "WALKING_UPSTAIRS": (-10, 3, 0, 3), "WALKING_DOWNSTAIRS": (3, 2, 0, 3),
-        "SITTING": (18, 6, 0, 8), "STANDING": (0, 3, 0, 3), "LAYING": (90, 6, 0, 35),
+        "SITTING": (18, 5, 0, 6), "STANDING": (0, 2, 0, 3), "LAYING": (90, 6, 0, 35),
     },
     "thigh": {
         "WALKING": (5, 3, 0, 5), "WALKING_UPSTAIRS": (15, 4, 0, 5), "WALKING_DOWNSTAIRS": (5, 3, 0, 5),
