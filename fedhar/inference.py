@@ -41,3 +41,47 @@ def check_compatible(spec: DataSpec, ws: WindowSet, where: str) -> None:
         raise DataError(f"{where}: windows of {ws.window_len} samples, the model expects {spec.window_len}")
     if ws.label_names != spec.label_names:
         raise DataError(f"{where}: labels {ws.label_names} differ from the model's {spec.label_names}; pass --label-map")
+
+
+def predict_recording(model, path: str | Path, overlap: float = 0.5, units: str | None = None,
+                      sample_rate: float | None = None) -> list[dict]:  # fmt: skip
+    """Activity per window of a CSV of raw samples: start/end time (s from the first sample), label, confidence."""
+    import numpy as np
+    import torch
+
+    from fedhar.data.loaders.generic import read_signal_csv
+    from fedhar.data.preprocess import resample_recording
+    from fedhar.data.recording import Recording
+    from fedhar.model.har_model import predict_logits
+
+    spec: DataSpec = model.data
+    signal, layout, rate, _ = read_signal_csv(path, units=units, sample_rate=sample_rate)
+    missing = [c for c in spec.layout.channels if c not in layout.channels]
+    if missing:
+        raise DataError(f"{path}: the model needs channels {missing}, the file has {list(layout.channels)}")
+    keep = [layout.channels.index(c) for c in spec.layout.channels]
+    rec = Recording(signal[:, keep], np.zeros(len(signal), np.int64), rate, "-", "-", "predict",
+                    layout=spec.layout, source=str(path))  # fmt: skip
+    rec = resample_recording(rec, spec.sample_rate)
+    n, length = rec.signal.shape[0], spec.window_len
+    if n < length:
+        raise DataError(f"{path}: {n / spec.sample_rate:.2f} s of signal, shorter than one {length}-sample window")
+    if not 0 <= overlap < 1:
+        raise DataError(f"overlap must be in [0, 1), got {overlap}")
+    step = max(1, int(round(length * (1 - overlap))))
+    starts = np.arange(0, n - length + 1, step)
+    x = np.ascontiguousarray(rec.signal[starts[:, None] + np.arange(length)].transpose(0, 2, 1))
+    finite = np.isfinite(x).all(axis=(1, 2))
+    logits = predict_logits(model, x[finite])
+    probs = torch.softmax(torch.from_numpy(logits), dim=1).numpy()
+    rows, j = [], 0
+    for i, s in enumerate(starts):
+        row = {"start_s": round(s / spec.sample_rate, 3), "end_s": round((s + length) / spec.sample_rate, 3)}
+        if finite[i]:
+            k = int(probs[j].argmax())
+            row.update(activity=spec.label_names[k], confidence=round(float(probs[j, k]), 4))
+            j += 1
+        else:
+            row.update(activity="", confidence=float("nan"))  # NaN/Inf samples in this window: no prediction
+        rows.append(row)
+    return rows

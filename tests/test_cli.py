@@ -47,3 +47,39 @@ def test_errors_are_one_line(args, message, capsys, tmp_path, monkeypatch):
     assert main([*args, f"output_dir={tmp_path}"] if args[0] == "train" and "--config" not in args else args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0] and "Traceback" not in err[0]
+
+
+def _tiny_checkpoint(tiny_windows, folder):
+    from fedhar.config import ModelConfig
+    from fedhar.model.har_model import DataSpec, build_model
+    from fedhar.model.state import save_checkpoint
+
+    model = build_model(ModelConfig(kind="deepconvlstm", hidden=16), DataSpec.from_windows(tiny_windows))
+    return save_checkpoint(model, folder)
+
+
+def test_predict_csv_of_raw_samples(tiny_windows, tmp_path):
+    import csv
+
+    import numpy as np
+
+    ckpt = _tiny_checkpoint(tiny_windows, tmp_path / "ckpt")
+    rows = ["timestamp,acc_x,acc_y,acc_z,gyro_x,gyro_y,gyro_z"]
+    rng = np.random.default_rng(0)
+    for i in range(200):
+        rows.append(",".join([f"{i / 50:.3f}", *(f"{v:.4f}" for v in rng.normal(0, 0.5, 6))]))
+    (tmp_path / "rec.csv").write_text("\n".join(rows) + "\n")
+    assert main(["predict", str(ckpt), str(tmp_path / "rec.csv"), "--out", str(tmp_path / "pred.csv")]) == 0
+    pred = list(csv.DictReader((tmp_path / "pred.csv").open()))
+    assert len(pred) == (200 - 32) // 16 + 1
+    assert pred[1]["start_s"] == "0.32" and pred[1]["end_s"] == "0.96"
+    assert all(p["activity"] in tiny_windows.label_names for p in pred)
+    assert all(0 < float(p["confidence"]) <= 1 for p in pred)
+
+
+def test_predict_needs_the_models_channels(tiny_windows, tmp_path, capsys):
+    ckpt = _tiny_checkpoint(tiny_windows, tmp_path / "ckpt")
+    lines = ["timestamp,acc_x,acc_y,acc_z"] + [f"{i / 50},0,0,1" for i in range(100)]
+    (tmp_path / "acc.csv").write_text("\n".join(lines) + "\n")
+    assert main(["predict", str(ckpt), str(tmp_path / "acc.csv")]) == 2
+    assert "needs channels" in capsys.readouterr().err
