@@ -47,8 +47,9 @@ def _fingerprint(cfg: DataConfig, seed: int) -> str:
     else:
         root = Path(cfg.path or ".").resolve()
         params["path"] = str(root)
-        files = sorted(p for p in root.rglob("*") if p.is_file())
-        params["files"] = [(str(p.relative_to(root)), p.stat().st_size, int(p.stat().st_mtime)) for p in files]
+        files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())  # a file: .npz windows
+        params["files"] = [(str(p.relative_to(root.parent if root.is_file() else root)), p.stat().st_size,
+                            int(p.stat().st_mtime)) for p in files]
     blob = json.dumps(params, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 

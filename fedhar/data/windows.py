@@ -235,6 +235,12 @@ def make_windows(
     if len(rates) > 1:
         raise DataError(f"recordings have different sample rates {sorted(rates)}; set `data.sample_rate` to resample")
     step = max(1, int(round(length * (1 - overlap))))
+    short = [r for r in rs.recordings if r.signal.shape[0] < length]
+    if short:
+        rs.skipped.append(
+            f"{len(short)} recordings shorter than one {length}-sample window dropped "
+            f"(e.g. {short[0].source or short[0].session}, {short[0].signal.shape[0]} samples)"
+        )
     xs, ys, meta, starts = [], [], {f: [] for f in META_FIELDS}, []
     for rec in rs.recordings:
         x, y, s = window_recording(rec, length, step, label_rule, min_fraction)

@@ -11,6 +11,13 @@ from fedhar.errors import DataError
 #: loader name → module (imported lazily so one broken loader never blocks the others)
 LOADERS = {
     "hapt": "fedhar.data.loaders.hapt",
+    "uci_har": "fedhar.data.loaders.uci_har",
+    "motionsense": "fedhar.data.loaders.motionsense",
+    "hhar": "fedhar.data.loaders.hhar",
+    "realworld": "fedhar.data.loaders.realworld",
+    "wisdm": "fedhar.data.loaders.wisdm",
+    "pamap2": "fedhar.data.loaders.pamap2",
+    "generic": "fedhar.data.loaders.generic",  # last: detection accepts any CSV folder with channel columns
 }
 
 

@@ -110,6 +110,17 @@ def _first_bad_line(
     return "?", ""
 
 
+def line_of_row(source: Path | Sequence[str], row: int, skiprows: int = 0, first_line: int = 1) -> int:
+    """File line of data row ``row`` of a table read by :func:`read_records` (blank lines are no rows)."""
+    seen = -1
+    for i, text in enumerate(_lines(source)):
+        if i >= skiprows and text.strip():
+            seen += 1
+            if seen == row:
+                return first_line + i
+    raise IndexError(row)
+
+
 def header_index(header: list[str], where: str, required: Sequence[str]) -> dict[str, int]:
     """Column positions of ``required`` names (exact match after stripping quotes and spaces)."""
     names = [h.strip().strip('"').strip() for h in header]
@@ -254,7 +265,10 @@ def read_signal_csv(
     return table["signal"], table["layout"], table["rate"], table["labels"]
 
 
-def _read_csv(path: Path, units_opt, sample_rate: float | None, max_gap_s: float) -> dict:
+def _read_csv(
+    path: Path, units_opt, sample_rate: float | None, max_gap_s: float, label_table: tuple[list[str], str] | None = None
+) -> dict:
+    """One CSV → canonical signal; ``label_table`` (names, where they come from) rejects other labels."""
     if not path.is_file():
         raise DataError(f"{path} does not exist; point the command at a CSV file of raw samples")
     with path.open(newline="", encoding="utf-8-sig") as f:
@@ -279,11 +293,14 @@ def _read_csv(path: Path, units_opt, sample_rate: float | None, max_gap_s: float
         if sorted(axes) != ["x", "y", "z"]:
             raise DataError(f"{path} line 1: sensor `{group}` needs columns for x, y and z, found {sorted(axes)}")
     option_units = _parse_units(units_opt)
-    body = rows[1:]
-    for i, row in enumerate(body, start=2):
-        if len(row) != len(header) and any(cell.strip() for cell in row):
+    body, line_of = [], []  # rows with samples, and their line numbers in the file
+    for i, row in enumerate(rows[1:], start=2):
+        if not any(cell.strip() for cell in row):
+            continue
+        if len(row) != len(header):
             raise DataError(f"{path} line {i}: {len(row)} cells but the header has {len(header)}")
-    body = [r for r in body if len(r) == len(header)]
+        body.append(row)
+        line_of.append(i)
     if not body:
         raise DataError(f"{path} has a header but no samples")
 
@@ -296,10 +313,10 @@ def _read_csv(path: Path, units_opt, sample_rate: float | None, max_gap_s: float
                 try:
                     float(c)
                 except ValueError:
-                    raise DataError(f"{path} line {i + 2}: {what} `{c}` is not a number; fix or delete that line") from None
+                    raise DataError(f"{path} line {line_of[i]}: {what} `{c}` is not a number; fix or delete that line") from None
             raise
 
-    groups, parts, group_units = {}, [], {}
+    groups, parts = {}, []
     for group in [g for g in _GROUP_ORDER if g in channels]:
         col_units = {u for _, u in channels[group].values() if u is not None}
         if len(col_units) > 1:
@@ -313,10 +330,17 @@ def _read_csv(path: Path, units_opt, sample_rate: float | None, max_gap_s: float
             stated = CANONICAL_UNITS[group]
         parts.append(to_canonical(values, group, stated))
         groups[group] = [f"{group}_{a}" for a in "xyz"]
-        group_units[group] = CANONICAL_UNITS[group]
-    layout = SensorLayout.from_groups(groups, group_units)
+    layout = SensorLayout.from_groups(groups)
     signal = np.concatenate(parts, axis=1)
     labels = np.asarray([r[lower.index("label")].strip() for r in body]) if "label" in lower else None
+    if labels is not None and label_table is not None:
+        names, origin = label_table
+        outside = np.flatnonzero(~np.isin(labels, [*names, ""]))
+        if len(outside):
+            raise DataError(
+                f"{path} line {line_of[outside[0]]}: label `{labels[outside[0]]}` is not in the label table "
+                f"{names}; fix the label or add it to {origin}"
+            )
     subjects = np.asarray([r[lower.index("subject")].strip() for r in body]) if "subject" in lower else None
 
     time_cols = [(c, _TIME_COLUMNS[name]) for c, name in enumerate(lower) if name in _TIME_COLUMNS]
@@ -327,10 +351,10 @@ def _read_csv(path: Path, units_opt, sample_rate: float | None, max_gap_s: float
         t = numeric(col, header[col])
         bad = np.flatnonzero(~np.isfinite(t))
         if len(bad):
-            raise DataError(f"{path} line {bad[0] + 2}: time `{body[bad[0]][col]}` is missing or not finite")
+            raise DataError(f"{path} line {line_of[bad[0]]}: time `{body[bad[0]][col]}` is missing or not finite")
         back = np.flatnonzero(np.diff(t) < 0)
         if len(back):
-            raise DataError(f"{path} line {back[0] + 3}: time goes backwards; sort the file by `{header[col]}`")
+            raise DataError(f"{path} line {line_of[back[0] + 1]}: time goes backwards; sort the file by `{header[col]}`")
         t = (t - t[0]) * scale
         signal, labels, subjects, rate = _to_uniform(path, t, signal, labels, subjects, sample_rate, max_gap_s)
     elif sample_rate is None:
@@ -421,24 +445,14 @@ def load(
         raise DataError(f"{root}: no CSV file with a header naming acc_x/gyro_x... channel columns")
     table_path = root / "labels.txt"
     label_names = list(labels) if labels else _read_label_file(table_path) if table_path.is_file() else None
-    tables = [(p, _read_csv(p, units, sample_rate, max_gap_s)) for p in files]
+    origin = "the labels option" if labels else str(table_path)
+    table = (label_names, origin) if label_names is not None else None
+    tables = [(p, _read_csv(p, units, sample_rate, max_gap_s, table)) for p in files]
     layouts = {t["layout"] for _, t in tables}
     if len(layouts) > 1:
         raise DataError(f"{root}: files have different channels {[list(lay.channels) for lay in layouts]}; use one set")
-    found = sorted({str(x) for _, t in tables if t["labels"] is not None for x in t["labels"]} - {""})
     if label_names is None:
-        label_names = found
-    else:
-        for p, t in tables:
-            if t["labels"] is None:
-                continue
-            outside = np.flatnonzero(~np.isin(t["labels"], label_names + [""]))
-            if len(outside):
-                where = f"{p} line {outside[0] + 2}" if t["rate"] else str(p)
-                raise DataError(
-                    f"{where}: label `{t['labels'][outside[0]]}` is not in the label table {label_names}; "
-                    f"fix the label or add it to {table_path if table_path.is_file() else 'the labels option'}"
-                )
+        label_names = sorted({str(x) for _, t in tables if t["labels"] is not None for x in t["labels"]} - {""})
     index = {name: i for i, name in enumerate(label_names)}
     recordings = []
     for p, t in tables:
