@@ -63,9 +63,11 @@ def load_windows(cfg: DataConfig, seed: int = 0, use_cache: bool = True) -> Wind
     cache_dir = Path(cfg.cache_dir or os.environ.get("FEDHAR_WINDOW_CACHE") or cache_root() / "windows")
     key = _fingerprint(cfg, seed)
     cached = cache_dir / f"{cfg.dataset}-{key}.npz"
+    skips_file = cached.with_suffix(".skipped.json")  # the skip report survives cache hits
     if use_cache and cached.is_file():
         ws = WindowSet.load(cached)
-        ws.notes = {"cache": str(cached), "cache_hit": True}
+        skipped = json.loads(skips_file.read_text()) if skips_file.is_file() else []
+        ws.notes = {"skipped": skipped, "cache": str(cached), "cache_hit": True}
         return ws
     t0 = time.perf_counter()
     rs = read_recordings(cfg, seed)
@@ -75,5 +77,6 @@ def load_windows(cfg: DataConfig, seed: int = 0, use_cache: bool = True) -> Wind
                 "load_s": round(time.perf_counter() - t0, 2)}
     if use_cache:
         cache_dir.mkdir(parents=True, exist_ok=True)
+        skips_file.write_text(json.dumps(ws.notes["skipped"]))
         ws.save(cached)
     return ws
