@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from conftest import BASIC6, HAPT, requires_hapt
 from fixtures import layouts as L
+from fixtures.layouts import EXPECTED_TAGS, SUBJECT_INDEX, WRITERS
 
 from fedhar.config import DataConfig
 from fedhar.data.loaders import LOADERS, detect_layout, load_recordings
@@ -17,36 +18,6 @@ from fedhar.data.pipeline import load_windows
 from fedhar.data.recording import UNLABELLED
 from fedhar.data.windows import WindowSet
 from fedhar.errors import DataError
-
-WRITERS = {
-    "uci_har": L.write_uci_har,
-    "motionsense": L.write_motionsense,
-    "hhar": L.write_hhar,
-    "realworld": L.write_realworld,
-    "wisdm": L.write_wisdm,
-    "pamap2": L.write_pamap2,
-    "generic": L.write_generic_csv,
-}
-#: subject tag → the 0-based subject index the fixture used for its acc_z value
-SUBJECT_INDEX = {
-    "uci_har": {str(s): i for s, i in L.UCI_SUBJECT_INDEX.items()},
-    "motionsense": {str(s): i for i, s in enumerate(L.MS_SUBJECTS)},
-    "hhar": {s: i for i, s in enumerate(L.HHAR_USERS)},
-    "realworld": {str(s): i for i, s in enumerate(L.RW_PROBANDS)},
-    "wisdm": {str(s): i for i, s in enumerate(L.WISDM_SUBJECTS)},
-    "pamap2": {str(s): i for i, s in enumerate(L.PAMAP2_SUBJECTS)},
-    "generic": {s: i for i, s in enumerate(L.GENERIC_SUBJECTS)},
-}
-EXPECTED_TAGS = {  # (devices, placements) with default options
-    "uci_har": (["samsung-galaxy-s2"], ["waist"]),
-    "motionsense": (["iphone-6s"], ["pocket"]),
-    "hhar": (["nexus4", "s3mini"], ["waist"]),
-    "realworld": (["samsung-galaxy-s4"], ["waist"]),
-    "wisdm": (["android-phone"], ["pocket"]),
-    "pamap2": (["colibri-imu"], ["wrist"]),
-    "generic": (["unknown"], ["unknown"]),
-}
-
 
 @pytest.fixture(scope="module")
 def layouts(tmp_path_factory):
