@@ -1,0 +1,1 @@
+"""The fedhar Flower ClientApp (``clients.app:app``)."""

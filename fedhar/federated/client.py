@@ -1,0 +1,153 @@
+"""The client side of a round: describe local data, train on it, score it. Used by ``clients/app.py``.
+
+A client keeps no state between messages: every message carries the experiment config, the
+round's stage, learning rate and seed, and the global trainable tensors. What a process does
+keep is its model: the frozen backbone is loaded once per process (per Ray worker) and the
+model around it built once; each message only overwrites the trainable tensors and the
+input normalisation. Only trainable tensors cross the wire, in both directions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+
+from fedhar.config import ExperimentConfig, TrainConfig
+from fedhar.data.preprocess import Normalizer
+from fedhar.data.windows import WindowSet
+from fedhar.federated.data import ClientData, client_data
+from fedhar.federated.records import RoundJob, record_to_state, state_to_record
+from fedhar.model.har_model import DataSpec, HARNet, build_model
+from fedhar.model.state import expected_spec, get_trainable_state, set_trainable_state
+from fedhar.training.loop import Regularizer, evaluate, fit
+
+#: the process's model: (key, model). One entry: a new model layout replaces the old one, because
+#: peft injects LoRA layers into the backbone in place, so one loaded backbone serves one layout.
+_MODEL: list[tuple[str, HARNet]] = []
+
+MESSAGE_DESCRIBE = "query.describe"
+
+
+def process_model(cfg: ExperimentConfig, sample: WindowSet, normalizer: Normalizer | None) -> HARNet:
+    """This process's model for ``cfg`` (built, and its backbone loaded, on first use only)."""
+    key = json.dumps({
+        "model": dataclasses.asdict(cfg.model), "seed": cfg.seed, "channels": list(sample.layout.channels),
+        "window": sample.window_len, "rate": sample.sample_rate, "labels": list(sample.label_names),
+    }, sort_keys=True)  # fmt: skip
+    if not _MODEL or _MODEL[0][0] != key:
+        _MODEL.clear()
+        spec = DataSpec(sample.layout, sample.window_len, sample.sample_rate, list(sample.label_names),
+                        Normalizer.identity(sample.num_channels))  # fmt: skip
+        _MODEL.append((key, build_model(cfg.model, spec, cfg.seed)))
+    model = _MODEL[0][1]
+    model.set_normalizer(normalizer or Normalizer.identity(sample.num_channels))
+    return model
+
+
+def local_train_config(cfg: ExperimentConfig, lr: float) -> TrainConfig:
+    """E local epochs at the round's learning rate: constant within the round (the schedule runs across rounds)."""
+    threads = cfg.train.num_threads or max(1, int(cfg.federated.cpus_per_client))
+    return dataclasses.replace(cfg.train, epochs=cfg.federated.local_epochs, lr=lr, schedule="constant",
+                               warmup_fraction=0.0, patience=0, num_threads=threads)  # fmt: skip
+
+
+def proximal_term(model: torch.nn.Module, global_state: dict[str, np.ndarray], mu: float) -> Regularizer:
+    """FedProx: ``mu/2 · ||w − w_global||²`` over the trainable tensors."""
+    params = dict(model.named_parameters())
+    device = next(model.parameters()).device
+    anchors = [(params[n], torch.from_numpy(a).to(device)) for n, a in global_state.items()]
+
+    def term(_: torch.nn.Module) -> torch.Tensor:
+        return 0.5 * mu * sum(((p - g) ** 2).sum() for p, g in anchors)
+
+    return term
+
+
+def moments(ws: WindowSet) -> dict[str, np.ndarray]:
+    """Per-channel sums and sums of squares (float64): all the server needs to fit the normaliser."""
+    x = ws.x.astype(np.float64)
+    return {"sum": x.sum(axis=(0, 2)), "sum_sq": (x**2).sum(axis=(0, 2))}
+
+
+def train_client(job: RoundJob, data: ClientData, global_state: dict[str, np.ndarray]) -> tuple[dict, dict]:
+    """Train E local epochs from the global state; returns (new trainable state, metrics)."""
+    model = process_model(job.cfg, data.train, job.normalizer)
+    set_trainable_state(model, global_state, where="the server's global state")
+    mu = job.cfg.federated.proximal_mu if job.cfg.federated.strategy == "fedprox" else 0.0
+    regularizer = proximal_term(model, global_state, mu) if mu > 0 else None
+    result = fit(model, data.train, None, local_train_config(job.cfg, job.lr), job.seed, regularizer=regularizer)
+    metrics = {
+        "train_loss": result.final_train_loss,
+        "train_accuracy": result.history[-1]["train_accuracy"],
+        "train_seconds": result.train_seconds,
+        "steps": result.steps,
+    }
+    if data.val is not None:
+        m = evaluate(model, data.val, job.cfg.train.eval_batch_size)
+        metrics.update(local_val_accuracy=m["accuracy"], local_val_macro_f1=m["macro_f1"], local_val_loss=m["loss"])
+    return get_trainable_state(model), metrics
+
+
+def evaluate_client(job: RoundJob, data: ClientData, global_state: dict[str, np.ndarray]) -> dict:
+    """Score the global state on the client's local held-out windows."""
+    model = process_model(job.cfg, data.train, job.normalizer)
+    set_trainable_state(model, global_state, where="the server's global state")
+    m = evaluate(model, data.val, job.cfg.train.eval_batch_size)
+    return {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "loss": m["loss"]}
+
+
+# ---- Flower message handlers (registered by clients/app.py) ------------------------------
+
+
+def _reply(message: Message, name: str, num_examples: int, metrics: dict, arrays: ArrayRecord | None = None) -> Message:
+    content = RecordDict({
+        "client": ConfigRecord({"name": name}),
+        "metrics": MetricRecord({"num-examples": int(num_examples), **{k: float(v) for k, v in metrics.items()}}),
+    })  # fmt: skip
+    if arrays is not None:
+        content["arrays"] = arrays
+    return Message(content, reply_to=message)
+
+
+def _job_and_data(message: Message, context: Context) -> tuple[RoundJob, ClientData | None]:
+    job = RoundJob.from_record(message.content["config"])
+    return job, client_data(job.cfg, dict(context.node_config), job.stage)
+
+
+def handle_describe(message: Message, context: Context) -> Message:
+    """Setup query: the client's name, window count and (for the global normaliser) per-channel moments."""
+    job, data = _job_and_data(message, context)
+    if data is None:
+        return _reply(message, f"node-{context.node_id}", 0, {})
+    stats = {}
+    if job.cfg.data.normalize:
+        stats = {"num-values": float(data.train.x.shape[0] * data.train.x.shape[2])}
+    reply = _reply(message, data.name, len(data.train), stats)
+    if job.cfg.data.normalize:
+        reply.content["moments"] = state_to_record(moments(data.train))
+    return reply
+
+
+def _global_state(message: Message, job: RoundJob, data: ClientData) -> dict[str, np.ndarray]:
+    model = process_model(job.cfg, data.train, job.normalizer)
+    return record_to_state(message.content["arrays"], expected_spec(model), where="the server's message")
+
+
+def handle_train(message: Message, context: Context) -> Message:
+    job, data = _job_and_data(message, context)
+    if data is None:  # holds no data at this stage: sits the round out
+        return _reply(message, f"node-{context.node_id}", 0, {})
+    state, metrics = train_client(job, data, _global_state(message, job, data))
+    return _reply(message, data.name, len(data.train), metrics, state_to_record(state))
+
+
+def handle_evaluate(message: Message, context: Context) -> Message:
+    job, data = _job_and_data(message, context)
+    if data is None or data.val is None:
+        return _reply(message, data.name if data else f"node-{context.node_id}", 0, {})
+    metrics = evaluate_client(job, data, _global_state(message, job, data))
+    return _reply(message, data.name, len(data.val), metrics)

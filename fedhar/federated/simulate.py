@@ -1,0 +1,118 @@
+"""``fedhar simulate``: the fedhar Flower apps on Flower's simulation engine (Ray backend), from Python.
+
+Why ``flwr.simulation.run_simulation`` (deprecated in Flower 1.42 in favour of ``flwr run``):
+``flwr run`` submits the app to a SuperLink. For a local simulation it starts a *detached*
+``flower-superlink`` that outlives the command (a process left behind), builds and installs the
+app as a FAB, and by default re-installs the app's dependencies with uv. ``run_simulation``
+runs the same ServerApp main and ClientApp on the same Ray-backed engine inside this process:
+nothing outlives the command, no re-install, and errors reach the caller as exceptions.
+Its deprecation warning is silenced unless ``-v``; ``flwr run .`` remains supported (docs/federated.md).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import warnings
+
+from fedhar.config import ExperimentConfig
+from fedhar.errors import ConfigError
+from fedhar.federated.data import simulated_partition
+from fedhar.federated.strategies import check_strategy
+from fedhar.results.run import RunDir
+
+
+def backend_config(cfg: ExperimentConfig, verbose: bool = False) -> dict:
+    """Ray resources: CPUs per client (one Ray actor each) and, locally, how many clients run at once."""
+    fed = cfg.federated
+    init_args: dict = {"include_dashboard": False, "logging_level": "INFO" if verbose else "ERROR",
+                       "log_to_driver": verbose}  # fmt: skip
+    if fed.ray_address:
+        init_args["address"] = fed.ray_address  # an existing cluster decides its own CPUs
+    else:
+        cpus = os.cpu_count() or 1
+        if fed.max_concurrent_clients:
+            cpus = fed.max_concurrent_clients * fed.cpus_per_client
+        if fed.cpus_per_client > cpus:
+            raise ConfigError(
+                f"federated.cpus_per_client={fed.cpus_per_client} exceeds the {cpus} CPUs this simulation may use; "
+                "lower it (or attach to a bigger Ray cluster with federated.ray_address)"
+            )
+        init_args["num_cpus"] = cpus
+        init_args["num_gpus"] = 0
+    return {"client_resources": {"num_cpus": fed.cpus_per_client, "num_gpus": 0.0}, "init_args": init_args}
+
+
+def check_federation(cfg: ExperimentConfig) -> list[str]:
+    """Names of the simulated clients; rejects a federation too small for ``min_clients``."""
+    parts, names = simulated_partition(cfg)
+    holding = [n for n, p in zip(names, parts) if len(p)]
+    if len(holding) < cfg.federated.min_clients:
+        raise ConfigError(
+            f"federated.partition={cfg.federated.partition} makes {len(holding)} clients with data, fewer than "
+            f"federated.min_clients={cfg.federated.min_clients}; lower min_clients or add training subjects/clients"
+        )
+    return names
+
+
+def simulate(cfg: ExperimentConfig, run: RunDir, resume: bool = False, verbose: bool = False,
+             progress: bool = True) -> dict:  # fmt: skip
+    """Run (or resume) the federation in ``cfg``, results in ``run``; returns the ``metrics.json`` summary."""
+    cfg = check_strategy(cfg)
+    names = check_federation(cfg)
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # Ray's usage reporting: opt in, like Flower's
+    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")  # never let Ray re-create the env with uv
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0" if verbose else "1")
+
+    import ray
+    from flwr.simulation import run_simulation
+
+    from clients.app import app as client_app
+    from fedhar.federated.server import ServerJob, build_server_app
+
+    flwr_logger = logging.getLogger("flwr")
+    previous_level = flwr_logger.level
+    flwr_logger.setLevel(logging.DEBUG if verbose else logging.CRITICAL)  # client errors come back in replies
+    job = ServerJob(cfg, run, resume=resume, expected_nodes=len(names), progress=progress)
+    children_before = _child_pids()
+    t0 = time.perf_counter()
+    try:
+        with warnings.catch_warnings():
+            if not verbose:
+                warnings.simplefilter("ignore")
+            run_simulation(
+                server_app=build_server_app(job),
+                client_app=client_app,
+                num_supernodes=len(names),
+                backend_config=backend_config(cfg, verbose),
+                verbose_logging=verbose,
+            )
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        flwr_logger.setLevel(previous_level)
+        _reap_children(children_before)
+    run.update_json("metrics.json", simulation_wall_seconds=round(time.perf_counter() - t0, 2),
+                    ray_address=cfg.federated.ray_address or "local")  # fmt: skip
+    return json.loads(run.file("metrics.json").read_text())
+
+
+def _child_pids() -> set[int]:
+    import psutil
+
+    return {p.pid for p in psutil.Process().children(recursive=True)}
+
+
+def _reap_children(before: set[int], grace_s: float = 10.0) -> None:
+    """Wait for the processes this simulation started (Ray's) to exit; terminate any that linger, by pid."""
+    import psutil
+
+    started = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
+    _, alive = psutil.wait_procs(started, timeout=grace_s)
+    for p in alive:
+        p.terminate()
+    _, alive = psutil.wait_procs(alive, timeout=3)
+    for p in alive:
+        p.kill()

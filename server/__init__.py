@@ -1,0 +1,1 @@
+"""The fedhar Flower ServerApp (``server.app:app``)."""
