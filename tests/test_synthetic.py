@@ -61,7 +61,8 @@ def test_same_seed_same_recordings_and_keys_are_independent():
     c = generate(spec, seed=8)
     assert not np.allclose(a.recordings[0].signal[:100], c.recordings[0].signal[:100])
     # adding a device does not change the other recordings (randomness keyed by names, not order)
-    wider = generate(SyntheticSpec.from_dict({"subjects": 2, "seconds_per_activity": 3, "devices": ["phone-b", "phone-a"]}), 7)
+    wider_spec = {"subjects": 2, "seconds_per_activity": 3, "devices": ["phone-b", "phone-a"]}
+    wider = generate(SyntheticSpec.from_dict(wider_spec), 7)
     same = [r for r in wider.recordings if r.session == a.recordings[1].session][0]
     np.testing.assert_array_equal(same.signal, a.recordings[1].signal)
 
@@ -95,7 +96,8 @@ def test_devices_keep_their_rates_and_axis_conventions():
     b_up = _segment(by_device["phone-b"], "STANDING")[:, :3].mean(0)
     assert a_up[0] > 0.9  # phone-a: +1 g along x when upright at the waist
     assert b_up[1] < -0.9  # phone-b: axes "y,x,-z" and iOS-style sign → -1 g along y
-    assert _segment(by_device["phone-b"], "STANDING")[:, 0].std() > _segment(by_device["phone-a"], "STANDING")[:, 0].std()
+    noise = {d: _segment(r, "STANDING")[:, 0].std() for d, r in by_device.items()}
+    assert noise["phone-b"] > noise["phone-a"]
     np.testing.assert_array_equal(axes_matrix("y,x,-z") @ np.array([1.0, 2.0, 3.0]), [2.0, 1.0, -3.0])
 
 

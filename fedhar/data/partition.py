@@ -213,7 +213,8 @@ def partition_summary(
         for c in clients:
             writer.writerow([c["name"], *c["counts"], c["windows"], c["label_entropy"]])
     (out / f"{slug}.json").write_text(json.dumps(table, indent=2))
-    _plot(counts, names, list(ws.label_names), title + (" (synthetic data)" if ws.synthetic else ""), out / f"{slug}.png")
+    shown_title = title + (" (synthetic data)" if ws.synthetic else "")
+    _plot(counts, names, list(ws.label_names), shown_title, out / f"{slug}.png")
     return table
 
 

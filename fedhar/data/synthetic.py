@@ -34,9 +34,10 @@ Randomness is keyed by (seed, subject) for subject traits and (seed, subject, de
 for everything else, so adding a device or placement never changes the other recordings.
 
 **The default spec** (an empty ``data.synthetic`` mapping) is 6 subjects × phone-a (50 Hz) ×
-waist, 20 s per activity: 6 recordings of 134 s, 14 windows of 128 samples (50 % overlap) per
-activity and subject, i.e. 504 windows in all — small enough for a 5-minute federated demo on
-a 2-core CPU, large enough that a small model separates the activities far above chance.
+waist, 20 s per activity: 6 recordings of 134 s; at 50 Hz with 128-sample windows and 50 %
+overlap, 13-14 windows fit wholly inside each bout, about 490 windows in all (492 for seed 0) —
+small enough for a 5-minute federated demo on a 2-core CPU, large enough that a small model
+separates the activities far above chance (tests/test_synthetic.py checks both).
 """
 
 from __future__ import annotations
@@ -200,7 +201,9 @@ class SyntheticSpec:
         devices, placements = self.device_table(), self.placement_table()
         if self.recordings is not None:
             if not self.recordings:
-                raise ConfigError(f"{self._path}.recordings is empty; list [subject, device, placement] triples or drop it")
+                raise ConfigError(
+                    f"{self._path}.recordings is empty; list [subject, device, placement] triples or drop it"
+                )
             triples = []
             for i, item in enumerate(self.recordings):
                 where = f"{self._path}.recordings[{i}]"
@@ -220,7 +223,9 @@ class SyntheticSpec:
             ]
         for _, d, p in triples:
             if d not in devices:
-                raise ConfigError(f"{self._path}: unknown device `{d}`; known: {sorted(devices)} (or add custom_devices.{d})")
+                raise ConfigError(
+                    f"{self._path}: unknown device `{d}`; known: {sorted(devices)} (or add custom_devices.{d})"
+                )
             if p not in placements:
                 raise ConfigError(
                     f"{self._path}: unknown placement `{p}`; known: {sorted(placements)} (or add custom_placements.{p})"
@@ -384,21 +389,22 @@ def _bout(activity: str, n: int, fs: float, subj: Subject, place: Placement, rng
         psi = 2 * np.pi * np.cumsum(freq) / fs + rng.uniform(0, 2 * np.pi)  # step phase
         dpsi = 2 * np.pi * freq
     else:
-        freq, psi, dpsi = zeros, zeros, zeros
+        psi, dpsi = zeros, zeros
 
     def osc(amp_deg: float, mult: float, phase: float) -> tuple[np.ndarray, np.ndarray]:
         a = np.radians(amp_deg)
         return a * np.sin(mult * psi + phase), a * mult * dpsi * np.cos(mult * psi + phase)
 
-    rot_phase = subj.phases[3]
     yaw_amp, pitch_amp, roll_amp = motion.trunk_deg
-    channels = []  # yaw (about up), roll (about forward), pitch (about lateral): gait + sway
-    for axis, (amp, mult, phase) in zip((0, 2, 1), ((yaw_amp, 0.5, rot_phase[0]), (roll_amp, 0.5, rot_phase[1]),
-                                                      (pitch_amp, 1.0, rot_phase[2]))):  # fmt: skip
-        gait, gait_rate = osc(amp, mult, phase)
+    phase = subj.phases[3]
+    # trunk yaw (about up) and roll (about forward) at stride, pitch (about lateral) at step frequency
+    trunk = ((0, yaw_amp, 0.5, phase[0]), (2, roll_amp, 0.5, phase[1]), (1, pitch_amp, 1.0, phase[2]))
+    sway_rad = np.radians(motion.sway_deg)
+    channels = []
+    for axis, amp, mult, ph0 in trunk:
+        gait, gait_rate = osc(amp, mult, ph0)
         sway, sway_rate = _smooth(rng, t, 0.05, 0.8)
-        s = np.radians(motion.sway_deg)
-        channels.append((axis, gait + s * sway, gait_rate + s * sway_rate))
+        channels.append((axis, gait + sway_rad * sway, gait_rate + sway_rad * sway_rate))
     swing, swing_rate = osc(place.swing_deg * subj.swing * motion.swing, 0.5, 0.0)
     R, omega = _chain(
         [*channels, (1, swing, swing_rate), (1, np.full(n, pitch), zeros), (0, np.full(n, twist), zeros)]
@@ -459,7 +465,8 @@ def _recording(
     t = np.arange(total) / fs
     acc = device.acc_sign * (sensor_force @ axes.T) * np.asarray(device.acc_scale) + np.asarray(device.acc_bias)
     gyro = (sensor_omega @ axes.T) * np.asarray(device.gyro_scale) + np.asarray(device.gyro_bias)
-    for values, drift, noise in ((acc, device.acc_drift, device.acc_noise), (gyro, device.gyro_drift, device.gyro_noise)):
+    sensors = ((acc, device.acc_drift, device.acc_noise), (gyro, device.gyro_drift, device.gyro_noise))
+    for values, drift, noise in sensors:
         values += drift * np.stack([_smooth(rng, t, 0.005, 0.1)[0] for _ in range(3)], axis=1)
         values += noise * rng.standard_normal(values.shape)
     return np.concatenate([acc, gyro], axis=1).astype(np.float32), labels
@@ -492,7 +499,7 @@ def generate(spec: SyntheticSpec, seed: int = 0) -> RecordingSet:
                 device=device_name,
                 placement=placement_name,
                 layout=IMU6,
-                source=f"synthetic (generated by fedhar.data.synthetic v{GENERATOR_VERSION}, seed {seed}; not real data)",
+                source=f"synthetic (fedhar.data.synthetic v{GENERATOR_VERSION}, seed {seed}; not real data)",
             )
         )
     return RecordingSet(recordings, list(ACTIVITIES), NAME)
