@@ -43,7 +43,10 @@ def _fingerprint(cfg: DataConfig, seed: int) -> str:
     params = {k: v for k, v in cfg.__dict__.items() if k not in ("split", "cache_dir", "normalize")}
     params["version"] = PIPELINE_VERSION
     if cfg.dataset == "synthetic":
+        from fedhar.data.synthetic import GENERATOR_VERSION
+
         params["seed"] = seed
+        params["generator_version"] = GENERATOR_VERSION
     else:
         root = Path(cfg.path or ".").resolve()
         params["path"] = str(root)
