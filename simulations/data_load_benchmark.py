@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import statistics
@@ -36,7 +37,9 @@ def child(mode: str, data: str, cache: str) -> None:
     from fedhar.config import DataConfig
     from fedhar.data.pipeline import load_windows
 
-    cfg = DataConfig(dataset="hapt", path=data, window=128, overlap=0.5, sample_rate=50.0, classes=BASIC6, cache_dir=cache)
+    cfg = DataConfig(
+        dataset="hapt", path=data, window=128, overlap=0.5, sample_rate=50.0, classes=BASIC6, cache_dir=cache
+    )
     t0 = time.perf_counter()
     ws = load_windows(cfg, use_cache=mode != "cold")
     seconds = time.perf_counter() - t0
@@ -84,7 +87,7 @@ def main() -> None:
         fill = run_child("fill", args.data, cache)
         cached = [run_child("cached", args.data, cache) for _ in range(args.repeats)]
     if fill["cache_hit"] or not all(c["cache_hit"] for c in cached) or any(c["cache_hit"] for c in cold):
-        raise SystemExit("cache behaved unexpectedly: cold runs must miss, the fill run must write, cached runs must hit")
+        raise SystemExit("cache misbehaved: cold runs must miss, the fill run must write, cached runs must hit")
     runs = cold + [fill] + cached
     figures = {
         "cold_s": statistics.median(r["seconds"] for r in cold),
@@ -105,7 +108,7 @@ def main() -> None:
         "windows_per_subject": cold[0]["per_subject"],
         "skipped": cold[0]["skipped"],
         "runs": runs,
-        "machine": {"python": platform.python_version(), "platform": platform.platform(), "processor": platform.processor()},
+        "machine": {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count()},
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

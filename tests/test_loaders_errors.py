@@ -147,7 +147,8 @@ def test_realworld_errors(tmp_path):
         for n, b in members.items():
             zf.writestr(n, b)
     (data / "gyr_walking_csv.zip").write_bytes(buf.getvalue())
-    with pytest.raises(DataError, match=r"gyr_walking_csv\.zip:Gyroscope_walking_waist\.csv line 5: `attr_z` value `x1`"):
+    bad_cell = r"gyr_walking_csv\.zip:Gyroscope_walking_waist\.csv line 5: `attr_z` value `x1`"
+    with pytest.raises(DataError, match=bad_cell):
         load_recordings(root)
     with pytest.raises(DataError, match="has no placement `hand`"):
         load_recordings(root, placement="hand")

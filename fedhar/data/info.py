@@ -64,7 +64,9 @@ def _default_windows(rs: RecordingSet) -> dict:
     cfg = DataConfig()
     recordings = [resample_recording(r, cfg.sample_rate) for r in rs.recordings]
     probe = RecordingSet(recordings, list(rs.label_names), rs.dataset)
-    settings = {"window": cfg.window, "overlap": cfg.overlap, "sample_rate_hz": cfg.sample_rate, "label_rule": cfg.label_rule}
+    settings = {
+        "window": cfg.window, "overlap": cfg.overlap, "sample_rate_hz": cfg.sample_rate, "label_rule": cfg.label_rule
+    }  # fmt: skip
     try:
         ws = make_windows(probe, cfg.window, cfg.overlap, cfg.label_rule)
     except DataError as e:
@@ -124,17 +126,21 @@ def render_summary(summary: dict):
         placements += f"  (data.placement can pick: {', '.join(summary['placements_available'])})"
     rows.append(("placements", placements))
     rows.append(("sample rate (Hz)", ", ".join(f"{r:g}" for r in summary["sample_rates_hz"]) or "unknown"))
-    rows.append(("channels", f"{', '.join(summary['channels'])}  [{', '.join(f'{g}: {u}' for g, u in summary['units'].items())}]"))
+    units = ", ".join(f"{g}: {u}" for g, u in summary["units"].items())
+    rows.append(("channels", f"{', '.join(summary['channels'])}  [{units}]"))
     if summary["kind"] == "windows":
         rows.append(("windows", f"{summary['windows']} × {summary['window_samples']} samples"))
     else:
         rec = summary["recording_seconds"]
-        rows.append(("recordings", f"{summary['recordings']} (length {rec['min']:g} / {rec['median']:g} / {rec['max']:g} s min/median/max)"))
+        lengths = f"{rec['min']:g} / {rec['median']:g} / {rec['max']:g} s min/median/max"
+        rows.append(("recordings", f"{summary['recordings']} (length {lengths})"))
         rows.append(("hours", f"{summary['hours']:g} ({summary['labelled_hours']:g} labelled)"))
         rows.append(("NaN samples", str(summary["nan_samples"])))
         w = summary["windows"]
         s = w["settings"]
-        rows.append(("default windows", f"{w['total']} ({s['window']} samples at {s['sample_rate_hz']:g} Hz, {s['overlap']:.0%} overlap, label rule {s['label_rule']})"))
+        how = f"{s['window']} samples at {s['sample_rate_hz']:g} Hz, {s['overlap']:.0%} overlap"
+        how += f", label rule {s['label_rule']}"
+        rows.append(("default windows", f"{w['total']} ({how})"))
         skipped = summary["skipped"] + w["skipped"]
         if skipped:
             more = f" (+{len(skipped) - 5} more, see --json)" if len(skipped) > 5 else ""
@@ -153,7 +159,8 @@ def render_summary(summary: dict):
     classes.add_column("hours", justify="right")
     classes.add_column("windows", justify="right")
     for name, n in summary["classes"].items():
-        classes.add_row(name, str(n), f"{summary['class_hours'][name]:.3f}", str(summary["windows"]["per_class"].get(name, 0)))
+        windows = summary["windows"]["per_class"].get(name, 0)
+        classes.add_row(name, str(n), f"{summary['class_hours'][name]:.3f}", str(windows))
     per_subject = Table(title="subjects", title_justify="left")
     per_subject.add_column("subject")
     per_subject.add_column("hours", justify="right")

@@ -245,7 +245,9 @@ def _parse_units(units: str | dict[str, str] | None) -> dict[str, str]:
     out = {}
     for group, unit in units.items():
         if group not in _GROUP_ORDER or unit.lower() not in _UNIT_ALIASES:
-            raise DataError(f"units: `{group}={unit}` is not a known sensor group and unit (e.g. acc=m/s^2, gyro=deg/s)")
+            raise DataError(
+                f"units: `{group}={unit}` is not a known sensor group and unit (e.g. acc=m/s^2, gyro=deg/s)"
+            )
         out[group] = _UNIT_ALIASES[unit.lower()]
     return out
 
@@ -283,7 +285,9 @@ def _read_csv(
         if m:
             unit = m["unit"] or m["suffix"]
             if unit is not None and unit.lower() not in _UNIT_ALIASES:
-                raise DataError(f"{path} line 1: column `{name}` has unknown unit `{unit}`; use g, m/s^2, rad/s, deg/s or uT")
+                raise DataError(
+                    f"{path} line 1: column `{name}` has unknown unit `{unit}`; use g, m/s^2, rad/s, deg/s or uT"
+                )
             channels.setdefault(m["group"].lower(), {})[m["axis"].lower()] = (col, unit and _UNIT_ALIASES[unit.lower()])
     if not channels:
         raise DataError(
@@ -313,7 +317,9 @@ def _read_csv(
                 try:
                     float(c)
                 except ValueError:
-                    raise DataError(f"{path} line {line_of[i]}: {what} `{c}` is not a number; fix or delete that line") from None
+                    raise DataError(
+                        f"{path} line {line_of[i]}: {what} `{c}` is not a number; fix or delete that line"
+                    ) from None
             raise
 
     groups, parts = {}, []
@@ -322,7 +328,9 @@ def _read_csv(
         if len(col_units) > 1:
             raise DataError(f"{path} line 1: `{group}` columns have different units {sorted(col_units)}")
         if col_units and group in option_units and option_units[group] not in col_units:
-            raise DataError(f"{path}: column units {sorted(col_units)} contradict the units option `{option_units[group]}`")
+            raise DataError(
+                f"{path}: column units {sorted(col_units)} contradict the units option `{option_units[group]}`"
+            )
         stated = next(iter(col_units), None) or option_units.get(group)
         values = np.stack([numeric(channels[group][a][0], f"{group}_{a}") for a in "xyz"], axis=1)
         if stated is None:
@@ -354,7 +362,9 @@ def _read_csv(
             raise DataError(f"{path} line {line_of[bad[0]]}: time `{body[bad[0]][col]}` is missing or not finite")
         back = np.flatnonzero(np.diff(t) < 0)
         if len(back):
-            raise DataError(f"{path} line {line_of[back[0] + 1]}: time goes backwards; sort the file by `{header[col]}`")
+            raise DataError(
+                f"{path} line {line_of[back[0] + 1]}: time goes backwards; sort the file by `{header[col]}`"
+            )
         t = (t - t[0]) * scale
         signal, labels, subjects, rate = _to_uniform(path, t, signal, labels, subjects, sample_rate, max_gap_s)
     elif sample_rate is None:
@@ -371,10 +381,11 @@ def _check_unstated_unit(path: Path, group: str, values: np.ndarray) -> None:
     finite = values[np.isfinite(values).all(axis=1)]
     if not len(finite):
         return
-    if group == "acc" and np.median(np.linalg.norm(finite, axis=1)) > 3.0:
+    magnitude = float(np.median(np.linalg.norm(finite, axis=1)))
+    if group == "acc" and magnitude > 3.0:
         raise DataError(
-            f"{path}: acc columns have no unit and a median magnitude of "
-            f"{np.median(np.linalg.norm(finite, axis=1)):.2f}, which is not g; name them acc_x[m/s^2] etc. or pass units"
+            f"{path}: acc columns have no unit and a median magnitude of {magnitude:.2f}, which is not g; "
+            "name them acc_x[m/s^2] etc. or pass units"
         )
     if group == "gyro" and np.abs(finite).max() > 35.0:
         raise DataError(

@@ -62,7 +62,8 @@ def detect(root: Path) -> bool:
 
 
 def load(root: Path, placement: str | None = None, sample_rate: float = 50.0, max_gap_s: float = 0.5) -> RecordingSet:
-    kinds = ["phone", "watch"] if (which := resolve_placement(placement, _ALIASES, "phone", "HHAR")) == "all" else [which]
+    which = resolve_placement(placement, _ALIASES, "phone", "HHAR")
+    kinds = ["phone", "watch"] if which == "all" else [which]
     base = _data_dir(root)
     if base is None:
         raise DataError(f"{root}: no HHAR files ({FILES['phone'][0]} ...); point `data.path` at `{FOLDER}/`")
@@ -108,7 +109,8 @@ def _read_sensor(path: Path) -> tuple[dict[tuple[str, str], dict[str, np.ndarray
             if unknown:
                 bad = int(np.flatnonzero(rec["gt"] == unknown[0])[0])
                 raise DataError(
-                    f"{path} line {line + bad}: gt `{unknown[0]}` is not an HHAR label ({LABELS} or null); fix that line"
+                    f"{path} line {line + bad}: gt `{unknown[0]}` is not an HHAR label ({LABELS} or null); "
+                    "fix that line"
                 )
             labels = np.asarray([lookup[g] for g in gts], dtype=np.int8)[gt_index]
             values = np.stack([rec["x"], rec["y"], rec["z"]], axis=1).astype(np.float32)

@@ -39,7 +39,8 @@ _COLUMNS = [f"{q}.{a}" for q in ("gravity", "userAcceleration", "rotationRate") 
 
 def _trials_dir(root: Path) -> Path | None:
     for cand in (root / FOLDER / FOLDER, root / FOLDER, root):
-        if cand.is_dir() and any(_TRIAL.match(p.name) and any(p.glob("sub_*.csv")) for p in cand.iterdir() if p.is_dir()):
+        trials = [p for p in cand.iterdir() if p.is_dir() and _TRIAL.match(p.name)] if cand.is_dir() else []
+        if any(any(p.glob("sub_*.csv")) for p in trials):
             return cand
     return None
 
@@ -61,7 +62,9 @@ def load(root: Path, placement: str | None = None) -> RecordingSet:
             continue
         activity, trial = m.groups()
         if activity not in LABELS:
-            raise DataError(f"{trial_dir}: activity `{activity}` is not one of MotionSense's {LABELS}; rename or remove it")
+            raise DataError(
+                f"{trial_dir}: activity `{activity}` is not one of MotionSense's {LABELS}; rename or remove it"
+            )
         files = list(trial_dir.glob("sub_*.csv"))
         odd = [p for p in files if not _SUBJECT.match(p.name)]
         if odd:

@@ -53,7 +53,7 @@ def _probands(root: Path) -> list[Path]:
 
 
 def detect(root: Path) -> bool:
-    return root.is_dir() and any((p / "data").is_dir() and any((p / "data").glob("acc_*_csv.zip")) for p in _probands(root))
+    return root.is_dir() and any(any((p / "data").glob("acc_*_csv.zip")) for p in _probands(root))
 
 
 def load(root: Path, placement: str | None = None, sample_rate: float = 50.0, max_gap_s: float = 0.5) -> RecordingSet:
