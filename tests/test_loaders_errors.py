@@ -104,6 +104,9 @@ def test_hhar_errors(tmp_path):
     with pytest.raises(DataError, match=r"Phones_gyroscope\.csv is missing"):
         load_recordings(root, "hhar")
     root = L.write_hhar(tmp_path / "b")
+    _replace_line(root / "Activity recognition exp" / "Phones_gyroscope.csv", 12, "   ")
+    with pytest.raises(DataError, match=r"Phones_gyroscope\.csv line 12: a line of only spaces"):
+        load_recordings(root)
     _edit(root / "Activity recognition exp" / "Watch_gyroscope.csv", "Creation_Time", "Created")
     with pytest.raises(DataError, match=r"Watch_gyroscope\.csv line 1: columns \['Creation_Time'\] missing"):
         load_recordings(root, placement="watch")

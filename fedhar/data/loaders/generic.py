@@ -91,7 +91,11 @@ def _first_bad_line(
     """Line number and problem of the first row that does not parse (only run after a failure)."""
     width = None
     for i, text in enumerate(_lines(source)):
-        if i < skiprows or not text.strip():
+        if i < skiprows:
+            continue
+        if not text.strip():
+            if delimiter is not None and text.strip("\r\n"):  # numpy skips empty lines, not blank ones
+                return first + i, "a line of only spaces"
             continue
         parts = [p.strip().strip('"') for p in text.strip().split(delimiter)]
         if width is not None and len(parts) != width and max(c for c, _ in fields.values()) >= min(len(parts), width):
