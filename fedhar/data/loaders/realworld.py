@@ -12,8 +12,9 @@ Variations of the published archive that are handled:
   for some probands (4, 7, 14 climbing) zips inside the zip (``acc_climbingdown_2_csv.zip``);
   all members are searched recursively and each part number becomes its own recording
   (session ``climbingdown-2``), a file without a number being part 1;
-- a part present only as ``_2`` for one sensor and without number for the other (e.g.
-  proband 4 walking): when each sensor has exactly one part, those two are paired;
+- single recordings published under a part number (``acc_walking_2_<position>.csv``, e.g.
+  proband 4 walking, proband 6/7 sitting, 8 standing, 13 walking): when each sensor has exactly
+  one part, those two are paired whatever their numbers;
 - a position missing from a zip, or a zip missing (e.g. proband 2 climbingup forearm,
   proband 6 jumping thigh): that recording is skipped and listed in ``RecordingSet.skipped``.
 
