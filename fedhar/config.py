@@ -48,7 +48,10 @@ class DataConfig:
     overlap: float = 0.5
     label_rule: str = "inside"  # inside | majority
     classes: list[str] | None = None  # keep these classes, in this order (null: all)
-    label_map: dict[str, str] | None = None  # rename labels onto a common activity set first
+    label_map: dict[str, str] | None = None  # rename labels (applied after common_labels)
+    common_labels: bool = False  # rename the dataset's labels onto fedhar's common activity set first
+    labelled_per_class: int | None = None  # low-label protocol: keep k training windows per class
+    labelled_percent: float | None = None  # low-label protocol: keep p % of training windows (stratified)
     sensors: list[str] = field(default_factory=lambda: ["acc", "gyro"])
     normalize: bool = True  # per-channel standardisation fitted on training windows only
     placement: str | None = None  # loaders with several IMUs (PAMAP2, RealWorld): which one
@@ -65,6 +68,12 @@ class DataConfig:
             raise ConfigError(f"{path}.label_rule must be `inside` or `majority`, got `{self.label_rule}`")
         if self.sample_rate is not None and self.sample_rate <= 0:
             raise ConfigError(f"{path}.sample_rate must be positive or null, got {self.sample_rate}")
+        if self.labelled_per_class is not None and self.labelled_percent is not None:
+            raise ConfigError(f"{path}: set at most one of labelled_per_class and labelled_percent")
+        if self.labelled_per_class is not None and self.labelled_per_class < 1:
+            raise ConfigError(f"{path}.labelled_per_class must be >= 1, got {self.labelled_per_class}")
+        if self.labelled_percent is not None and not 0 < self.labelled_percent <= 100:
+            raise ConfigError(f"{path}.labelled_percent must be in (0, 100], got {self.labelled_percent}")
         if not self.sensors:
             raise ConfigError(f"{path}.sensors must name at least one sensor group (e.g. [acc, gyro])")
 

@@ -83,3 +83,12 @@ def test_predict_needs_the_models_channels(tiny_windows, tmp_path, capsys):
     (tmp_path / "acc.csv").write_text("\n".join(lines) + "\n")
     assert main(["predict", str(ckpt), str(tmp_path / "acc.csv")]) == 2
     assert "needs channels" in capsys.readouterr().err
+
+
+def test_low_label_protocol_on_synthetic_data(tmp_path):
+    rc = main(["train", "--quiet", f"output_dir={tmp_path}", "name=ll", "data.dataset=synthetic", "model.kind=deepconvlstm",
+               "model.hidden=16", "train.epochs=1", "data.labelled_per_class=5", "train.device=cpu"])  # fmt: skip
+    assert rc == 0
+    metrics = json.loads((tmp_path / "ll" / "metrics.json").read_text())
+    assert metrics["windows"]["train"] == 6 * 5
+    assert "SYNTHETIC" in metrics["data_note"]

@@ -51,3 +51,21 @@ def test_normalizer_fit_and_moments_agree(tiny_windows):
     m = Normalizer.from_moments(count, x.sum(axis=(0, 2)), (x**2).sum(axis=(0, 2)))
     np.testing.assert_allclose(n.mean, m.mean, atol=1e-5)
     np.testing.assert_allclose(n.std, m.std, atol=1e-4)
+
+
+def test_common_labels_align_datasets():
+    from fedhar.config import DataConfig
+    from fedhar.data.pipeline import load_windows
+
+    cfg = DataConfig(dataset="synthetic", common_labels=True, classes=["walking", "lying"])
+    ws = load_windows(cfg, use_cache=False)
+    assert ws.label_names == ["walking", "lying"] and set(ws.y.tolist()) == {0, 1}
+
+
+def test_every_common_table_maps_onto_the_common_set():
+    from fedhar.data.activities import COMMON_ACTIVITIES, TO_COMMON, common_label_map
+
+    for table in TO_COMMON.values():
+        assert set(table.values()) <= set(COMMON_ACTIVITIES)
+    with pytest.raises(DataError, match="no common-activity table"):
+        common_label_map("generic")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from fedhar.cache import cache_root
 from fedhar.config import DataConfig
+from fedhar.data.activities import common_label_map
 from fedhar.data.loaders import detect_layout, load_recordings
 from fedhar.data.preprocess import relabel, resample_recording, select_sensors
 from fedhar.data.recording import RecordingSet
@@ -18,6 +19,8 @@ from fedhar.errors import DataError
 
 #: Bump when windowing or a loader changes what it produces, so old caches are not reused.
 PIPELINE_VERSION = 1
+#: data settings applied after the cached windows (splits, normalisation, label budgets)
+NOT_CACHED = ("split", "cache_dir", "normalize", "labelled_per_class", "labelled_percent")
 
 
 def read_recordings(cfg: DataConfig, seed: int = 0) -> RecordingSet:
@@ -31,7 +34,10 @@ def read_recordings(cfg: DataConfig, seed: int = 0) -> RecordingSet:
             raise DataError(f"`data.path` is not set; point it at the unpacked {cfg.dataset} folder")
         options = {"placement": cfg.placement} if cfg.placement else {}
         rs = load_recordings(cfg.path, cfg.dataset, **options)
-    rs = relabel(rs, cfg.classes, cfg.label_map)
+    label_map = dict(cfg.label_map or {})
+    if cfg.common_labels:
+        label_map = {**common_label_map(rs.dataset), **label_map}
+    rs = relabel(rs, cfg.classes, label_map or None)
     rs = select_sensors(rs, cfg.sensors)
     if cfg.sample_rate is not None:
         rs.recordings = [resample_recording(r, cfg.sample_rate) for r in rs.recordings]
@@ -40,7 +46,7 @@ def read_recordings(cfg: DataConfig, seed: int = 0) -> RecordingSet:
 
 def _fingerprint(cfg: DataConfig, seed: int) -> str:
     """Cache key: preprocessing parameters plus the names, sizes and mtimes of the input files."""
-    params = {k: v for k, v in cfg.__dict__.items() if k not in ("split", "cache_dir", "normalize")}
+    params = {k: v for k, v in cfg.__dict__.items() if k not in NOT_CACHED}
     params["version"] = PIPELINE_VERSION
     if cfg.dataset == "synthetic":
         from fedhar.data.synthetic import GENERATOR_VERSION

@@ -7,7 +7,7 @@ import time
 
 from fedhar.config import ExperimentConfig
 from fedhar.data.pipeline import load_windows
-from fedhar.data.splits import split_by_subject
+from fedhar.data.splits import low_label, split_by_subject
 from fedhar.model.backbones import Backbone
 from fedhar.model.har_model import DataSpec, build_model, parameter_counts
 from fedhar.model.state import save_checkpoint
@@ -44,6 +44,8 @@ def train_centralized(
     t_start = time.perf_counter()
     ws = load_windows(cfg.data, cfg.seed)
     train, val, test = split_by_subject(ws, cfg.data.split, cfg.seed)
+    if cfg.data.labelled_per_class is not None or cfg.data.labelled_percent is not None:
+        train = low_label(train, cfg.seed, cfg.data.labelled_per_class, cfg.data.labelled_percent)
     spec = DataSpec.from_windows(train, normalize=cfg.data.normalize)
     t_model = time.perf_counter()
     model = build_model(cfg.model, spec, cfg.seed, backbone=backbone)
