@@ -28,8 +28,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from fedhar.config import load_config, save_config
     from fedhar.errors import ConfigError
-    from fedhar.federated.simulate import simulate
-    from fedhar.federated.strategies import check_strategy
+    from fedhar.federated.simulate import preflight, simulate
     from fedhar.results.run import RunDir
 
     if args.resume:
@@ -39,11 +38,11 @@ def run(args: argparse.Namespace) -> int:
         run_dir = RunDir(Path(args.resume))
         if not run_dir.file("config.yaml").is_file():
             raise ConfigError(f"cannot resume: {args.resume} holds no config.yaml of an earlier fedhar run")
-        cfg = check_strategy(load_config(run_dir.file("config.yaml"), args.overrides))
+        cfg, _ = preflight(load_config(run_dir.file("config.yaml"), args.overrides))
         save_config(cfg, run_dir.file("config.yaml"))
         run_dir.update_json("run.json", resumed_with=args.overrides)
     else:
-        cfg = check_strategy(load_config(args.config or DEFAULT_CONFIG, args.overrides))
+        cfg, _ = preflight(load_config(args.config or DEFAULT_CONFIG, args.overrides))
         run_dir = RunDir.create(cfg, kind="simulate")
     console.print(f"[bold]fedhar simulate[/] {cfg.name} → {run_dir.path}")
     summary = simulate(cfg, run_dir, resume=bool(args.resume), verbose=args.verbose, progress=not args.quiet)

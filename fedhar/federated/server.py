@@ -29,6 +29,7 @@ import math
 import os
 import shlex
 import shutil
+import threading
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -56,6 +57,7 @@ from fedhar.training.loop import evaluate
 STATE_DIR = "state"
 SERVER_STATE_FILE = "server.safetensors"
 NODE_WAIT_S = 120.0
+PULL_INTERVAL_S = 0.05
 
 
 @dataclass
@@ -67,6 +69,7 @@ class ServerJob:
     resume: bool = False
     expected_nodes: int | None = None  # simulation: every virtual node registers before the first round
     progress: bool = True
+    stop: threading.Event | None = None  # set when the engine under the server has ended (the loop stops)
 
 
 @dataclass
@@ -145,8 +148,21 @@ def sample_clients(fed: Federation, cfg: ExperimentConfig, rnd: int) -> list[Cli
     return [available[i] for i in chosen]
 
 
-def _send(grid: Grid, messages: list[Message], timeout: float | None) -> list[Message]:
-    return list(grid.send_and_receive(messages, timeout=timeout))
+def _send(grid: Grid, messages: list[Message], timeout: float | None, stop: threading.Event | None) -> list[Message]:
+    """Push messages, pull replies until all arrived, ``timeout`` passed, or the engine stopped (``stop``)."""
+    pending = set(grid.push_messages(messages))
+    deadline = None if timeout is None else time.monotonic() + timeout
+    replies: list[Message] = []
+    while pending:
+        got = list(grid.pull_messages(pending))
+        replies += got
+        pending -= {m.metadata.reply_to_message_id for m in got}
+        if not pending or (deadline is not None and time.monotonic() > deadline):
+            break
+        if stop is not None and stop.is_set():
+            raise FedharError("the simulation engine stopped while clients were still training")
+        time.sleep(PULL_INTERVAL_S)
+    return replies
 
 
 def _reply_error(reply: Message) -> str | None:
@@ -155,7 +171,7 @@ def _reply_error(reply: Message) -> str | None:
     return None
 
 
-def wait_for_nodes(grid: Grid, expected: int | None, minimum: int) -> list[int]:
+def wait_for_nodes(grid: Grid, expected: int | None, minimum: int, stop: threading.Event | None = None) -> list[int]:
     """Node ids once the federation is up (simulation registers its virtual nodes right after start)."""
     deadline = time.monotonic() + NODE_WAIT_S
     want = expected or minimum
@@ -166,6 +182,8 @@ def wait_for_nodes(grid: Grid, expected: int | None, minimum: int) -> list[int]:
                 time.sleep(1.0)
                 nodes = sorted(grid.get_node_ids())
             return nodes
+        if stop is not None and stop.is_set():
+            raise FedharError("the simulation engine stopped before the client nodes registered")
         if time.monotonic() > deadline:
             raise FedharError(f"only {len(nodes)} of {want} client nodes connected within {NODE_WAIT_S:.0f} s")
         time.sleep(0.2)
@@ -197,11 +215,11 @@ class RoundLoop:
     # -- setup ------------------------------------------------------------------------------------
     def describe(self, stage: int, fit_normalizer: bool) -> None:
         """Ask every node what it holds at ``stage``; fit the global normaliser from their moments if asked."""
-        nodes = wait_for_nodes(self.grid, self.job.expected_nodes, self.cfg.federated.min_clients)
+        nodes = wait_for_nodes(self.grid, self.job.expected_nodes, self.cfg.federated.min_clients, self.job.stop)
         job = RoundJob(self.cfg, 0, stage, self.cfg.train.lr, self.cfg.seed, None)
         messages = [Message(RecordDict({"config": job.to_record()}), dst_node_id=n, message_type=MESSAGE_DESCRIBE)
                     for n in nodes]  # fmt: skip
-        replies = _send(self.grid, messages, self.cfg.federated.round_timeout_s)
+        replies = _send(self.grid, messages, self.cfg.federated.round_timeout_s, self.job.stop)
         clients, errors, totals = [], [], None
         for reply in replies:
             if (err := _reply_error(reply)) is not None:
@@ -292,7 +310,7 @@ class RoundLoop:
                           message_type="train", group_id=str(rnd))  # fmt: skip
             messages.append(msg)
             down[c.node_id] = record_bytes(msg)
-        replies = _send(self.grid, messages, fed_cfg.round_timeout_s)
+        replies = _send(self.grid, messages, fed_cfg.round_timeout_s, self.job.stop)
         by_node = self.federation.by_node()
         updates, errors, clients = [], [], []
         for reply in replies:
@@ -310,6 +328,8 @@ class RoundLoop:
             up = record_bytes(reply)
             clients.append({"round": rnd, "client": name, "num_examples": n, "bytes_down": down[reply.metadata.src_node_id],
                             "bytes_up": up, **{k: float(v) for k, v in metrics.items()}})  # fmt: skip
+        updates.sort(key=lambda u: u.name)  # replies arrive in any order; sums must not depend on it
+        clients.sort(key=lambda c: c["client"])
         missing = len(chosen) - len(replies)
         if len(updates) < fed_cfg.min_clients:
             detail = errors[0] if errors else f"{missing} clients did not reply within federated.round_timeout_s"
@@ -355,7 +375,7 @@ class RoundLoop:
         down = {m.metadata.dst_node_id: record_bytes(m) for m in messages}
         out = {}
         by_node = self.federation.by_node()
-        for reply in _send(self.grid, messages, self.cfg.federated.round_timeout_s):
+        for reply in _send(self.grid, messages, self.cfg.federated.round_timeout_s, self.job.stop):
             info = by_node.get(reply.metadata.src_node_id)
             if info is None or _reply_error(reply) is not None:
                 continue

@@ -14,11 +14,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
+import threading
 import time
 import warnings
 
 from fedhar.config import ExperimentConfig
-from fedhar.errors import ConfigError
+from fedhar.errors import ConfigError, FedharError
 from fedhar.federated.data import simulated_partition
 from fedhar.federated.strategies import check_strategy
 from fedhar.results.run import RunDir
@@ -40,8 +42,8 @@ def backend_config(cfg: ExperimentConfig, verbose: bool = False) -> dict:
                 f"federated.cpus_per_client={fed.cpus_per_client} exceeds the {cpus} CPUs this simulation may use; "
                 "lower it (or attach to a bigger Ray cluster with federated.ray_address)"
             )
-        init_args["num_cpus"] = cpus
-        init_args["num_gpus"] = 0
+        # "local": always a fresh Ray instance of our own, never a cluster that `ray start` left on this machine
+        init_args.update(address="local", num_cpus=cpus, num_gpus=0)
     return {"client_resources": {"num_cpus": fed.cpus_per_client, "num_gpus": 0.0}, "init_args": init_args}
 
 
@@ -57,11 +59,19 @@ def check_federation(cfg: ExperimentConfig) -> list[str]:
     return names
 
 
+def preflight(cfg: ExperimentConfig) -> tuple[ExperimentConfig, list[str]]:
+    """Every check that can fail before anything starts: strategy vs model, client count, cluster address."""
+    cfg = check_strategy(cfg)
+    names = check_federation(cfg)
+    if cfg.federated.ray_address:
+        check_reachable(cfg.federated.ray_address)
+    return cfg, names
+
+
 def simulate(cfg: ExperimentConfig, run: RunDir, resume: bool = False, verbose: bool = False,
              progress: bool = True) -> dict:  # fmt: skip
     """Run (or resume) the federation in ``cfg``, results in ``run``; returns the ``metrics.json`` summary."""
-    cfg = check_strategy(cfg)
-    names = check_federation(cfg)
+    cfg, names = preflight(cfg)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # Ray's usage reporting: opt in, like Flower's
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")  # never let Ray re-create the env with uv
     os.environ.setdefault("RAY_DEDUP_LOGS", "0" if verbose else "1")
@@ -72,10 +82,10 @@ def simulate(cfg: ExperimentConfig, run: RunDir, resume: bool = False, verbose: 
     from clients.app import app as client_app
     from fedhar.federated.server import ServerJob, build_server_app
 
-    flwr_logger = logging.getLogger("flwr")
-    previous_level = flwr_logger.level
-    flwr_logger.setLevel(logging.DEBUG if verbose else logging.CRITICAL)  # client errors come back in replies
-    job = ServerJob(cfg, run, resume=resume, expected_nodes=len(names), progress=progress)
+    # Flower's logger propagates to the root handler; quiet unless -v (client errors come back in replies)
+    logging.getLogger("flwr").setLevel(logging.DEBUG if verbose else logging.CRITICAL)
+    stop = threading.Event()
+    job = ServerJob(cfg, run, resume=resume, expected_nodes=len(names), progress=progress, stop=stop)
     children_before = _child_pids()
     t0 = time.perf_counter()
     try:
@@ -89,14 +99,36 @@ def simulate(cfg: ExperimentConfig, run: RunDir, resume: bool = False, verbose: 
                 backend_config=backend_config(cfg, verbose),
                 verbose_logging=verbose,
             )
+    except RuntimeError as e:  # the engine itself failed (Ray could not start, a worker died, ...)
+        raise FedharError(f"Flower's simulation engine stopped: {_root_cause(e)} (rerun with -v for its logs)") from e
     finally:
+        stop.set()  # the server loop must not outlive the engine (its thread would keep the process alive)
         if ray.is_initialized():
             ray.shutdown()
-        flwr_logger.setLevel(previous_level)
         _reap_children(children_before)
     run.update_json("metrics.json", simulation_wall_seconds=round(time.perf_counter() - t0, 2),
                     ray_address=cfg.federated.ray_address or "local")  # fmt: skip
     return json.loads(run.file("metrics.json").read_text())
+
+
+def check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Fail fast on a ``host:port`` where no Ray head listens (Ray itself retries for minutes)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or "://" in address:
+        return  # "auto", "ray://..." and other forms: left to Ray
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise ConfigError(
+            f"federated.ray_address={address}: no Ray head answers there ({e.strerror or e}); start one with "
+            f"`ray start --head --port {port}` or fix the address"
+        ) from None
+
+
+def _root_cause(error: BaseException) -> str:
+    while error.__cause__ is not None:
+        error = error.__cause__
+    return f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
 
 
 def _child_pids() -> set[int]:

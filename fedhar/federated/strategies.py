@@ -74,6 +74,7 @@ def lora_pairs(names: list[str]) -> list[tuple[str, str]]:
 
 def exact_lora_mean(updates: list[ClientUpdate], a_name: str, b_name: str, scaling: float) -> np.ndarray:
     """The example-weighted mean of the clients' low-rank updates s·B·A of one layer ([out, in])."""
+    updates = _sorted(updates)
     weights = _weights(updates)
     mean = np.zeros((updates[0].state[b_name].shape[0], updates[0].state[a_name].shape[1]), dtype=np.float64)
     for w, u in zip(weights, updates):
@@ -98,6 +99,7 @@ def product_gap(updates: list[ClientUpdate], pairs: list[tuple[str, str]], scali
     """How far plain averaging of A and B lands from the mean product: ‖s·B̄Ā − mean(s·BA)‖ / ‖mean(s·BA)‖."""
     if not pairs or len(updates) < 2:
         return 0.0
+    updates = _sorted(updates)
     plain = weighted_average(updates, [n for pair in pairs for n in pair])
     num = den = 0.0
     for a_name, b_name in pairs:

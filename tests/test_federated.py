@@ -1,0 +1,382 @@
+"""Federated pieces without Ray: wire records, aggregation math, data provider, client logic, the round loop."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, Context, Message, RecordDict
+from flwr.serverapp import Grid
+
+from fedhar.config import load_config
+from fedhar.data.preprocess import Normalizer
+from fedhar.errors import CheckpointError, ConfigError, FedharError
+from fedhar.federated import strategies as S
+from fedhar.federated.records import RoundJob, record_to_state, state_to_record
+
+#: a tiny federation: 5 synthetic subjects (3 train clients, 1 validation, 1 test), tiny untrained backbone
+TINY_FED = [
+    "data.dataset=synthetic", "data.synthetic.subjects=5", "data.synthetic.seconds_per_activity=4",
+    "data.split.val=[4]", "data.split.test=[5]", "data.window=64",
+    "model.backbone=tiny-llama", "model.num_layers=2", "model.tokens=8", "model.conv_channels=16",
+    "train.batch_size=16", "train.device=cpu", "train.lr=0.003",
+    "federated.rounds=2", "federated.min_clients=2",
+]  # fmt: skip
+
+
+def tiny_cfg(*overrides: str):
+    return S.check_strategy(load_config(None, [*TINY_FED, *overrides]))
+
+
+# ---- records ------------------------------------------------------------------------------------
+
+
+def test_state_record_roundtrip_keeps_names_order_dtypes_and_values():
+    rng = np.random.default_rng(0)
+    state = {"b.weight": rng.standard_normal((3, 4)).astype(np.float32), "a.bias": np.arange(5, dtype=np.float64)}
+    back = record_to_state(state_to_record(state), {n: (a.shape, a.dtype) for n, a in state.items()})
+    assert list(back) == list(state)
+    for name in state:
+        assert back[name].dtype == state[name].dtype and np.array_equal(back[name], state[name])
+
+
+def _raw_array(value: np.ndarray, *, dtype: str | None = None, shape=None, stype="numpy.ndarray", pickle=False) -> Array:
+    buf = io.BytesIO()
+    np.save(buf, value, allow_pickle=pickle)
+    return Array(dtype=dtype or str(value.dtype), shape=tuple(shape or value.shape), stype=stype, data=buf.getvalue())
+
+
+@pytest.mark.parametrize(
+    "array, message",
+    [
+        (_raw_array(np.array([1.0, np.nan], np.float32)), "NaN or Inf"),
+        (_raw_array(np.array([1, 2], np.int64)), "only ['float16', 'float32', 'float64']"),
+        (_raw_array(np.zeros(2, np.float32), stype="torch.Tensor"), "serialisation `torch.Tensor`"),
+        (_raw_array(np.zeros(2, np.float32), shape=(3,)), "declares float32[3] but holds float32[2]"),
+        (_raw_array(np.array([{"x": 1}], dtype=object), dtype="float32", pickle=True), "cannot be decoded"),
+    ],
+)
+def test_bad_arrays_are_rejected_by_name(array, message):
+    with pytest.raises(CheckpointError, match=r"client c: tensor w") as info:
+        record_to_state(ArrayRecord({"w": array}), where="client c")
+    assert message in str(info.value)
+
+
+def test_state_must_match_the_model_exactly():
+    expected = {"w": ((2,), np.dtype("float32")), "v": ((1,), np.dtype("float32"))}
+    with pytest.raises(CheckpointError, match="missing 1 tensors"):
+        record_to_state(state_to_record({"w": np.zeros(2, np.float32)}), expected)
+    with pytest.raises(CheckpointError, match="unexpected tensors"):
+        record_to_state(state_to_record({"w": np.zeros(2, np.float32), "v": np.zeros(1, np.float32),
+                                         "x": np.zeros(1, np.float32)}), expected)  # fmt: skip
+    with pytest.raises(CheckpointError, match=r"w has shape \(3,\)"):
+        record_to_state(state_to_record({"w": np.zeros(3, np.float32), "v": np.zeros(1, np.float32)}), expected)
+
+
+def test_round_job_roundtrip():
+    cfg = tiny_cfg("federated.strategy=fedprox")
+    norm = Normalizer(np.arange(6, dtype=np.float32), np.ones(6, np.float32))
+    job = RoundJob.from_record(RoundJob(cfg, 3, 1, 0.004, 77, norm).to_record())
+    assert (job.round, job.stage, job.lr, job.seed) == (3, 1, 0.004, 77)
+    assert job.cfg.to_dict() == cfg.to_dict() and np.array_equal(job.normalizer.mean, norm.mean)
+
+
+# ---- strategies ---------------------------------------------------------------------------------
+
+
+def _update(name: str, n: int, **tensors) -> S.ClientUpdate:
+    return S.ClientUpdate(name, {k: np.asarray(v, np.float32) for k, v in tensors.items()}, n)
+
+
+def test_fedavg_weights_by_examples_whatever_the_reply_order():
+    updates = [_update("b", 3, w=[4.0, 8.0]), _update("a", 1, w=[0.0, 0.0])]
+    new, _ = S.Strategy().aggregate({"w": np.zeros(2, np.float32)}, updates)
+    assert new["w"].dtype == np.float32 and np.allclose(new["w"], [3.0, 6.0])
+    flipped, _ = S.Strategy().aggregate({"w": np.zeros(2, np.float32)}, updates[::-1])
+    assert np.array_equal(new["w"], flipped["w"])
+
+
+def test_fedprox_aggregates_like_fedavg_and_sets_the_client_term():
+    updates = [_update("a", 2, w=[1.0]), _update("b", 2, w=[3.0])]
+    prox = S.make_strategy(tiny_cfg("federated.strategy=fedprox", "federated.proximal_mu=0.5"))
+    assert prox.proximal_mu == 0.5 and S.Strategy().proximal_mu == 0.0
+    assert np.allclose(prox.aggregate({"w": np.zeros(1, np.float32)}, updates)[0]["w"], [2.0])
+
+
+@pytest.mark.parametrize("kind", ["adam", "yogi"])
+def test_server_optimisers_follow_reddi_et_al_and_resume_exactly(kind):
+    lr, b1, b2, tau = 0.1, 0.9, 0.99, 1e-3
+    opt = S.FedOpt(kind, lr, b1, b2, tau)
+    x = {"w": np.array([0.0, 1.0], np.float32)}
+    updates = [_update("a", 1, w=[1.0, 1.0]), _update("b", 1, w=[1.0, 3.0])]  # mean [1, 2] → Δ = [1, 1]
+    x1, _ = opt.aggregate(x, updates)
+    m, v = (1 - b1) * 1.0, (1 - b2) * 1.0  # both rules give v = (1-b2)Δ² from v = 0
+    assert np.allclose(x1["w"], x["w"] + lr * m / (np.sqrt(v) + tau), atol=1e-6)
+    saved = {k: a.copy() for k, a in opt.server_state().items()}
+    x2, _ = opt.aggregate(x1, updates)
+    resumed = S.FedOpt(kind, lr, b1, b2, tau)
+    resumed.load_server_state(saved)
+    assert np.array_equal(resumed.aggregate(x1, updates)[0]["w"], x2["w"])
+    delta = np.array([1.0, 2.0]) - x1["w"].astype(np.float64)
+    v2 = v * b2 + (1 - b2) * delta**2 if kind == "adam" else v - (1 - b2) * delta**2 * np.sign(v - delta**2)
+    assert np.allclose(opt.v["w"], v2)
+
+
+def _lora_updates(rng, out=6, inp=5, r=2, share_space=True, clients=3):
+    """Client LoRA factors; with ``share_space`` every product lies in one rank-r row and column space."""
+    u, v = rng.standard_normal((out, r)), rng.standard_normal((r, inp))
+    updates = []
+    for i in range(clients):
+        if share_space:
+            b, a = u @ rng.standard_normal((r, r)), rng.standard_normal((r, r)) @ v
+        else:
+            b, a = rng.standard_normal((out, r)), rng.standard_normal((r, inp))
+        updates.append(_update(f"c{i}", i + 1, **{"m.lora_A.default.weight": a, "m.lora_B.default.weight": b,
+                                                  "head.weight": rng.standard_normal(3)}))  # fmt: skip
+    return updates
+
+
+def test_exact_lora_aggregation_reproduces_the_mean_product_when_it_has_rank_r():
+    rng = np.random.default_rng(1)
+    updates = _lora_updates(rng)
+    scaling = 16 / 2
+    glob = {k: np.zeros_like(v) for k, v in updates[0].state.items()}
+    new, diag = S.LoraExact(rank=2, scaling=scaling).aggregate(glob, updates)
+    exact = S.exact_lora_mean(updates, "m.lora_A.default.weight", "m.lora_B.default.weight", scaling)
+    product = scaling * new["m.lora_B.default.weight"].astype(np.float64) @ new["m.lora_A.default.weight"]
+    assert np.allclose(product, exact, rtol=1e-4, atol=1e-4 * np.abs(exact).max())
+    assert diag["lora_svd_residual"] < 1e-4
+    a = new["m.lora_A.default.weight"].astype(np.float64)
+    assert np.allclose(a @ a.T, np.eye(2), atol=1e-5)  # A keeps orthonormal rows: a scale like LoRA's own init
+    assert np.allclose(new["head.weight"], S.weighted_average(updates)["head.weight"])  # other tensors: FedAvg
+    # plain averaging of A and B misses the mean product by a wide margin on the same updates
+    assert S.product_gap(updates, [("m.lora_A.default.weight", "m.lora_B.default.weight")], scaling) > 0.05
+
+
+def test_exact_lora_aggregation_truncates_to_the_best_rank_r_approximation():
+    rng = np.random.default_rng(2)
+    updates = _lora_updates(rng, share_space=False)
+    glob = {k: np.zeros_like(v) for k, v in updates[0].state.items()}
+    new, diag = S.LoraExact(rank=2, scaling=1.0).aggregate(glob, updates)
+    exact = S.exact_lora_mean(updates, "m.lora_A.default.weight", "m.lora_B.default.weight", 1.0)
+    u, s, vt = np.linalg.svd(exact)
+    best = (u[:, :2] * s[:2]) @ vt[:2]
+    product = new["m.lora_B.default.weight"].astype(np.float64) @ new["m.lora_A.default.weight"]
+    assert np.allclose(product, best, atol=1e-5)
+    assert diag["lora_svd_residual"] == pytest.approx(np.sqrt((s[2:] ** 2).sum() / (s**2).sum()), rel=1e-6)
+
+
+def test_ffa_lora_freezes_a_so_plain_averaging_of_b_is_exact():
+    cfg = tiny_cfg("federated.strategy=ffa-lora")
+    assert cfg.model.lora.freeze_a
+    from fedhar.federated.data import subject_split
+    from fedhar.model.har_model import DataSpec, build_model
+    from fedhar.model.state import get_trainable_state
+
+    _, val, _ = subject_split(cfg)
+    model = build_model(cfg.model, DataSpec.from_windows(val), cfg.seed)
+    names = list(get_trainable_state(model))
+    assert not [n for n in names if ".lora_A." in n] and [n for n in names if ".lora_B." in n]
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((2, 5))  # the shared, frozen A
+    bs = [rng.standard_normal((4, 2)) for _ in range(3)]
+    updates = [_update(f"c{i}", i + 1, b=b) for i, b in enumerate(bs)]
+    mean_b = S.weighted_average(updates)["b"].astype(np.float64)
+    exact = sum(w * b @ a for w, b in zip(np.array([1, 2, 3]) / 6, bs))
+    assert np.allclose(mean_b @ a, exact, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["federated.strategy=lora-exact", "model.finetune=full"], "needs a LoRA model"),
+        (["federated.strategy=ffa-lora", "model.kind=deepconvlstm"], "needs a LoRA model"),
+        (["federated.strategy=lora-exact", "model.lora.freeze_a=true"], "A must train"),
+        (["federated.strategy=fedsgd"], "strategy must be one of"),
+        (["federated.lr_schedule=step"], "lr_schedule must be exponential or cosine"),
+        (["federated.cpus_per_client=0"], "cpus_per_client must be positive"),
+    ],
+)
+def test_bad_federated_configs_fail_with_one_clear_error(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        tiny_cfg(*overrides)
+
+
+def test_too_few_clients_for_min_clients():
+    from fedhar.federated.simulate import check_federation
+
+    assert check_federation(tiny_cfg()) == ["subject-1", "subject-2", "subject-3"]
+    with pytest.raises(ConfigError, match="makes 3 clients with data, fewer than federated.min_clients=5"):
+        check_federation(tiny_cfg("federated.min_clients=5"))
+
+
+# ---- data provider and client logic -------------------------------------------------------------
+
+
+def test_client_data_partitions_the_training_subjects_only():
+    from fedhar.federated.data import client_data, subject_split
+
+    cfg = tiny_cfg()
+    train, val, test = subject_split(cfg)
+    parts = [client_data(cfg, {"partition-id": i}, stage=0) for i in range(3)]
+    assert [p.name for p in parts] == ["subject-1", "subject-2", "subject-3"]
+    assert sum(len(p.train) for p in parts) == len(train)
+    assert client_data(cfg, {"partition-id": 7}, stage=0) is None  # a node with no data sits rounds out
+    with pytest.raises(ConfigError, match="partition-id"):
+        client_data(cfg, {}, stage=0)
+    held = client_data(tiny_cfg("federated.client_val_fraction=0.25"), {"partition-id": 0}, stage=0)
+    assert held.val is not None and len(held.val) + len(held.train) == len(parts[0].train)
+    assert held.val.start_s.min() > held.train.where(session=held.val.session[0]).start_s.max() - 1e-9
+
+
+def test_normaliser_from_client_moments_equals_the_centralised_fit():
+    from fedhar.federated.client import moments
+    from fedhar.federated.data import client_data, subject_split
+
+    cfg = tiny_cfg()
+    train, _, _ = subject_split(cfg)
+    count, total, total_sq = 0.0, 0.0, 0.0
+    for i in range(3):
+        data = client_data(cfg, {"partition-id": i}, stage=0)
+        m = moments(data.train)
+        count += data.train.x.shape[0] * data.train.x.shape[2]
+        total, total_sq = total + m["sum"], total_sq + m["sum_sq"]
+    fed, central = Normalizer.from_moments(count, total, total_sq), Normalizer.fit(train)
+    assert np.allclose(fed.mean, central.mean, atol=1e-5) and np.allclose(fed.std, central.std, rtol=1e-4)
+
+
+def test_client_training_moves_the_state_and_the_proximal_term_pulls_back():
+    from fedhar.federated.client import process_model, proximal_term, train_client
+    from fedhar.federated.data import client_data
+    from fedhar.model.state import get_trainable_state
+
+    cfg = tiny_cfg()
+    data = client_data(cfg, {"partition-id": 0}, stage=0)
+    model = process_model(cfg, data.train, None)
+    start = get_trainable_state(model)
+    assert float(proximal_term(model, start, 1.0)(model).detach()) == 0.0
+    job = RoundJob(cfg, 1, 0, 0.01, 5, Normalizer.fit(data.train))
+    state, metrics = train_client(job, data, start)
+    assert metrics["steps"] > 0 and np.isfinite(metrics["train_loss"])
+    assert any(not np.array_equal(state[n], start[n]) for n in start)
+    assert process_model(cfg, data.train, None) is model  # the backbone is loaded once per process
+    far = {n: a + 1.0 for n, a in start.items()}
+    assert float(proximal_term(model, far, 0.5)(model).detach()) > 0
+
+
+# ---- the round loop, in-process (no Ray) ----------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def _server_task_identity(monkeypatch):
+    """The identity Flower gives the process that runs a ServerApp (messages are stamped with it)."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    for field, value in (("_run_id", 1), ("_task_id", 1), ("_node_id", 1)):
+        monkeypatch.setattr(TaskIdentity, field, value)
+
+
+class DirectGrid(Grid):
+    """A Grid that hands each message straight to the ClientApp: the round loop without an engine."""
+
+    def __init__(self, num_nodes: int):
+        from clients.app import app
+
+        self.app = app
+        self.contexts = {100 + i: Context(run_id=1, node_id=100 + i, node_config={"partition-id": i},
+                                          state=RecordDict(), run_config={}) for i in range(num_nodes)}  # fmt: skip
+        self.replies: dict[str, Message] = {}
+
+    def set_run(self, run) -> None:
+        raise NotImplementedError
+
+    @property
+    def run(self):
+        raise NotImplementedError
+
+    def create_message(self, content, message_type, dst_node_id, group_id, ttl=None):
+        raise NotImplementedError
+
+    def get_node_ids(self):
+        return list(self.contexts)
+
+    def handle(self, message: Message) -> Message:
+        return self.app(message, self.contexts[message.metadata.dst_node_id])
+
+    def push_messages(self, messages):
+        ids = []
+        for i, m in enumerate(messages):
+            m.metadata.__dict__["_message_id"] = f"m{len(self.replies) + i}"
+            self.replies[m.metadata.message_id] = self.handle(m)
+            ids.append(m.metadata.message_id)
+        return ids
+
+    def pull_messages(self, message_ids):
+        return [self.replies.pop(i) for i in sorted(message_ids, reverse=True)]  # replies arrive in any order
+
+    def send_and_receive(self, messages, *, timeout=None):
+        return self.pull_messages(self.push_messages(messages))
+
+
+class ErrorReplyGrid(DirectGrid):
+    """Turns client exceptions into Error replies, as Flower's engine does."""
+
+    def handle(self, message: Message) -> Message:
+        from flwr.app import Error
+
+        try:
+            return super().handle(message)
+        except Exception as e:  # noqa: BLE001 - the engine reports every client exception as a reply
+            return Message(Error(code=1, reason=f"ClientAppException: {e}"), reply_to=message)
+
+
+def _run_direct(tmp_path, name, *overrides, resume=False, grid=None):
+    from fedhar.federated.server import ServerJob, run_federation
+    from fedhar.results.run import RunDir
+
+    cfg = tiny_cfg(f"output_dir={tmp_path}", f"name={name}", *overrides)
+    run = RunDir(tmp_path / name) if resume else RunDir.create(cfg, kind="simulate")
+    job = ServerJob(cfg, run, resume=resume, expected_nodes=3, progress=False)
+    return run_federation(grid or DirectGrid(3), job), run
+
+
+def test_round_loop_resume_continues_exactly(tmp_path):
+    summary, run = _run_direct(tmp_path, "full")
+    rows = json.loads(run.file("rounds.json").read_text())["rounds"]
+    assert [r["round"] for r in rows] == [1, 2] and summary["rounds_completed"] == 2
+    assert rows[0]["clients_updated"] == 3 and rows[0]["bytes_up"] > 0
+    _run_direct(tmp_path, "part", "federated.rounds=1")
+    _run_direct(tmp_path, "part", "federated.rounds=2", resume=True)
+    resumed = json.loads((tmp_path / "part" / "rounds.json").read_text())["rounds"]
+    for key in ("val_macro_f1", "test_accuracy", "test_loss", "bytes_total"):
+        assert [r[key] for r in resumed] == [r[key] for r in rows], key
+    assert sorted(p.name for p in (tmp_path / "part" / "state").iterdir()) == ["round-0002"]
+
+
+def test_round_loop_fails_clearly_when_clients_fail(tmp_path, monkeypatch):
+    from fedhar.federated import client
+
+    def broken(job, data, state):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(client, "train_client", broken)
+    with pytest.raises(FedharError, match=r"round 1: 0 of 3 clients returned an update.*disk full"):
+        _run_direct(tmp_path, "broken", "federated.rounds=1", grid=ErrorReplyGrid(3))
+
+
+def test_round_loop_survives_a_failing_client_above_min_clients(tmp_path, monkeypatch):
+    from fedhar.federated import client
+
+    real = client.train_client
+
+    def flaky(job, data, state):
+        if data.name == "subject-2":
+            raise RuntimeError("battery died")
+        return real(job, data, state)
+
+    monkeypatch.setattr(client, "train_client", flaky)
+    _, run = _run_direct(tmp_path, "flaky", "federated.rounds=1", grid=ErrorReplyGrid(3))
+    row = json.loads(run.file("rounds.json").read_text())["rounds"][0]
+    assert row["clients_updated"] == 2 and row["clients_failed"] == 1 and "battery died" in row["errors"][0]
