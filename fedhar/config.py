@@ -105,6 +105,7 @@ class ModelConfig:
     conv_channels: int = 64  # channels of each sensor group's conv stack
     conv_depth: int = 2
     kernel_size: int = 5
+    stats_token: bool = False  # add a leading token of per-channel window mean/std (posture, intensity)
     pooling: str = "auto"  # mean | last | auto (last for causal decoders, mean for encoders)
     dropout: float = 0.1
     lora: LoraConfig = field(default_factory=LoraConfig)

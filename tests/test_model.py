@@ -87,3 +87,15 @@ def test_normalisation_is_part_of_the_model(spec, tiny_windows):
     z = model.normalize(x).numpy()
     np.testing.assert_allclose(z.mean(axis=(0, 2)), 0, atol=1e-4)
     np.testing.assert_allclose(z.std(axis=(0, 2)), 1, atol=1e-3)
+
+
+def test_stats_token_adds_one_leading_token(spec, tiny_windows):
+    from fedhar.model.frontend import ConvProjection
+
+    groups = spec.layout.group_dict
+    plain = ConvProjection(groups, 32, 8, 16)
+    with_stats = ConvProjection(groups, 32, 8, 16, stats_token=True)
+    x = torch.from_numpy(tiny_windows.x[:3])
+    assert plain(x).shape == (3, 8, 16) and with_stats(x).shape == (3, 9, 16)
+    model = build_model(ModelConfig(backbone="tiny-llama", num_layers=2, tokens=8, stats_token=True), spec)
+    assert model(x).shape == (3, 3)

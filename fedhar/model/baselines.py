@@ -41,6 +41,7 @@ class ScratchTransformer(HARNet):
         self.frontend = ConvProjection(
             data.layout.group_dict, data.window_len, model_cfg.tokens, d,
             model_cfg.conv_channels, model_cfg.conv_depth, model_cfg.kernel_size, model_cfg.dropout,
+            model_cfg.stats_token,
         )  # fmt: skip
         layer = nn.TransformerEncoderLayer(
             d, model_cfg.heads, dim_feedforward=2 * d, dropout=model_cfg.dropout, batch_first=True, norm_first=True,

@@ -43,6 +43,7 @@ class ConvProjection(nn.Module):
         depth: int = 2,
         kernel_size: int = 5,
         dropout: float = 0.1,
+        stats_token: bool = False,
     ):
         super().__init__()
         if window_len % tokens:
@@ -60,17 +61,25 @@ class ConvProjection(nn.Module):
         self.tokens = tokens
         self.patch = window_len // tokens
         self.proj = nn.Linear(conv_channels * self.patch, hidden_size)
-        self.position = nn.Parameter(torch.zeros(tokens, hidden_size))
+        # Per-channel mean (gravity direction → posture) and std (motion intensity) of the whole
+        # window as one leading token: convolutions see posture only through local patches.
+        num_channels = sum(len(idx) for idx in self.group_index.values())
+        self.stats = nn.Linear(2 * num_channels, hidden_size) if stats_token else None
+        self.position = nn.Parameter(torch.zeros(tokens + int(stats_token), hidden_size))
         nn.init.normal_(self.position, std=0.02)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x [B, C, T] → tokens [B, tokens, hidden]."""
+        """x [B, C, T] → tokens [B, tokens (+1 with the stats token), hidden]."""
         feats = [self.stacks[g](x.index_select(1, getattr(self, f"idx_{g}"))) for g in self.group_index]
         h = self.fuse(torch.cat(feats, dim=1))  # [B, F, T]
         b, f, _ = h.shape
         h = h.view(b, f, self.tokens, self.patch).permute(0, 2, 1, 3).reshape(b, self.tokens, f * self.patch)
-        return self.dropout(self.proj(h) + self.position)
+        tokens = self.proj(h)
+        if self.stats is not None:
+            summary = self.stats(torch.cat([x.mean(dim=2), x.std(dim=2)], dim=1)).unsqueeze(1)
+            tokens = torch.cat([summary, tokens], dim=1)  # first, so causal backbones attend to it everywhere
+        return self.dropout(tokens + self.position)
 
 
 def _divisor_near(n: int, k: int) -> int:

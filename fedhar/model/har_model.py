@@ -83,6 +83,7 @@ class LLMHARModel(HARNet):
         self.frontend = ConvProjection(
             data.layout.group_dict, data.window_len, model_cfg.tokens, backbone.hidden_size,
             model_cfg.conv_channels, model_cfg.conv_depth, model_cfg.kernel_size, model_cfg.dropout,
+            model_cfg.stats_token,
         )  # fmt: skip
         self.backbone_info = dataclasses.replace(backbone, module=None)
         self.backbone_pretrained = backbone.pretrained
