@@ -1,0 +1,165 @@
+"""Federated vs centralized on HAPT, and the strategy comparison (FedAvg, FFA-LoRA, exact LoRA, FedProx).
+
+One client per training subject (the 15 of configs/hapt.yaml), validation subjects 25 26 and
+test subjects 27-30 scored centrally by the server every round. The centralized run trains the
+same model on the same subjects with ``fedhar train``. Every variant runs in a fresh process.
+
+    python simulations/fed_hapt.py --out runs/fed-hapt                       # centralized + 4 strategies
+    python simulations/fed_hapt.py --out runs/fed-hapt --strategies fedavg   # the headline comparison only
+    python simulations/fed_hapt.py --out runs/fed-hapt federated.rounds=30   # overrides for every run
+
+Writes into --out: fed_hapt.json (everything), fed_hapt.csv / .md (one row per variant: final
+and best-round test accuracy / macro-F1, gap to centralized, bytes per client per round, ratio to
+full-model FedAvg, wall time), fed_hapt_rounds.csv (test and validation macro-F1 per round per
+strategy), fed_hapt.png (test macro-F1 vs round, centralized as a line) and fed_hapt_bytes.png
+(final test macro-F1 vs total bytes). Re-running skips variants already measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+STRATEGIES = ("fedavg", "ffa-lora", "lora-exact", "fedprox", "fedadam", "fedyogi")
+DEFAULT_STRATEGIES = "fedavg,ffa-lora,lora-exact,fedprox"
+#: federated settings that make the run comparable to the centralized recipe (cosine decay over training)
+FEDERATED = ["federated.partition=subject", "federated.lr_schedule=cosine"]
+COLUMNS = ["variant", "test_accuracy", "test_macro_f1", "best_round", "best_round_test_macro_f1",
+           "gap_to_centralized", "bytes_per_client_per_round", "ratio_vs_full_model_fedavg", "bytes_total",
+           "rounds", "wall_seconds"]  # fmt: skip
+
+
+def run(cmd: list[str], name: str) -> float:
+    print(f"\n=== {name}: {' '.join(cmd[3:])}", flush=True)
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd)
+    if proc.returncode != 0:
+        raise SystemExit(f"{name} failed (exit {proc.returncode}); command: {' '.join(cmd)}")
+    return time.perf_counter() - t0
+
+
+def centralized(config: str, out: Path, overrides: list[str]) -> dict:
+    cmd = [sys.executable, "-m", "fedhar.cli.main", "train", "--config", config, "--quiet", "name=centralized",
+           f"output_dir={out}", *overrides]  # fmt: skip
+    if (out / "centralized").exists() and not (out / "centralized" / "metrics.json").is_file():
+        raise SystemExit(f"{out / 'centralized'} holds an unfinished run; delete it and rerun")
+    wall = run(cmd, "centralized")
+    m = json.loads((out / "centralized" / "metrics.json").read_text())
+    return {"variant": "centralized", "test_accuracy": round(m["test"]["accuracy"], 4),
+            "test_macro_f1": round(m["test"]["macro_f1"], 4),
+            "epochs_run": m["epochs_run"], "best_epoch": m["best_epoch"], "wall_seconds": round(wall, 1),
+            "run_dir": str(out / "centralized")}  # fmt: skip
+
+
+def federated(config: str, strategy: str, out: Path, overrides: list[str]) -> dict:
+    name = f"fed-{strategy}"
+    cmd = [sys.executable, "-m", "fedhar.cli.main", "simulate", "--config", config, "--quiet", f"name={name}",
+           f"output_dir={out}", f"federated.strategy={strategy}", *FEDERATED, *overrides]  # fmt: skip
+    if (out / name / "config.yaml").is_file() and not (out / name / "metrics.json").is_file():
+        cmd = [sys.executable, "-m", "fedhar.cli.main", "simulate", "--quiet", "--resume", str(out / name)]
+    wall = run(cmd, name)
+    m = json.loads((out / name / "metrics.json").read_text())
+    rows = json.loads((out / name / "rounds.json").read_text())["rounds"]
+    comm = m["communication"]
+    return {
+        "variant": name,
+        "test_accuracy": round(m["final"]["test_accuracy"], 4),
+        "test_macro_f1": round(m["final"]["test_macro_f1"], 4),
+        "best_round": m["best_round"]["round"],
+        "best_round_test_macro_f1": round(m["best_round"]["test_macro_f1"], 4),
+        "bytes_per_client_per_round": round(comm["bytes_per_client_per_round"]),
+        "ratio_vs_full_model_fedavg": round(comm["ratio_vs_full_model_fedavg"], 5),
+        "bytes_total": comm["bytes_total"],
+        "rounds": m["rounds_completed"],
+        "wall_seconds": round(wall, 1),
+        "per_round": [{k: r.get(k) for k in ("round", "val_macro_f1", "test_macro_f1", "test_accuracy", "bytes_total",
+                                             "lora_product_gap", "lora_svd_residual")} for r in rows],  # fmt: skip
+        "run_dir": str(out / name),
+    }
+
+
+def write_outputs(results: dict[str, dict], out: Path) -> None:
+    central = results.get("centralized")
+    for r in results.values():
+        if central and r["variant"] != "centralized":
+            r["gap_to_centralized"] = round(r["test_macro_f1"] - central["test_macro_f1"], 4)
+    (out / "fed_hapt.json").write_text(json.dumps(list(results.values()), indent=2))
+    rows = [{c: r.get(c, "") for c in COLUMNS} for r in results.values()]
+    with (out / "fed_hapt.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS)
+        w.writeheader()
+        w.writerows(rows)
+    md = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    md += ["| " + " | ".join(str(v) for v in r.values()) + " |" for r in rows]
+    (out / "fed_hapt.md").write_text("\n".join(md) + "\n")
+    print("\n" + "\n".join(md))
+
+    feds = [r for r in results.values() if "per_round" in r]
+    with (out / "fed_hapt_rounds.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["variant", "round", "val_macro_f1", "test_macro_f1", "test_accuracy", "bytes_total"])
+        for r in feds:
+            for p in r["per_round"]:
+                w.writerow([r["variant"], p["round"], p["val_macro_f1"], p["test_macro_f1"], p["test_accuracy"],
+                            p["bytes_total"]])  # fmt: skip
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    for r in feds:
+        ax.plot([p["round"] for p in r["per_round"]], [p["test_macro_f1"] for p in r["per_round"]], marker="o",
+                ms=3, label=r["variant"])  # fmt: skip
+    if central:
+        ax.axhline(central["test_macro_f1"], color="k", ls="--", label=f"centralized ({central['test_macro_f1']:.3f})")
+    ax.set(xlabel="round", ylabel="test macro-F1 (subjects 27-30)", ylim=(0, 1.02), title="HAPT: federated vs centralized")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "fed_hapt.png", dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for r in feds:
+        ax.scatter(r["bytes_total"] / 1e6, r["test_macro_f1"], s=50)
+        ax.annotate(r["variant"], (r["bytes_total"] / 1e6, r["test_macro_f1"]), textcoords="offset points",
+                    xytext=(5, 4), fontsize=8)  # fmt: skip
+    ax.set(xlabel="total bytes sent + received over the run (MB)", ylabel="final test macro-F1", title="cost vs score")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "fed_hapt_bytes.png", dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=Path("runs/fed-hapt"))
+    p.add_argument("--config", default="configs/hapt.yaml")
+    p.add_argument("--strategies", default=DEFAULT_STRATEGIES, help=f"comma-separated subset of {list(STRATEGIES)}")
+    p.add_argument("--skip-centralized", action="store_true")
+    p.add_argument("overrides", nargs="*", help="overrides for every run (centralized and federated)")
+    args = p.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    existing = args.out / "fed_hapt.json"
+    results = {r["variant"]: r for r in json.loads(existing.read_text())} if existing.is_file() else {}
+    if not args.skip_centralized and "centralized" not in results:
+        results["centralized"] = centralized(args.config, args.out, args.overrides)
+        write_outputs(results, args.out)
+    for strategy in args.strategies.split(","):
+        if strategy not in STRATEGIES:
+            raise SystemExit(f"unknown strategy `{strategy}`; choose from {list(STRATEGIES)}")
+        if f"fed-{strategy}" in results:
+            print(f"fed-{strategy}: already measured in {results[f'fed-{strategy}']['run_dir']}")
+            continue
+        results[f"fed-{strategy}"] = federated(args.config, strategy, args.out, args.overrides)
+        write_outputs(results, args.out)
+
+
+if __name__ == "__main__":
+    main()

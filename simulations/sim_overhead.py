@@ -1,0 +1,159 @@
+"""Simulation overhead: ``fedhar simulate`` vs the same local training steps run sequentially in one process.
+
+The sequential baseline does exactly the federated computation without Flower and Ray: the same
+clients, sampling, seeds, local epochs (``fedhar.federated.client.train_client``), aggregation
+and central evaluation each round, one client after another in one process. Both sides run as
+fresh processes and are timed from start to exit; per-round time (rounds only, after start-up) is
+compared too, and the rounds after the first (``steady``: round 1 also builds each Ray worker's
+model, which the baseline does before its first round). The per-round metrics of the two must agree, which shows the work is the same.
+
+Two simulate variants:
+* ``same-resources``: one client at a time with ``--threads`` torch threads (``max_concurrent_clients=1``,
+  ``cpus_per_client=<threads>``), exactly the baseline's work and threads: the ratio is the
+  engine's overhead (Ray start-up, worker processes, messages, serialisation);
+* ``parallel``: the config's own Ray resources (clients side by side on all CPUs).
+
+One torch thread per client is the default: on a small shared CPU, two threads per process
+for this model size can be many times slower than one (thread contention), which would
+swamp the overhead being measured.
+
+    python simulations/sim_overhead.py --out runs/sim-overhead                        # configs/default.yaml
+    python simulations/sim_overhead.py --out runs/sim-overhead --config configs/hapt.yaml federated.rounds=3
+
+Writes sim_overhead.json / .csv / .md into --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+METRICS = ("val_macro_f1", "test_macro_f1", "test_accuracy", "test_loss")
+
+
+def sequential(config: str, overrides: list[str], out: Path) -> None:
+    """The federated rounds, client after client, in this process; writes ``sequential.json``."""
+    from fedhar.config import load_config
+    from fedhar.data.preprocess import Normalizer
+    from fedhar.federated.client import moments, train_client
+    from fedhar.federated.data import client_data, simulated_partition, subject_split
+    from fedhar.federated.records import RoundJob
+    from fedhar.federated.server import ClientInfo, Federation, client_seed, round_lr, sample_clients
+    from fedhar.federated.strategies import ClientUpdate, check_strategy, make_strategy
+    from fedhar.model.har_model import DataSpec, build_model
+    from fedhar.model.state import get_trainable_state, set_trainable_state
+    from fedhar.training.loop import evaluate
+
+    t_start = time.perf_counter()
+    cfg = check_strategy(load_config(config, overrides))
+    _, val, test = subject_split(cfg)
+    parts, _ = simulated_partition(cfg)
+    clients = [d for d in (client_data(cfg, {"partition-id": i}, 0) for i in range(len(parts))) if d is not None]
+    clients.sort(key=lambda d: d.name)
+    reference = val if len(val) else test
+    spec = DataSpec(reference.layout, reference.window_len, reference.sample_rate, list(reference.label_names),
+                    Normalizer.identity(reference.num_channels))  # fmt: skip
+    model = build_model(cfg.model, spec, cfg.seed)
+    if cfg.data.normalize:
+        stats = [moments(d.train) for d in clients]
+        count = sum(d.train.x.shape[0] * d.train.x.shape[2] for d in clients)
+        model.set_normalizer(Normalizer.from_moments(count, sum(s["sum"] for s in stats), sum(s["sum_sq"] for s in stats)))
+    strategy = make_strategy(cfg)
+    state = get_trainable_state(model)
+    by_name = {d.name: d for d in clients}
+    federation = Federation(0, [ClientInfo(i, d.name, len(d.train)) for i, d in enumerate(clients)])
+    rows = []
+    for rnd in range(1, cfg.federated.rounds + 1):
+        t0 = time.perf_counter()
+        lr = round_lr(cfg, rnd)
+        updates = []
+        for c in sample_clients(federation, cfg, rnd):
+            job = RoundJob(cfg, rnd, 0, lr, client_seed(cfg.seed, rnd, c.name), model.data.normalizer)
+            new, _ = train_client(job, by_name[c.name], state)
+            updates.append(ClientUpdate(c.name, new, c.num_examples))
+        state, _ = strategy.aggregate(state, sorted(updates, key=lambda u: u.name))
+        set_trainable_state(model, state, where=f"round {rnd}")
+        row = {"round": rnd}
+        for split, ws in (("val", val), ("test", test)):
+            if len(ws):
+                m = evaluate(model, ws, cfg.train.eval_batch_size)
+                row.update({f"{split}_macro_f1": m["macro_f1"], f"{split}_accuracy": m["accuracy"], f"{split}_loss": m["loss"]})
+        row["round_seconds"] = round(time.perf_counter() - t0, 3)
+        rows.append(row)
+        print(f"round {rnd}: test macro-F1 {row.get('test_macro_f1', float('nan')):.4f} ({row['round_seconds']} s)", flush=True)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "sequential.json").write_text(json.dumps({"rounds": rows, "seconds": time.perf_counter() - t_start}, indent=2))
+
+
+def timed(cmd: list[str], label: str) -> float:
+    print(f"\n=== {label}: {' '.join(cmd[2:])}", flush=True)
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=REPO)
+    if proc.returncode != 0:
+        raise SystemExit(f"{label} failed (exit {proc.returncode})")
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=Path("runs/sim-overhead"))
+    p.add_argument("--config", default=str(REPO / "configs" / "default.yaml"))
+    p.add_argument("--threads", type=int, default=1, help="torch threads of the baseline and of each client")
+    p.add_argument("--sequential", action="store_true", help=argparse.SUPPRESS)  # the baseline's own process
+    p.add_argument("overrides", nargs="*", help="config overrides for every run")
+    args = p.parse_args()
+    out = args.out.resolve()
+    if args.sequential:
+        sequential(args.config, args.overrides, out)
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    same = [f"federated.cpus_per_client={args.threads}", "federated.max_concurrent_clients=1"]
+    variants = {"same-resources": same, "parallel": [f"federated.cpus_per_client={args.threads}"]}
+    results = []
+    wall = timed([sys.executable, __file__, "--sequential", "--out", str(out / "sequential"), "--config", args.config,
+                  *same, *args.overrides], "sequential (one process, no Flower/Ray)")  # fmt: skip
+    seq = json.loads((out / "sequential" / "sequential.json").read_text())["rounds"]
+    seq_rounds = sum(r["round_seconds"] for r in seq)
+    seq_steady = sum(r["round_seconds"] for r in seq[1:])
+    results.append({"variant": "sequential", "wall_seconds": round(wall, 2), "rounds_seconds": round(seq_rounds, 2),
+                    "steady_rounds_seconds": round(seq_steady, 2)})  # fmt: skip
+    for name, extra in variants.items():
+        run_dir = out / f"simulate-{name}"
+        if run_dir.exists():
+            raise SystemExit(f"{run_dir} exists from an earlier measurement; choose another --out")
+        wall = timed([sys.executable, "-m", "fedhar.cli.main", "simulate", "--config", args.config, "--quiet",
+                      f"name=simulate-{name}", f"output_dir={out}", *extra, *args.overrides], f"simulate ({name})")  # fmt: skip
+        rows = json.loads((run_dir / "rounds.json").read_text())["rounds"]
+        rounds_s = sum(r["round_seconds"] for r in rows)
+        steady_s = sum(r["round_seconds"] for r in rows[1:])  # round 1 also builds each worker's model
+        same_metrics = all(abs(a.get(k, 0) - b.get(k, 0)) < 1e-9 for a, b in zip(rows, seq) for k in METRICS)
+        results.append({"variant": f"simulate-{name}", "wall_seconds": round(wall, 2), "rounds_seconds": round(rounds_s, 2),
+                        "wall_ratio": round(wall / results[0]["wall_seconds"], 3),
+                        "rounds_ratio": round(rounds_s / seq_rounds, 3),
+                        "steady_rounds_seconds": round(steady_s, 2),
+                        "steady_rounds_ratio": round(steady_s / seq_steady, 3) if seq_steady else None,
+                        "metrics_equal_to_sequential": same_metrics})  # fmt: skip
+    (out / "sim_overhead.json").write_text(json.dumps({"config": args.config, "overrides": args.overrides,
+                                                       "threads": args.threads, "cpus": os.cpu_count(),
+                                                       "results": results}, indent=2))  # fmt: skip
+    cols = ["variant", "wall_seconds", "wall_ratio", "rounds_seconds", "rounds_ratio", "steady_rounds_seconds",
+            "steady_rounds_ratio", "metrics_equal_to_sequential"]  # fmt: skip
+    with (out / "sim_overhead.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=cols)
+        w.writeheader()
+        w.writerows(results)
+    md = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    md += ["| " + " | ".join(str(r.get(c, "")) for c in cols) + " |" for r in results]
+    (out / "sim_overhead.md").write_text("\n".join(md) + "\n")
+    print("\n" + "\n".join(md))
+
+
+if __name__ == "__main__":
+    main()
