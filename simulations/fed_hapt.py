@@ -118,7 +118,8 @@ def write_outputs(results: dict[str, dict], out: Path) -> None:
                 ms=3, label=r["variant"])  # fmt: skip
     if central:
         ax.axhline(central["test_macro_f1"], color="k", ls="--", label=f"centralized ({central['test_macro_f1']:.3f})")
-    ax.set(xlabel="round", ylabel="test macro-F1 (subjects 27-30)", ylim=(0, 1.02), title="HAPT: federated vs centralized")
+    ax.set(xlabel="round", ylabel="test macro-F1 (subjects 27-30)", ylim=(0, 1.02),
+           title="HAPT: federated vs centralized")  # fmt: skip
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -5,7 +5,8 @@ clients, sampling, seeds, local epochs (``fedhar.federated.client.train_client``
 and central evaluation each round, one client after another in one process. Both sides run as
 fresh processes and are timed from start to exit; per-round time (rounds only, after start-up) is
 compared too, and the rounds after the first (``steady``: round 1 also builds each Ray worker's
-model, which the baseline does before its first round). The per-round metrics of the two must agree, which shows the work is the same.
+model, which the baseline does before its first round). The per-round metrics of the two must
+agree, which shows the work is the same.
 
 Two simulate variants:
 * ``same-resources``: one client at a time with ``--threads`` torch threads (``max_concurrent_clients=1``,
@@ -64,7 +65,8 @@ def sequential(config: str, overrides: list[str], out: Path) -> None:
     if cfg.data.normalize:
         stats = [moments(d.train) for d in clients]
         count = sum(d.train.x.shape[0] * d.train.x.shape[2] for d in clients)
-        model.set_normalizer(Normalizer.from_moments(count, sum(s["sum"] for s in stats), sum(s["sum_sq"] for s in stats)))
+        total, total_sq = sum(s["sum"] for s in stats), sum(s["sum_sq"] for s in stats)
+        model.set_normalizer(Normalizer.from_moments(count, total, total_sq))
     strategy = make_strategy(cfg)
     state = get_trainable_state(model)
     by_name = {d.name: d for d in clients}
@@ -84,12 +86,14 @@ def sequential(config: str, overrides: list[str], out: Path) -> None:
         for split, ws in (("val", val), ("test", test)):
             if len(ws):
                 m = evaluate(model, ws, cfg.train.eval_batch_size)
-                row.update({f"{split}_macro_f1": m["macro_f1"], f"{split}_accuracy": m["accuracy"], f"{split}_loss": m["loss"]})
+                row.update({f"{split}_{k}": m[k] for k in ("accuracy", "macro_f1", "loss")})
         row["round_seconds"] = round(time.perf_counter() - t0, 3)
         rows.append(row)
-        print(f"round {rnd}: test macro-F1 {row.get('test_macro_f1', float('nan')):.4f} ({row['round_seconds']} s)", flush=True)
+        print(f"round {rnd}: test macro-F1 {row.get('test_macro_f1', float('nan')):.4f} ({row['round_seconds']} s)",
+              flush=True)  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
-    (out / "sequential.json").write_text(json.dumps({"rounds": rows, "seconds": time.perf_counter() - t_start}, indent=2))
+    summary = {"rounds": rows, "seconds": time.perf_counter() - t_start}
+    (out / "sequential.json").write_text(json.dumps(summary, indent=2))
 
 
 def timed(cmd: list[str], label: str) -> float:
@@ -128,13 +132,15 @@ def main() -> None:
         run_dir = out / f"simulate-{name}"
         if run_dir.exists():
             raise SystemExit(f"{run_dir} exists from an earlier measurement; choose another --out")
-        wall = timed([sys.executable, "-m", "fedhar.cli.main", "simulate", "--config", args.config, "--quiet",
-                      f"name=simulate-{name}", f"output_dir={out}", *extra, *args.overrides], f"simulate ({name})")  # fmt: skip
+        cmd = [sys.executable, "-m", "fedhar.cli.main", "simulate", "--config", args.config, "--quiet",
+               f"name=simulate-{name}", f"output_dir={out}", *extra, *args.overrides]  # fmt: skip
+        wall = timed(cmd, f"simulate ({name})")
         rows = json.loads((run_dir / "rounds.json").read_text())["rounds"]
         rounds_s = sum(r["round_seconds"] for r in rows)
         steady_s = sum(r["round_seconds"] for r in rows[1:])  # round 1 also builds each worker's model
         same_metrics = all(abs(a.get(k, 0) - b.get(k, 0)) < 1e-9 for a, b in zip(rows, seq) for k in METRICS)
-        results.append({"variant": f"simulate-{name}", "wall_seconds": round(wall, 2), "rounds_seconds": round(rounds_s, 2),
+        results.append({"variant": f"simulate-{name}", "wall_seconds": round(wall, 2),
+                        "rounds_seconds": round(rounds_s, 2),
                         "wall_ratio": round(wall / results[0]["wall_seconds"], 3),
                         "rounds_ratio": round(rounds_s / seq_rounds, 3),
                         "steady_rounds_seconds": round(steady_s, 2),

@@ -42,7 +42,7 @@ def test_state_record_roundtrip_keeps_names_order_dtypes_and_values():
         assert back[name].dtype == state[name].dtype and np.array_equal(back[name], state[name])
 
 
-def _raw_array(value: np.ndarray, *, dtype: str | None = None, shape=None, stype="numpy.ndarray", pickle=False) -> Array:
+def _raw_array(value: np.ndarray, *, dtype=None, shape=None, stype="numpy.ndarray", pickle=False) -> Array:
     buf = io.BytesIO()
     np.save(buf, value, allow_pickle=pickle)
     return Array(dtype=dtype or str(value.dtype), shape=tuple(shape or value.shape), stype=stype, data=buf.getvalue())
@@ -380,3 +380,25 @@ def test_round_loop_survives_a_failing_client_above_min_clients(tmp_path, monkey
     _, run = _run_direct(tmp_path, "flaky", "federated.rounds=1", grid=ErrorReplyGrid(3))
     row = json.loads(run.file("rounds.json").read_text())["rounds"][0]
     assert row["clients_updated"] == 2 and row["clients_failed"] == 1 and "battery died" in row["errors"][0]
+
+
+@pytest.mark.parametrize("strategy", ["ffa-lora", "lora-exact", "fedyogi"])
+def test_strategies_through_the_loop_with_client_evaluation_and_a_reloadable_checkpoint(tmp_path, strategy):
+    from fedhar.federated.data import subject_split
+    from fedhar.model.state import load_checkpoint
+    from fedhar.training.loop import evaluate
+
+    summary, run = _run_direct(tmp_path, strategy, f"federated.strategy={strategy}", "federated.rounds=1",
+                               "federated.client_val_fraction=0.25")  # fmt: skip
+    data = json.loads(run.file("rounds.json").read_text())
+    row, clients = data["rounds"][0], data["clients"]
+    assert ("lora_svd_residual" in row) == (strategy == "lora-exact")
+    assert ("lora_product_gap" in row) == (strategy != "ffa-lora")  # FFA-LoRA sends no A: nothing to mismatch
+    assert len(clients) == 3 and all("client_eval_macro_f1" in c and c["eval_bytes_down"] > 0 for c in clients)
+    assert row["bytes_total"] == sum(c["bytes_down"] + c["bytes_up"] + c["eval_bytes_down"] + c["eval_bytes_up"]
+                                     for c in clients)  # fmt: skip
+    # the checkpoint rebuilds the model (FFA-LoRA: A from the init seed) and scores as the server did
+    _, _, test = subject_split(load_config(run.file("config.yaml")))
+    reloaded = evaluate(load_checkpoint(run.file("checkpoint")), test)
+    assert reloaded["accuracy"] == summary["final"]["test_accuracy"]
+    assert reloaded["loss"] == pytest.approx(summary["final"]["test_loss"], rel=1e-5)

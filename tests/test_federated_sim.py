@@ -1,4 +1,4 @@
-"""``fedhar simulate`` end to end on Flower's Ray engine: results, determinism, --resume, a real Ray cluster, clean exit."""
+"""``fedhar simulate`` end to end on Flower's Ray engine: results, determinism, --resume, a Ray cluster, clean exit."""
 
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ from tests.test_federated import TINY_FED
 #: the embedded default's two devices and placements, cut to one each for speed
 TINY_SIM = [*TINY_FED, "data.synthetic.devices=[phone-a]", "data.synthetic.placements=[waist]"]
 RAY = str(Path(sys.executable).parent / "ray")
-METRICS = ("val_accuracy", "val_macro_f1", "val_loss", "test_accuracy", "test_macro_f1", "test_loss", "lora_product_gap")
+METRICS = ("val_accuracy", "val_macro_f1", "val_loss", "test_accuracy", "test_macro_f1", "test_loss",
+           "lora_product_gap")  # fmt: skip
 
 
 @pytest.fixture
@@ -58,8 +59,9 @@ def test_simulate_end_to_end_deterministic_and_resumable(tmp_path, process_mark,
     out = tmp_path / "runs"
     assert main(["simulate", *TINY_SIM, f"output_dir={out}", "name=a"]) == 0
     run = out / "a"
-    for f in ("config.yaml", "run.json", "federation.json", "rounds.json", "rounds.csv", "clients.csv", "metrics.json",
-              "rounds.png", "bytes_vs_metric.png", "checkpoint/model.json", "checkpoint/trainable.safetensors"):  # fmt: skip
+    for f in ("config.yaml", "run.json", "federation.json", "rounds.json", "rounds.csv", "clients.csv",
+              "metrics.json", "rounds.png", "bytes_vs_metric.png", "checkpoint/model.json",
+              "checkpoint/trainable.safetensors"):  # fmt: skip
         assert (run / f).is_file(), f
     progress = capsys.readouterr().err
     assert "round   1/2" in progress and "round   2/2" in progress

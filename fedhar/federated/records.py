@@ -30,21 +30,26 @@ def state_to_record(state: dict[str, np.ndarray]) -> ArrayRecord:
     return ArrayRecord({name: Array(np.ascontiguousarray(a)) for name, a in state.items()})
 
 
-def record_to_state(record: ArrayRecord, expected: StateSpec | None = None, where: str = "message") -> dict[str, np.ndarray]:
+def record_to_state(
+    record: ArrayRecord, expected: StateSpec | None = None, where: str = "message"
+) -> dict[str, np.ndarray]:
     """Decode and check an ArrayRecord; with ``expected``, names, shapes and dtypes must match it exactly."""
     state: dict[str, np.ndarray] = {}
     for name, arr in record.items():
         if arr.stype != NUMPY_STYPE:
             raise CheckpointError(f"{where}: tensor {name} has serialisation `{arr.stype}`, expected {NUMPY_STYPE}")
         if arr.dtype not in WIRE_DTYPES:
-            raise CheckpointError(f"{where}: tensor {name} has dtype {arr.dtype}; only {list(WIRE_DTYPES)} are accepted")
+            raise CheckpointError(
+                f"{where}: tensor {name} has dtype {arr.dtype}; only {list(WIRE_DTYPES)} are accepted"
+            )
         try:
             value = arr.numpy()  # np.load(allow_pickle=False): object arrays are refused here
         except ValueError as e:
             raise CheckpointError(f"{where}: tensor {name} cannot be decoded ({e})") from e
         if str(value.dtype) != arr.dtype or tuple(value.shape) != tuple(arr.shape):
             raise CheckpointError(
-                f"{where}: tensor {name} declares {arr.dtype}{list(arr.shape)} but holds {value.dtype}{list(value.shape)}"
+                f"{where}: tensor {name} declares {arr.dtype}{list(arr.shape)} "
+                f"but holds {value.dtype}{list(value.shape)}"
             )
         if not np.isfinite(value).all():
             raise CheckpointError(f"{where}: tensor {name} contains NaN or Inf")
@@ -94,9 +99,13 @@ class RoundJob:
     def from_record(cls, record: ConfigRecord) -> "RoundJob":
         missing = [k for k in ("fedhar-config", "round", "stage", "lr", "seed") if k not in record]
         if missing:
-            raise CheckpointError(f"the server's message lacks config keys {missing}; server and client versions differ")
+            raise CheckpointError(
+                f"the server's message lacks config keys {missing}; server and client versions differ"
+            )
         cfg = from_dict(ExperimentConfig, json.loads(str(record["fedhar-config"])))
         normalizer = None
         if "norm-mean" in record:
-            normalizer = Normalizer(np.asarray(record["norm-mean"], np.float32), np.asarray(record["norm-std"], np.float32))
-        return cls(cfg, int(record["round"]), int(record["stage"]), float(record["lr"]), int(record["seed"]), normalizer)
+            mean, std = (np.asarray(record[k], np.float32) for k in ("norm-mean", "norm-std"))
+            normalizer = Normalizer(mean, std)
+        rnd, stage, lr, seed = int(record["round"]), int(record["stage"]), float(record["lr"]), int(record["seed"])
+        return cls(cfg, rnd, stage, lr, seed, normalizer)

@@ -36,7 +36,8 @@ def summarize(cfg: ExperimentConfig, rows: list[dict], model: HARNet, clients: l
         summary["final"] = {k: last[k] for k in last if k.split("_", 1)[0] in ("val", "test")}
         if any("val_macro_f1" in r for r in rows):
             best = max(rows, key=lambda r: r.get("val_macro_f1", -1.0))
-            summary["best_round"] = {"round": best["round"], **{k: best[k] for k in best if k.split("_", 1)[0] in ("val", "test")}}
+            scores = {k: best[k] for k in best if k.split("_", 1)[0] in ("val", "test")}
+            summary["best_round"] = {"round": best["round"], **scores}
         per_client = [r["bytes_per_client"] for r in rows]
         summary["communication"] = {
             "bytes_total": int(sum(r["bytes_total"] for r in rows)),
@@ -62,7 +63,8 @@ def plot_rounds(rows: list[dict], out_dir: Path, title: str = "") -> list[Path]:
     splits = [s for s in ("val", "test") if f"{s}_macro_f1" in rows[0]]
     fig, (ax_score, ax_loss) = plt.subplots(1, 2, figsize=(10, 4))
     for i, split in enumerate(splits):
-        ax_score.plot(rounds, [r[f"{split}_macro_f1"] for r in rows], marker="o", color=f"C{i}", label=f"{split} macro-F1")
+        f1 = [r[f"{split}_macro_f1"] for r in rows]
+        ax_score.plot(rounds, f1, marker="o", color=f"C{i}", label=f"{split} macro-F1")
         ax_score.plot(rounds, [r[f"{split}_accuracy"] for r in rows], ls="--", color=f"C{i}", label=f"{split} accuracy")
         ax_loss.plot(rounds, [r[f"{split}_loss"] for r in rows], marker="o", color=f"C{i}", label=split)
     ax_score.set(xlabel="round", ylabel="score", ylim=(0, 1.02), title="global model, held-out subjects")
@@ -80,8 +82,10 @@ def plot_rounds(rows: list[dict], out_dir: Path, title: str = "") -> list[Path]:
     cumulative = np.cumsum([r["bytes_total"] for r in rows]) / 1e6
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for i, split in enumerate(splits):
-        ax.plot(cumulative, [r[f"{split}_macro_f1"] for r in rows], marker="o", color=f"C{i}", label=f"{split} macro-F1")
-    ax.set(xlabel="cumulative bytes sent + received (MB)", ylabel="macro-F1", ylim=(0, 1.02), title=title or "cost vs score")
+        f1 = [r[f"{split}_macro_f1"] for r in rows]
+        ax.plot(cumulative, f1, marker="o", color=f"C{i}", label=f"{split} macro-F1")
+    ax.set(xlabel="cumulative bytes sent + received (MB)", ylabel="macro-F1", ylim=(0, 1.02),
+           title=title or "cost vs score")  # fmt: skip
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

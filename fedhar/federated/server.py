@@ -91,7 +91,10 @@ class Federation:
 
 
 def build_server_app(job: ServerJob | None = None) -> ServerApp:
-    """A ServerApp running the fedhar round loop; without ``job`` it reads ``config-file`` / ``overrides`` from the run config."""
+    """A ServerApp running the fedhar round loop.
+
+    Without ``job`` (``flwr run``) it reads ``config-file`` / ``overrides`` from the run config.
+    """
     app = ServerApp()
 
     @app.main()
@@ -326,8 +329,9 @@ class RoundLoop:
             state = record_to_state(reply.content["arrays"], self.spec, where=f"client {name}'s update")
             updates.append(ClientUpdate(name, state, n))
             up = record_bytes(reply)
-            clients.append({"round": rnd, "client": name, "num_examples": n, "bytes_down": down[reply.metadata.src_node_id],
-                            "bytes_up": up, **{k: float(v) for k, v in metrics.items()}})  # fmt: skip
+            clients.append({"round": rnd, "client": name, "num_examples": n,
+                            "bytes_down": down[reply.metadata.src_node_id], "bytes_up": up,
+                            **{k: float(v) for k, v in metrics.items()}})  # fmt: skip
         updates.sort(key=lambda u: u.name)  # replies arrive in any order; sums must not depend on it
         clients.sort(key=lambda c: c["client"])
         missing = len(chosen) - len(replies)
@@ -340,7 +344,8 @@ class RoundLoop:
         diagnostics = {}
         pairs = lora_pairs(list(self.global_state))
         if pairs:
-            diagnostics["lora_product_gap"] = product_gap(updates, pairs, self.cfg.model.lora.alpha / self.cfg.model.lora.r)
+            scaling = self.cfg.model.lora.alpha / self.cfg.model.lora.r
+            diagnostics["lora_product_gap"] = product_gap(updates, pairs, scaling)
         new_state, extra = self.strategy.aggregate(self.global_state, updates)
         diagnostics.update(extra)
         set_trainable_state(self.model, new_state, where=f"round {rnd} aggregate")
@@ -351,8 +356,8 @@ class RoundLoop:
         row = {"round": rnd, "stage": self.federation.stage, "lr": lr, "clients_sampled": len(chosen),
                "clients_updated": len(updates), "clients_failed": len(errors) + missing,
                **self.central_metrics()}  # fmt: skip
-        total_down = sum(c["bytes_down"] for c in clients) + sum(v.get("eval_bytes_down", 0) for v in local_eval.values())
-        total_up = sum(c["bytes_up"] for c in clients) + sum(v.get("eval_bytes_up", 0) for v in local_eval.values())
+        total_down = sum(c["bytes_down"] for c in clients) + sum(v["eval_bytes_down"] for v in local_eval.values())
+        total_up = sum(c["bytes_up"] for c in clients) + sum(v["eval_bytes_up"] for v in local_eval.values())
         row.update(
             bytes_down=total_down,
             bytes_up=total_up,
@@ -391,7 +396,7 @@ class RoundLoop:
         for split, ws in (("val", self.val), ("test", self.test)):
             if len(ws):
                 m = evaluate(self.model, ws, self.cfg.train.eval_batch_size)
-                out.update({f"{split}_accuracy": m["accuracy"], f"{split}_macro_f1": m["macro_f1"], f"{split}_loss": m["loss"]})
+                out.update({f"{split}_{k}": m[k] for k in ("accuracy", "macro_f1", "loss")})
         return out
 
 
@@ -408,7 +413,8 @@ def run_federation(grid: Grid, job: ServerJob) -> dict:
     counts = parameter_counts(loop.model)
     if job.progress:
         console.print(
-            f"[bold]{cfg.federated.strategy}[/]: {len(loop.federation.clients)} clients, rounds {start + 1}..{cfg.federated.rounds}, "
+            f"[bold]{cfg.federated.strategy}[/]: {len(loop.federation.clients)} clients, "
+            f"rounds {start + 1}..{cfg.federated.rounds}, "
             f"{counts['trainable']:,} trainable of {counts['total']:,} parameters"
         )
     for rnd in range(start + 1, cfg.federated.rounds + 1):

@@ -96,7 +96,10 @@ def refactor(delta: np.ndarray, rank: int, scaling: float) -> tuple[np.ndarray, 
 
 
 def product_gap(updates: list[ClientUpdate], pairs: list[tuple[str, str]], scaling: float) -> float:
-    """How far plain averaging of A and B lands from the mean product: ‖s·B̄Ā − mean(s·BA)‖ / ‖mean(s·BA)‖."""
+    """How far plain averaging of A and B lands from the mean product.
+
+    ‖s·B̄·Ā − mean(s·B·A)‖ / ‖mean(s·B·A)‖ over all LoRA layers (Frobenius norms).
+    """
     if not pairs or len(updates) < 2:
         return 0.0
     updates = _sorted(updates)
@@ -130,7 +133,9 @@ class Strategy:
 
     def load_server_state(self, state: State) -> None:
         if state:
-            raise ConfigError(f"strategy {self.name} keeps no server state, but the checkpoint holds {len(state)} tensors")
+            raise ConfigError(
+                f"strategy {self.name} keeps no server state, but the checkpoint holds {len(state)} tensors"
+            )
 
 
 class FedProx(Strategy):
@@ -189,7 +194,9 @@ class LoraExact(Strategy):
         updates = _sorted(updates)
         pairs = lora_pairs(list(global_state))
         if not pairs:
-            raise ConfigError("strategy lora-exact needs trainable LoRA A and B factors (model.finetune: lora, freeze_a: false)")
+            raise ConfigError(
+                "strategy lora-exact needs trainable LoRA A and B factors (model.finetune: lora, freeze_a: false)"
+            )
         lora_names = {n for pair in pairs for n in pair}
         new = weighted_average(updates, [n for n in global_state if n not in lora_names])
         residuals = []
