@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 
 import numpy as np
 import torch
@@ -138,11 +139,14 @@ def _global_state(message: Message, job: RoundJob, data: ClientData) -> dict[str
 
 
 def handle_train(message: Message, context: Context) -> Message:
+    t0 = time.perf_counter()
     job, data = _job_and_data(message, context)
     if data is None:  # holds no data at this stage: sits the round out
         return _reply(message, f"node-{context.node_id}", 0, {})
     state, metrics = train_client(job, data, _global_state(message, job, data))
-    return _reply(message, data.name, len(data.train), metrics, state_to_record(state))
+    arrays = state_to_record(state)
+    metrics["client_seconds"] = time.perf_counter() - t0  # the whole handler: decoding, training, encoding
+    return _reply(message, data.name, len(data.train), metrics, arrays)
 
 
 def handle_evaluate(message: Message, context: Context) -> Message:
