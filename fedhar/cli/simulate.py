@@ -47,8 +47,9 @@ def run(args: argparse.Namespace) -> int:
     console.print(f"[bold]fedhar simulate[/] {cfg.name} → {run_dir.path}")
     summary = simulate(cfg, run_dir, resume=bool(args.resume), verbose=args.verbose, progress=not args.quiet)
     final = summary.get("final", {})
-    scores = "  ".join(f"{k} {v:.4f}" for k, v in final.items() if k.endswith(("accuracy", "macro_f1")))
-    console.print(f"final global model: {scores}")
+    scores = [f"{split} F1 {final[f'{split}_macro_f1']:.4f} acc {final[f'{split}_accuracy']:.4f}"
+              for split in ("val", "test") if f"{split}_macro_f1" in final]  # fmt: skip
+    console.print("final global model: " + "  ".join(scores))
     comm = summary.get("communication")
     if comm:
         console.print(f"bytes per client per round {comm['bytes_per_client_per_round'] / 1e6:.3f} MB "
