@@ -402,3 +402,24 @@ def test_strategies_through_the_loop_with_client_evaluation_and_a_reloadable_che
     reloaded = evaluate(load_checkpoint(run.file("checkpoint")), test)
     assert reloaded["accuracy"] == summary["final"]["test_accuracy"]
     assert reloaded["loss"] == pytest.approx(summary["final"]["test_loss"], rel=1e-5)
+
+
+def test_clients_can_leave_between_rounds_through_the_data_stage(tmp_path, monkeypatch):
+    """The seam continual adaptation uses: a later stage where one client holds no data any more."""
+    from fedhar.federated import client, server
+    from fedhar.federated.data import client_data
+
+    def schedule(cfg, rnd):
+        return rnd - 1  # round 1 → stage 0, round 2 → stage 1
+
+    def data_at_stage(cfg, node_config, stage):
+        data = client_data(cfg, node_config, stage)
+        return None if stage >= 1 and data.name == "subject-3" else data
+
+    monkeypatch.setattr(server, "stage_of_round", schedule)
+    monkeypatch.setattr(client, "client_data", data_at_stage)
+    _, run = _run_direct(tmp_path, "stages")
+    rows = json.loads(run.file("rounds.json").read_text())["rounds"]
+    assert [(r["stage"], r["clients_updated"]) for r in rows] == [(0, 3), (1, 2)]
+    federation = json.loads(run.file("federation.json").read_text())
+    assert federation["stage"] == 1 and [c["name"] for c in federation["clients"]] == ["subject-1", "subject-2"]

@@ -5,8 +5,8 @@ the validation and test subjects never reach a client. ``client_data`` is the on
 that decides which windows a node holds. It receives the node's config (Flower's
 ``node_config``: ``partition-id`` in simulation) and the round's ``stage`` from the server's
 message, so a data schedule that changes what clients hold, or which clients exist, between
-rounds (continual adaptation) is a change to this module, not to the client or the round loop.
-In this version every stage serves the configured partition.
+rounds (continual adaptation) is a change to this module (``stage_of_round``, ``client_data``), not
+to the client or the round loop. In this version there is one stage, the configured partition.
 
 Window sets and partitions are cached per process (each Ray worker loads them once per run;
 ``load_windows`` adds an on-disk cache across runs).
@@ -62,6 +62,12 @@ def simulated_partition(cfg: ExperimentConfig, stage: int = 0) -> tuple[list[np.
         _PARTITIONS.clear()
         _PARTITIONS[key] = (parts, client_names(train, fed.partition, parts))
     return _PARTITIONS[key]
+
+
+def stage_of_round(cfg: ExperimentConfig, rnd: int) -> int:
+    """The data stage round ``rnd`` trains on. This version has one stage (0); a continual schedule maps
+    rounds to stages here, and the server describes the federation again whenever the stage changes."""
+    return 0
 
 
 def client_data(cfg: ExperimentConfig, node_config: dict, stage: int) -> ClientData | None:

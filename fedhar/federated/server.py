@@ -45,7 +45,7 @@ from fedhar.config import ExperimentConfig, load_config
 from fedhar.data.preprocess import Normalizer
 from fedhar.errors import CheckpointError, ConfigError, FedharError
 from fedhar.federated.client import MESSAGE_DESCRIBE
-from fedhar.federated.data import subject_split
+from fedhar.federated.data import stage_of_round, subject_split
 from fedhar.federated.records import RoundJob, record_bytes, record_to_state, state_to_record
 from fedhar.federated.report import plot_rounds, summarize
 from fedhar.federated.strategies import ClientUpdate, Strategy, check_strategy, lora_pairs, make_strategy, product_gap
@@ -118,7 +118,7 @@ def job_from_run_config(run_config: dict) -> ServerJob:
         raise ConfigError("the Flower run config needs `config-file` (see [tool.flwr.app.config] in pyproject.toml)")
     overrides = shlex.split(str(run_config.get("overrides", "")))
     cfg = check_strategy(load_config(resolve_config_path(str(run_config["config-file"])), overrides))
-    return ServerJob(cfg, RunDir.create(cfg, kind="federated"))
+    return ServerJob(cfg, RunDir.create(cfg, kind="flwr-run"))
 
 
 # ---- round bookkeeping ----------------------------------------------------------------------
@@ -408,8 +408,7 @@ def run_federation(grid: Grid, job: ServerJob) -> dict:
     start = loop.restore() if job.resume else 0
     if job.resume and start == 0 and loop.rows:
         raise CheckpointError(f"{job.run.path}: rounds.json lists rounds but no state to resume from")
-    stage = 0  # one data stage in this version; a stage schedule changes it here, per round
-    loop.describe(stage, fit_normalizer=start == 0)
+    loop.describe(stage_of_round(cfg, start + 1), fit_normalizer=start == 0)
     counts = parameter_counts(loop.model)
     if job.progress:
         console.print(
@@ -418,6 +417,11 @@ def run_federation(grid: Grid, job: ServerJob) -> dict:
             f"{counts['trainable']:,} trainable of {counts['total']:,} parameters"
         )
     for rnd in range(start + 1, cfg.federated.rounds + 1):
+        stage = stage_of_round(cfg, rnd)
+        if stage != loop.federation.stage:  # the data changed: ask again who holds what
+            loop.describe(stage, fit_normalizer=False)
+            if job.progress:
+                console.print(f"stage {stage}: {len(loop.federation.clients)} clients hold data")
         if job.progress:
             with console.status(f"round {rnd}/{cfg.federated.rounds}: {cfg.federated.strategy} on "
                                 f"{len(loop.federation.clients)} clients…"):  # fmt: skip
