@@ -92,3 +92,11 @@ def test_low_label_protocol_on_synthetic_data(tmp_path):
     metrics = json.loads((tmp_path / "ll" / "metrics.json").read_text())
     assert metrics["windows"]["train"] == 6 * 5
     assert "SYNTHETIC" in metrics["data_note"]
+
+
+def test_overrides_may_follow_options(tmp_path):
+    rc = main(["train", f"output_dir={tmp_path}", "--quiet", "name=mixed", "data.dataset=synthetic",
+               "model.kind=deepconvlstm", "--config", "configs/hapt.yaml", "model.hidden=16", "train.epochs=1",
+               "data.classes=null", "data.path=null", "data.split.train=null", "data.split.val=null",
+               "data.split.test=null"])  # fmt: skip
+    assert rc == 0 and (tmp_path / "mixed" / "metrics.json").is_file()
