@@ -48,3 +48,20 @@ def _first_bad_line(path: Path, columns: int, delimiter: str | None) -> int:
             except ValueError:
                 return i
     return 0
+
+
+def read_activity_labels(path: Path, default: list[str]) -> list[str]:
+    """``activity_labels.txt`` of the UCI archives (``id NAME`` per line, ids 1..N); ``default`` if absent."""
+    if not path.is_file():
+        return list(default)
+    names: dict[int, str] = {}
+    for line, text in enumerate(path.read_text().splitlines(), start=1):
+        parts = text.split()
+        if not parts:
+            continue
+        if len(parts) != 2 or not parts[0].isdigit():
+            raise DataError(f"{path} line {line}: expected `id NAME`, got `{text}`")
+        names[int(parts[0])] = parts[1]
+    if sorted(names) != list(range(1, len(names) + 1)):
+        raise DataError(f"{path}: activity ids must be 1..N without gaps, got {sorted(names)}")
+    return [names[i] for i in range(1, len(names) + 1)]

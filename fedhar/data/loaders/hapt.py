@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedhar.data.loaders.common import read_numeric_table, require_dir
+from fedhar.data.loaders.common import read_activity_labels, read_numeric_table, require_dir
 from fedhar.data.recording import IMU6, Recording, RecordingSet, segments_to_labels
 from fedhar.errors import DataError
 
@@ -28,7 +28,7 @@ def detect(root: Path) -> bool:
 def load(root: Path, **_: object) -> RecordingSet:
     """One recording per experiment; labels.txt segments are inclusive sample indices."""
     raw = require_dir(root / "RawData", "the HAPT archive's RawData/ folder")
-    label_names = _read_activity_labels(root)
+    label_names = read_activity_labels(root / "activity_labels.txt", DEFAULT_LABELS)
     labels_path = raw / "labels.txt"
     table = read_numeric_table(labels_path, columns=5)
     segments: dict[tuple[int, int], list[tuple[int, int, int]]] = {}
@@ -66,19 +66,3 @@ def load(root: Path, **_: object) -> RecordingSet:
         raise DataError(f"no acc_expNN_userUU.txt files in {raw}")
     return RecordingSet(recordings, label_names, NAME)
 
-
-def _read_activity_labels(root: Path) -> list[str]:
-    path = root / "activity_labels.txt"
-    if not path.is_file():
-        return list(DEFAULT_LABELS)
-    names: dict[int, str] = {}
-    for line, text in enumerate(path.read_text().splitlines(), start=1):
-        parts = text.split()
-        if not parts:
-            continue
-        if len(parts) < 2 or not parts[0].isdigit():
-            raise DataError(f"{path} line {line}: expected `id NAME`, got `{text}`")
-        names[int(parts[0])] = parts[1]
-    if sorted(names) != list(range(1, len(names) + 1)):
-        raise DataError(f"{path}: activity ids must be 1..N without gaps, got {sorted(names)}")
-    return [names[i] for i in range(1, len(names) + 1)]

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedhar.data.loaders.common import read_numeric_table, require_dir
+from fedhar.data.loaders.common import read_activity_labels, read_numeric_table, require_dir
 from fedhar.data.loaders.generic import resolve_placement
 from fedhar.data.recording import IMU6, Recording, RecordingSet
 from fedhar.errors import DataError
@@ -51,7 +51,7 @@ def load(root: Path, placement: str | None = None) -> RecordingSet:
     base = _dataset_dir(root)
     if base is None:
         require_dir(root / FOLDER / "train" / "Inertial Signals", f"the folder holding `{FOLDER}/`")
-    label_names = _read_activity_labels(base / "activity_labels.txt")
+    label_names = read_activity_labels(base / "activity_labels.txt", DEFAULT_LABELS)
     recordings: list[Recording] = []
     for split in ("train", "test"):
         if (base / split).is_dir():
@@ -104,18 +104,3 @@ def _load_split(folder: Path, split: str, label_names: list[str]) -> list[Record
         )
     return recordings
 
-
-def _read_activity_labels(path: Path) -> list[str]:
-    if not path.is_file():
-        return list(DEFAULT_LABELS)
-    names: dict[int, str] = {}
-    for line, text in enumerate(path.read_text().splitlines(), start=1):
-        parts = text.split()
-        if not parts:
-            continue
-        if len(parts) != 2 or not parts[0].isdigit():
-            raise DataError(f"{path} line {line}: expected `id NAME`, got `{text}`")
-        names[int(parts[0])] = parts[1]
-    if sorted(names) != list(range(1, len(names) + 1)):
-        raise DataError(f"{path}: activity ids must be 1..N without gaps, got {sorted(names)}")
-    return [names[i] for i in range(1, len(names) + 1)]
