@@ -186,7 +186,8 @@ class FederatedConfig:
     cpus_per_client: float = 1.0
     max_concurrent_clients: int | None = None  # local Ray only: caps the CPUs Ray may use
     ray_address: str | None = None  # attach to an existing Ray cluster
-    round_timeout_s: float | None = None
+    round_timeout_s: float | None = None  # stop waiting for a round's replies after this long (null: all replies)
+    client_wait_s: float = 120.0  # how long the server waits for min_clients connected clients (start, rounds)
 
     def validate(self, path: str) -> None:
         strategies = ("fedavg", "fedprox", "fedadam", "fedyogi", "ffa-lora", "lora-exact")
@@ -227,6 +228,8 @@ class FederatedConfig:
             raise ConfigError(f"{path}.max_concurrent_clients must be >= 1 or null, got {self.max_concurrent_clients}")
         if self.round_timeout_s is not None and not self.round_timeout_s > 0:
             raise ConfigError(f"{path}.round_timeout_s must be positive or null, got {self.round_timeout_s}")
+        if not self.client_wait_s > 0:
+            raise ConfigError(f"{path}.client_wait_s must be positive, got {self.client_wait_s}")
 
 
 @dataclass

@@ -19,6 +19,9 @@ COMMANDS = {
     "data": "data",
     "backbones": "backbones",
     "simulate": "simulate",
+    "server": "server",
+    "client": "client",
+    "certs": "certs",
 }
 
 

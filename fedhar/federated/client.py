@@ -31,6 +31,7 @@ from fedhar.training.loop import Regularizer, evaluate, fit
 _MODEL: list[tuple[str, HARNet]] = []
 
 MESSAGE_DESCRIBE = "query.describe"
+NODE_THREADS = "threads"  # optional node config: torch threads for local training on this node
 
 
 def process_model(cfg: ExperimentConfig, sample: WindowSet, normalizer: Normalizer | None) -> HARNet:
@@ -143,6 +144,8 @@ def handle_train(message: Message, context: Context) -> Message:
     job, data = _job_and_data(message, context)
     if data is None:  # holds no data at this stage: sits the round out
         return _reply(message, f"node-{context.node_id}", 0, {})
+    if NODE_THREADS in context.node_config:  # a device knows its own cores (the job's config is this message's copy)
+        job.cfg.train.num_threads = int(context.node_config[NODE_THREADS])
     state, metrics = train_client(job, data, _global_state(message, job, data))
     arrays = state_to_record(state)
     metrics["client_seconds"] = time.perf_counter() - t0  # the whole handler: decoding, training, encoding

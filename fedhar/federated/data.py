@@ -1,35 +1,54 @@
 """Where a client's windows come from: the one decision point, plus the held-out sets the server scores.
 
-Simulated clients hold a partition of the *training* subjects' windows (``federated.partition``);
-the validation and test subjects never reach a client. ``client_data`` is the only function
-that decides which windows a node holds. It receives the node's config (Flower's
-``node_config``: ``partition-id`` in simulation) and the round's ``stage`` from the server's
-message, so a data schedule that changes what clients hold, or which clients exist, between
-rounds (continual adaptation) is a change to this module (``stage_of_round``, ``client_data``), not
-to the client or the round loop. In this version there is one stage, the configured partition.
+``client_data`` is the only function that decides which windows a node holds. It receives the
+node's config (Flower's ``node_config``) and the round's ``stage`` from the server's message:
 
-Window sets and partitions are cached per process (each Ray worker loads them once per run;
-``load_windows`` adds an on-disk cache across runs).
+* a **simulated** node (``partition-id``, set by Flower's simulation engine) holds a partition of the
+  experiment's *training* subjects (``federated.partition``); the validation and test subjects never
+  reach a client;
+* a **deployed** node (``data-path``, set by ``fedhar client --data``) holds the device's own
+  recordings: a dataset folder of any supported layout, a folder of CSV files, one CSV of raw
+  samples, or a saved ``.npz`` window set, optionally narrowed to some ``subjects``. They are
+  windowed exactly as the server's config says (rate, window, overlap, sensors, label mapping) and
+  mapped onto the server's ``data.classes``, so every client's windows fit the global model.
+
+A data schedule that changes what clients hold, or which clients exist, between rounds (continual
+adaptation) is a change to this module (``stage_of_round``, ``client_data``), not to the client or
+the round loop. In this version there is one stage.
+
+Window sets and partitions are cached per process (each Ray worker or device loads them once per
+run; ``load_windows`` adds an on-disk cache across runs).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
+import re
+import socket
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from fedhar.config import ExperimentConfig
+from fedhar.cache import cache_root
+from fedhar.config import ExperimentConfig, SplitConfig
 from fedhar.data.partition import client_names, partition
 from fedhar.data.pipeline import load_windows
 from fedhar.data.splits import split_by_subject
 from fedhar.data.windows import WindowSet
-from fedhar.errors import ConfigError
+from fedhar.errors import ConfigError, DataError
 
 PARTITION_ID = "partition-id"  # set by Flower's simulation engine for every virtual node
+DATA_PATH = "data-path"  # a deployed node's own recordings (`fedhar client --data`)
+DATASET = "dataset"  # their layout (a loader name; default: detected)
+SUBJECTS = "subjects"  # optional: only these subjects of the recordings (comma-separated)
+CLIENT_NAME = "name"  # optional: the client's name in results (default: host and folder)
 
 _SPLITS: dict[str, tuple[WindowSet, WindowSet, WindowSet]] = {}
 _PARTITIONS: dict[str, tuple[list[np.ndarray], list[str]]] = {}
+_LOCAL: dict[str, tuple[str, WindowSet]] = {}
 
 
 @dataclass
@@ -72,18 +91,84 @@ def stage_of_round(cfg: ExperimentConfig, rnd: int) -> int:
 
 def client_data(cfg: ExperimentConfig, node_config: dict, stage: int) -> ClientData | None:
     """The windows this node holds at ``stage``; None when it holds none (it sits the round out)."""
-    if PARTITION_ID not in node_config:
+    if DATA_PATH in node_config:
+        name, windows = device_windows(cfg, node_config)
+    elif PARTITION_ID in node_config:
+        parts, names = simulated_partition(cfg, stage)
+        pid = int(node_config[PARTITION_ID])
+        if pid >= len(parts) or len(parts[pid]) == 0:
+            return None
+        train, _, _ = subject_split(cfg)
+        name, windows = names[pid], train.subset(parts[pid])
+    else:
         raise ConfigError(
-            f"this node's config has no `{PARTITION_ID}`; simulated clients get it from Flower's simulation engine"
+            f"this node's config has neither `{DATA_PATH}` (a device's own recordings: `fedhar client --data PATH`) "
+            f"nor `{PARTITION_ID}` (set by Flower's simulation engine)"
         )
-    parts, names = simulated_partition(cfg, stage)
-    pid = int(node_config[PARTITION_ID])
-    if pid >= len(parts) or len(parts[pid]) == 0:
+    if len(windows) == 0:
         return None
-    train, _, _ = subject_split(cfg)
-    windows = train.subset(parts[pid])
     fit_part, val_part = local_holdout(windows, cfg.federated.client_val_fraction)
-    return ClientData(names[pid], fit_part, val_part)
+    return ClientData(name, fit_part, val_part)
+
+
+def device_windows(cfg: ExperimentConfig, node_config: dict) -> tuple[str, WindowSet]:
+    """A deployed node's name and windows: its own recordings, prepared as the server's config says."""
+    if not cfg.data.classes:
+        raise ConfigError("the server's config must list `data.classes`: deployed clients map their own "
+                          "recordings onto that label list, so every client's windows fit the global model")  # fmt: skip
+    path = Path(str(node_config[DATA_PATH])).expanduser().resolve()
+    subjects = [s for s in re.split(r"[,\s]+", str(node_config.get(SUBJECTS, "")).strip()) if s]
+    local = dataclasses.replace(
+        cfg.data, dataset=str(node_config.get(DATASET, "auto")), path=str(_loadable(path)), classes=None,
+        split=SplitConfig(), synthetic={}, cache_dir=None,
+    )  # fmt: skip
+    key = json.dumps([dataclasses.asdict(local), cfg.seed, subjects, str(node_config.get(CLIENT_NAME, ""))],
+                     sort_keys=True, default=str)  # fmt: skip
+    if key not in _LOCAL:
+        windows = load_windows(local, cfg.seed)
+        if subjects:
+            present = sorted(set(windows.subject.tolist()))
+            missing = [s for s in subjects if s not in present]
+            if missing:
+                raise DataError(f"{path}: subjects {missing} are not in these recordings (they have {present})")
+            windows = windows.where(subject=subjects)
+        windows = onto_classes(windows, list(cfg.data.classes))
+        name = str(node_config.get(CLIENT_NAME) or default_client_name(path, subjects))
+        _LOCAL.clear()
+        _LOCAL[key] = (name, windows)
+    return _LOCAL[key]
+
+
+def default_client_name(path: Path, subjects: list[str]) -> str:
+    """``<host>-<folder>`` (plus ``-s<subjects>``): unique per device folder, readable in results."""
+    name = f"{socket.gethostname().split('.')[0]}-{path.stem}"
+    return f"{name}-s{'+'.join(subjects)}" if subjects else name
+
+
+def _loadable(path: Path) -> Path:
+    """A path the loaders read. One CSV file becomes a one-file folder of the generic CSV layout: a folder in
+    the cache holding a link to it (and to a ``labels.txt`` beside it), so the whole pipeline applies."""
+    if not path.exists():
+        raise DataError(f"{path} does not exist; point --data at the device's recordings (a folder, a CSV or .npz)")
+    if not (path.is_file() and path.suffix.lower() == ".csv"):
+        return path
+    view = cache_root() / "csv-views" / hashlib.sha256(str(path).encode()).hexdigest()[:16]
+    view.mkdir(parents=True, exist_ok=True)
+    for source, link in ((path, view / path.name), (path.parent / "labels.txt", view / "labels.txt")):
+        if source.is_file() and not link.is_symlink():
+            link.symlink_to(source)
+    return view
+
+
+def onto_classes(ws: WindowSet, classes: list[str]) -> WindowSet:
+    """Re-index labels onto ``classes`` (the global model's order); windows of other labels are dropped.
+    A device need not have recorded every class."""
+    index = {name: i for i, name in enumerate(classes)}
+    lut = np.array([index.get(name, -1) for name in ws.label_names], dtype=np.int64)
+    y = lut[ws.y] if len(ws) else ws.y
+    kept = ws.subset(y >= 0)
+    kept.y, kept.label_names = y[y >= 0], list(classes)
+    return kept
 
 
 def local_holdout(ws: WindowSet, fraction: float) -> tuple[WindowSet, WindowSet | None]:

@@ -16,6 +16,15 @@ factory). The round loop talks to clients only through Flower messages on the ``
 Which data clients hold is named by a *stage* sent with every message; clients are
 described again whenever the stage changes, so clients may come and go between rounds.
 
+Deployed clients (``fedhar server``) come and go on their own: before every round the loop asks the
+Grid which nodes are connected, describes nodes it has not seen (a device that joined late, or
+came back under a new node id) and samples only connected clients. A client that fails, is
+reported unavailable by the SuperLink (it stopped sending heartbeats) or misses
+``federated.round_timeout_s`` is left out of that round's aggregate; the round goes on when at
+least ``min_clients`` updates arrive. Every update is checked before it is aggregated (tensor
+names, shapes, dtypes, finite values, the number of examples the client described); a bad one is
+rejected with its reason in ``rounds.json`` without failing the round.
+
 Resumability: after each round the state is written to ``state/round-NNNN/`` (a temp folder
 renamed into place), then ``rounds.json``; ``--resume`` reloads the last round in ``rounds.json``.
 All randomness (client sampling, client seeds) is derived from (seed, round, client name), so a
@@ -56,8 +65,8 @@ from fedhar.training.loop import evaluate
 
 STATE_DIR = "state"
 SERVER_STATE_FILE = "server.safetensors"
-NODE_WAIT_S = 120.0
-PULL_INTERVAL_S = 0.05
+PULL_INTERVAL_S = 0.05  # in-process simulation; a deployment's HTTP Grid polls every DEPLOY_POLL_S
+DEPLOY_POLL_S = 0.5
 
 
 @dataclass
@@ -70,6 +79,7 @@ class ServerJob:
     expected_nodes: int | None = None  # simulation: every virtual node registers before the first round
     progress: bool = True
     stop: threading.Event | None = None  # set when the engine under the server has ended (the loop stops)
+    poll_interval_s: float = PULL_INTERVAL_S  # how often replies are pulled from the Grid
 
 
 @dataclass
@@ -137,13 +147,13 @@ def client_seed(seed: int, rnd: int, name: str) -> int:
     return int(np.random.SeedSequence([seed, rnd, zlib.crc32(name.encode())]).generate_state(1)[0])
 
 
-def sample_clients(fed: Federation, cfg: ExperimentConfig, rnd: int) -> list[ClientInfo]:
-    """``fraction_train`` of the clients holding data (at least ``min_clients``), seeded by round."""
-    available = fed.clients
+def sample_clients(fed: Federation, cfg: ExperimentConfig, rnd: int, online: set[int] | None = None) -> list[ClientInfo]:
+    """``fraction_train`` of the connected clients holding data (at least ``min_clients``), seeded by round."""
+    available = [c for c in fed.clients if online is None or c.node_id in online]
     k = max(int(len(available) * cfg.federated.fraction_train), cfg.federated.min_clients)
     if k > len(available):
         raise FedharError(
-            f"round {rnd}: {len(available)} clients hold data at stage {fed.stage}, "
+            f"round {rnd}: {len(available)} connected clients hold data at stage {fed.stage}, "
             f"fewer than federated.min_clients={cfg.federated.min_clients}"
         )
     rng = np.random.default_rng([cfg.seed, rnd])
@@ -151,20 +161,30 @@ def sample_clients(fed: Federation, cfg: ExperimentConfig, rnd: int) -> list[Cli
     return [available[i] for i in chosen]
 
 
-def _send(grid: Grid, messages: list[Message], timeout: float | None, stop: threading.Event | None) -> list[Message]:
-    """Push messages, pull replies until all arrived, ``timeout`` passed, or the engine stopped (``stop``)."""
-    pending = set(grid.push_messages(messages))
+def _send(grid: Grid, messages: list[Message], timeout: float | None, stop: threading.Event | None,
+          poll_s: float = PULL_INTERVAL_S) -> dict[int, Message | None]:  # fmt: skip
+    """Push one message per node; pull replies until all arrived, ``timeout`` passed, or the engine stopped.
+
+    Returns ``{destination node: reply, or None when none came}``. Replies are matched by the message
+    they answer, not by their sender: an error reply the SuperLink writes for a node that left the
+    federation (node unavailable: it stopped sending heartbeats) comes from the SuperLink itself.
+    """
+    ids = list(grid.push_messages(messages))  # same order as `messages`; None for a message not accepted
+    dst = {i: m.metadata.dst_node_id for i, m in zip(ids, messages, strict=True) if i}
+    replies: dict[int, Message | None] = {m.metadata.dst_node_id: None for m in messages}
+    pending = set(dst)
     deadline = None if timeout is None else time.monotonic() + timeout
-    replies: list[Message] = []
     while pending:
-        got = list(grid.pull_messages(pending))
-        replies += got
-        pending -= {m.metadata.reply_to_message_id for m in got}
+        for reply in grid.pull_messages(pending):
+            answered = reply.metadata.reply_to_message_id
+            if answered in pending:
+                replies[dst[answered]] = reply
+                pending.discard(answered)
         if not pending or (deadline is not None and time.monotonic() > deadline):
             break
         if stop is not None and stop.is_set():
             raise FedharError("the simulation engine stopped while clients were still training")
-        time.sleep(PULL_INTERVAL_S)
+        time.sleep(poll_s)
     return replies
 
 
@@ -174,9 +194,10 @@ def _reply_error(reply: Message) -> str | None:
     return None
 
 
-def wait_for_nodes(grid: Grid, expected: int | None, minimum: int, stop: threading.Event | None = None) -> list[int]:
+def wait_for_nodes(grid: Grid, expected: int | None, minimum: int, stop: threading.Event | None = None,
+                   wait_s: float = 120.0) -> list[int]:  # fmt: skip
     """Node ids once the federation is up (simulation registers its virtual nodes right after start)."""
-    deadline = time.monotonic() + NODE_WAIT_S
+    deadline = time.monotonic() + wait_s
     want = expected or minimum
     while True:
         nodes = sorted(grid.get_node_ids())
@@ -188,7 +209,8 @@ def wait_for_nodes(grid: Grid, expected: int | None, minimum: int, stop: threadi
         if stop is not None and stop.is_set():
             raise FedharError("the simulation engine stopped before the client nodes registered")
         if time.monotonic() > deadline:
-            raise FedharError(f"only {len(nodes)} of {want} client nodes connected within {NODE_WAIT_S:.0f} s")
+            raise FedharError(f"only {len(nodes)} of {want} client nodes connected within {wait_s:.0f} s "
+                              "(federated.client_wait_s)")  # fmt: skip
         time.sleep(0.2)
 
 
@@ -214,29 +236,47 @@ class RoundLoop:
         self.rows: list[dict] = []
         self.client_rows: list[dict] = []
         self.federation = Federation(stage=-1)
+        self.described: set[int] = set()  # nodes asked at the current stage (with or without data)
+        self.online: set[int] | None = None  # connected nodes, as of the start of the round
+        self.setup_errors: list[str] = []
 
     # -- setup ------------------------------------------------------------------------------------
-    def describe(self, stage: int, fit_normalizer: bool) -> None:
-        """Ask every node what it holds at ``stage``; fit the global normaliser from their moments if asked."""
-        nodes = wait_for_nodes(self.grid, self.job.expected_nodes, self.cfg.federated.min_clients, self.job.stop)
+    def describe(self, stage: int, fit_normalizer: bool, late_nodes: list[int] | None = None) -> None:
+        """Ask every node what it holds at ``stage``; fit the global normaliser from their moments if asked.
+
+        With ``late_nodes`` only those nodes are asked (they connected after the federation was described)
+        and the clients among them join the current federation.
+        """
+        fed = self.cfg.federated
+        nodes = late_nodes or wait_for_nodes(self.grid, self.job.expected_nodes, fed.min_clients, self.job.stop,
+                                             fed.client_wait_s)  # fmt: skip
         job = RoundJob(self.cfg, 0, stage, self.cfg.train.lr, self.cfg.seed, None)
         messages = [Message(RecordDict({"config": job.to_record()}), dst_node_id=n, message_type=MESSAGE_DESCRIBE)
                     for n in nodes]  # fmt: skip
-        replies = _send(self.grid, messages, self.cfg.federated.round_timeout_s, self.job.stop)
+        replies = _send(self.grid, messages, fed.round_timeout_s, self.job.stop, self.job.poll_interval_s)
         clients, errors, totals = [], [], None
-        for reply in replies:
+        for node, reply in replies.items():
+            if reply is None:
+                errors.append(f"node {node}: no answer within federated.round_timeout_s={fed.round_timeout_s}")
+                continue
             if (err := _reply_error(reply)) is not None:
-                errors.append(err)
+                errors.append(f"node {node}: {err}")
                 continue
-            n = int(reply.content["metrics"]["num-examples"])
-            if n == 0:
+            try:
+                info, part = self._check_description(node, reply, fit_normalizer and self.cfg.data.normalize)
+            except (FedharError, KeyError, TypeError, ValueError) as e:
+                errors.append(f"node {node}: setup answer rejected ({e})")
                 continue
-            clients.append(ClientInfo(reply.metadata.src_node_id, str(reply.content["client"]["name"]), n))
-            if fit_normalizer and self.cfg.data.normalize:
-                m = record_to_state(reply.content["moments"], where=f"client {clients[-1].name}'s moments")
-                count = float(reply.content["metrics"]["num-values"])
-                part = np.concatenate([[count], m["sum"], m["sum_sq"]])
+            if info is None:
+                continue
+            clients.append(info)
+            if part is not None:
                 totals = part if totals is None else totals + part
+        self.described = (self.described if late_nodes else set()) | set(nodes)
+        self.setup_errors = errors
+        if late_nodes:
+            self._join(clients, errors)
+            return
         if errors and not clients:
             raise FedharError(f"every client failed the setup round; first error: {errors[0]}")
         clients.sort(key=lambda c: c.name)
@@ -251,13 +291,74 @@ class RoundLoop:
             else:
                 norm = Normalizer.identity(self.model.data.layout.num_channels)
             self.model.set_normalizer(norm)
+        self.write_federation()
+
+    def _check_description(self, node: int, reply: Message,
+                           with_moments: bool) -> tuple[ClientInfo | None, np.ndarray | None]:  # fmt: skip
+        """A client's setup answer, checked: (client, [count, sums, sums of squares]); client None: holds no data."""
+        metrics = reply.content["metrics"]
+        n = int(metrics["num-examples"])
+        if n < 0:
+            raise FedharError(f"reports {n} windows")
+        if n == 0:
+            return None, None
+        info = ClientInfo(node, str(reply.content["client"]["name"]), n)
+        if not with_moments:
+            return info, None
+        channels = self.model.data.layout.num_channels
+        expected = {"sum": ((channels,), np.dtype("float64")), "sum_sq": ((channels,), np.dtype("float64"))}
+        m = record_to_state(reply.content["moments"], expected, where=f"client {info.name}'s moments")
+        count = float(metrics["num-values"])
+        if not count > 0 or (m["sum_sq"] < 0).any():
+            raise FedharError(f"client {info.name}'s moments are impossible (count {count}, negative sums of squares)")
+        return info, np.concatenate([[count], m["sum"], m["sum_sq"]])
+
+    def _join(self, clients: list[ClientInfo], errors: list[str]) -> None:
+        """Late nodes join the federation; a known name on a new node id is that client come back."""
+        by_name = {c.name: c for c in self.federation.clients}
+        for c in clients:
+            old = by_name.get(c.name)
+            if old is not None and old.node_id in self.online:
+                errors.append(f"node {c.node_id}: client name {c.name} is already used by connected node {old.node_id}")
+                continue
+            by_name[c.name] = c
+            self._say(f"client {c.name} {'rejoined' if old else 'joined'} ({c.num_examples} windows)")
+        for err in errors:
+            self._say(f"[yellow]a joining node failed: {err}[/]")
+        self.federation = Federation(self.federation.stage, sorted(by_name.values(), key=lambda c: c.name))
+        self.write_federation()
+
+    def write_federation(self) -> None:
         self.run.write_json("federation.json", {
-            "stage": stage,
-            "clients": [{"name": c.name, "windows": c.num_examples} for c in clients],
-            "failed_nodes": errors,
+            "stage": self.federation.stage,
+            "clients": [{"name": c.name, "windows": c.num_examples} for c in self.federation.clients],
+            "failed_nodes": self.setup_errors,
             "normalizer": self.model.data.normalizer.to_json(),
             "normalizer_source": "client moments (sums and sums of squares)" if self.cfg.data.normalize else "identity",
         })  # fmt: skip
+
+    def _say(self, text: str) -> None:
+        if self.job.progress:
+            console.print(text)
+
+    def refresh_membership(self) -> None:
+        """Which nodes are connected now; describe the ones never asked at this stage (late joiners).
+
+        Waits up to ``federated.client_wait_s`` while fewer than ``min_clients`` clients are connected.
+        """
+        fed = self.cfg.federated
+        deadline = time.monotonic() + fed.client_wait_s
+        while True:
+            self.online = set(self.grid.get_node_ids())
+            new = sorted(self.online - self.described)
+            if new:
+                self.describe(self.federation.stage, fit_normalizer=False, late_nodes=new)
+            connected = [c for c in self.federation.clients if c.node_id in self.online]
+            if len(connected) >= fed.min_clients or time.monotonic() > deadline:
+                return
+            if self.job.stop is not None and self.job.stop.is_set():
+                raise FedharError("the simulation engine stopped while waiting for clients")
+            time.sleep(max(self.job.poll_interval_s, 1.0))
 
     # -- resume -----------------------------------------------------------------------------------
     def restore(self) -> int:
@@ -302,7 +403,8 @@ class RoundLoop:
     def train_round(self, rnd: int) -> dict:
         t0 = time.perf_counter()
         fed_cfg = self.cfg.federated
-        chosen = sample_clients(self.federation, self.cfg, rnd)
+        self.refresh_membership()
+        chosen = sample_clients(self.federation, self.cfg, rnd, self.online)
         lr = round_lr(self.cfg, rnd)
         arrays = state_to_record(self.global_state)
         messages, down = [], {}
@@ -313,30 +415,34 @@ class RoundLoop:
                           message_type="train", group_id=str(rnd))  # fmt: skip
             messages.append(msg)
             down[c.node_id] = record_bytes(msg)
-        replies = _send(self.grid, messages, fed_cfg.round_timeout_s, self.job.stop)
-        by_node = self.federation.by_node()
-        updates, errors, clients = [], [], []
-        for reply in replies:
-            info = by_node.get(reply.metadata.src_node_id)
-            name = info.name if info else f"node-{reply.metadata.src_node_id}"
+        replies = _send(self.grid, messages, fed_cfg.round_timeout_s, self.job.stop, self.job.poll_interval_s)
+        by_node = {c.node_id: c for c in chosen}
+        updates, errors, rejected, clients = [], [], [], []
+        for node, reply in replies.items():
+            info = by_node[node]
+            if reply is None:
+                errors.append(f"{info.name}: no reply within federated.round_timeout_s={fed_cfg.round_timeout_s}")
+                continue
             if (err := _reply_error(reply)) is not None:
-                errors.append(f"{name}: {err}")
+                errors.append(f"{info.name}: {err}")
                 continue
-            metrics = dict(reply.content["metrics"])
-            n = int(metrics.pop("num-examples"))
-            if n == 0 or "arrays" not in reply.content:
+            try:
+                n, metrics, state = self.check_update(reply, info)
+            except (FedharError, AttributeError, KeyError, TypeError, ValueError) as e:
+                # a malformed or hostile reply: left out of this round's aggregate, the round goes on
+                rejected.append(f"{info.name}: update rejected: {e}")
                 continue
-            state = record_to_state(reply.content["arrays"], self.spec, where=f"client {name}'s update")
-            updates.append(ClientUpdate(name, state, n))
-            up = record_bytes(reply)
-            clients.append({"round": rnd, "client": name, "num_examples": n,
-                            "bytes_down": down[reply.metadata.src_node_id], "bytes_up": up,
-                            **{k: float(v) for k, v in metrics.items()}})  # fmt: skip
+            if n == 0:
+                continue
+            updates.append(ClientUpdate(info.name, state, n))
+            clients.append({"round": rnd, "client": info.name, "num_examples": n, "bytes_down": down[node],
+                            "bytes_up": record_bytes(reply), **metrics})  # fmt: skip
         updates.sort(key=lambda u: u.name)  # replies arrive in any order; sums must not depend on it
         clients.sort(key=lambda c: c["client"])
-        missing = len(chosen) - len(replies)
+        for problem in errors + rejected:
+            self._say(f"[yellow]round {rnd}: {problem}[/]")
         if len(updates) < fed_cfg.min_clients:
-            detail = errors[0] if errors else f"{missing} clients did not reply within federated.round_timeout_s"
+            detail = (errors + rejected)[0] if errors or rejected else "no client returned an update"
             raise FedharError(
                 f"round {rnd}: {len(updates)} of {len(chosen)} clients returned an update, "
                 f"fewer than federated.min_clients={fed_cfg.min_clients} ({detail})"
@@ -354,7 +460,7 @@ class RoundLoop:
         for row in clients:
             row.update(local_eval.get(row["client"], {}))
         row = {"round": rnd, "stage": self.federation.stage, "lr": lr, "clients_sampled": len(chosen),
-               "clients_updated": len(updates), "clients_failed": len(errors) + missing,
+               "clients_updated": len(updates), "clients_failed": len(errors), "clients_rejected": len(rejected),
                **self.central_metrics()}  # fmt: skip
         total_down = sum(c["bytes_down"] for c in clients) + sum(v["eval_bytes_down"] for v in local_eval.values())
         total_up = sum(c["bytes_up"] for c in clients) + sum(v["eval_bytes_up"] for v in local_eval.values())
@@ -363,13 +469,37 @@ class RoundLoop:
             bytes_up=total_up,
             bytes_total=total_down + total_up,
             bytes_per_client=(total_down + total_up) / max(1, len(clients)),
-            train_seconds_max=max(c["train_seconds"] for c in clients),
+            train_seconds_max=max(c.get("train_seconds", 0.0) for c in clients),
             **diagnostics,
             round_seconds=round(time.perf_counter() - t0, 3),
             errors=errors,
+            rejected=rejected,
         )
         self.client_rows.extend(clients)
         return row
+
+    def check_update(self, reply: Message, info: ClientInfo) -> tuple[int, dict[str, float], dict[str, np.ndarray]]:
+        """A client's training reply, checked before it may touch the global model: (examples, metrics, state).
+
+        The arrays must be exactly the trainable tensors (names, shapes, dtypes) with finite values,
+        the metrics finite numbers, and the number of examples the one the client described.
+        """
+        if "metrics" not in reply.content:
+            raise FedharError("the reply has no metrics record")
+        metrics = {}
+        for key, value in dict(reply.content["metrics"]).items():
+            if isinstance(value, list) or not math.isfinite(float(value)):
+                raise FedharError(f"metric {key} is {value!r}, not a finite number")
+            metrics[key] = float(value)
+        n = int(metrics.pop("num-examples", -1))
+        if n == 0:
+            return 0, metrics, {}
+        if n != info.num_examples:
+            raise FedharError(f"claims {n} training windows, it described {info.num_examples} at setup")
+        if "arrays" not in reply.content:
+            raise FedharError("the reply carries no trainable tensors")
+        state = record_to_state(reply.content["arrays"], self.spec, where="the update")
+        return n, metrics, state
 
     def evaluate_clients(self, rnd: int, chosen: list[ClientInfo], lr: float) -> dict[str, dict]:
         """Client-side evaluation of the new global model on each sampled client's local held-out windows."""
@@ -380,9 +510,10 @@ class RoundLoop:
         down = {m.metadata.dst_node_id: record_bytes(m) for m in messages}
         out = {}
         by_node = self.federation.by_node()
-        for reply in _send(self.grid, messages, self.cfg.federated.round_timeout_s, self.job.stop):
-            info = by_node.get(reply.metadata.src_node_id)
-            if info is None or _reply_error(reply) is not None:
+        replies = _send(self.grid, messages, self.cfg.federated.round_timeout_s, self.job.stop, self.job.poll_interval_s)
+        for node, reply in replies.items():
+            info = by_node.get(node)
+            if info is None or reply is None or _reply_error(reply) is not None:
                 continue
             m = dict(reply.content["metrics"])
             result = {"eval_bytes_down": down[info.node_id], "eval_bytes_up": record_bytes(reply)}
@@ -455,4 +586,6 @@ def _progress_line(row: dict, rounds: int) -> str:
     parts.append(f"{row['round_seconds']:.1f} s")
     if row["clients_failed"]:
         parts.append(f"[yellow]{row['clients_failed']} failed[/]")
+    if row.get("clients_rejected"):
+        parts.append(f"[yellow]{row['clients_rejected']} rejected[/]")
     return "  ".join(parts)

@@ -1,0 +1,1 @@
+"""Deploy fedhar on devices: certificates, Flower SuperLink / SuperNode processes and the apps' runners."""

@@ -1,0 +1,146 @@
+"""``fedhar server``: a SuperLink for real devices and the fedhar round loop on it.
+
+1. start ``flower-superlink`` (TLS with the given certificates and SuperNode authentication, unless
+   ``--insecure``; process isolation; its state database in the run folder), or use a running one;
+2. register the devices' public keys (only registered devices can join);
+3. submit the run (fedhar's FAB) through the Control API and claim its ServerApp task;
+4. run ``run_federation`` — the same round loop as ``fedhar simulate`` — in this process, on Flower's
+   HTTP Grid, writing results to ``runs/<name>/`` as a simulation does.
+
+A restarted server (``--resume RUN_DIR``) reuses the run folder's SuperLink state (registered devices
+keep their node ids, so connected SuperNodes simply carry on) and continues from the last
+completed round's checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fedhar.cli.common import console
+from fedhar.config import ExperimentConfig
+from fedhar.deploy import certs
+from fedhar.deploy.runtime import (
+    Service,
+    Tls,
+    control_client,
+    local_address,
+    register_node,
+    run_server_task,
+    split_address,
+    start_run,
+    start_superlink,
+    stop_run,
+    write_secret,
+)
+from fedhar.errors import ConfigError
+from fedhar.results.run import RunDir
+
+DEFAULT_ADDRESS = "127.0.0.1:9092"
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+@dataclass
+class ServerOptions:
+    address: str = DEFAULT_ADDRESS  # where the SuperLink listens (devices and fedhar's own Runtime API client)
+    certs: Path | None = None  # folder with ca.crt, server.crt, server.key (`fedhar certs`)
+    client_keys: list[Path] = field(default_factory=list)  # device public keys (.pub files or folders of them)
+    insecure: bool = False
+    superlink: str | None = None  # use this running SuperLink instead of starting one
+    superexec_secret: Path | None = None  # the running SuperLink's --superexec-auth-secret-file
+    wait_for_clients: int | None = None  # connected clients before the setup round (default: min_clients)
+
+
+def check_deployable(cfg: ExperimentConfig) -> None:
+    """Config rules for devices that window their own recordings."""
+    if not cfg.data.classes:
+        raise ConfigError("set `data.classes` (the activities, in the model's order): each device maps its own "
+                          "recordings onto that list")  # fmt: skip
+    if cfg.data.sample_rate is None:
+        raise ConfigError("set `data.sample_rate`: devices record at different rates and must resample to one")
+
+
+def server_tls(opts: ServerOptions) -> Tls:
+    if opts.insecure:
+        return Tls(insecure=True)
+    folder = opts.certs
+    if folder is None:
+        raise ConfigError("TLS is on by default: pass --certs DIR (ca.crt, server.crt, server.key; a test "
+                          "deployment's come from `fedhar certs --out DIR`), or --insecure explicitly")  # fmt: skip
+    tls = Tls(ca=folder / certs.CA_CERT, cert=folder / certs.SERVER_CERT, key=folder / certs.SERVER_KEY)
+    tls.check("server")
+    return tls
+
+
+def public_keys(paths: list[Path]) -> list[Path]:
+    """``.pub`` files named directly or found in the named folders."""
+    keys: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            keys += sorted(path.glob("*.pub"))
+        elif path.is_file():
+            keys.append(path)
+        else:
+            raise ConfigError(f"--client-keys {path}: no such file or folder")
+    return keys
+
+
+def serve(cfg: ExperimentConfig, run: RunDir, opts: ServerOptions, resume: bool = False,
+          progress: bool = True) -> dict:  # fmt: skip
+    """Run (or resume) the federation ``cfg`` on real devices; returns the ``metrics.json`` summary."""
+    from fedhar.federated.server import DEPLOY_POLL_S, ServerJob, run_federation
+    from fedhar.federated.strategies import check_strategy
+
+    cfg = check_strategy(cfg)
+    check_deployable(cfg)
+    tls = server_tls(opts)
+    keys = public_keys(opts.client_keys)
+    if not tls.insecure and not keys and opts.superlink is None:
+        console.print("[yellow]no --client-keys given: only devices registered earlier in this run's SuperLink "
+                      "state can join[/]")  # fmt: skip
+    host, port = split_address(opts.superlink or opts.address)
+    if tls.insecure:
+        console.print("[bold red]WARNING: --insecure: traffic is unencrypted and any device that reaches "
+                      f"{host}:{port} can join the federation. Use it only on a trusted test network.[/]")  # fmt: skip
+    elif tls.cert is not None and local_address(host) not in certs.server_certificate_hosts(tls.cert):
+        raise ConfigError(f"{tls.cert} is not valid for {local_address(host)} (it names "
+                          f"{certs.server_certificate_hosts(tls.cert)}); recreate it with `fedhar certs --host ...`")  # fmt: skip
+    if host not in LOOPBACK:
+        console.print(f"[yellow]the SuperLink's Control API shares {host}:{port} with the devices and Flower 1.42 does "
+                      "not authenticate it: expose only /v1/fleet/ to devices (see docs/deploy.md)[/]")  # fmt: skip
+
+    state_dir = run.file("superlink")
+    link: Service | None = None
+    if opts.superlink is None:
+        secret_file = write_secret(state_dir / "superexec.secret")
+        link = start_superlink(host, port, tls, secret_file, state_dir)
+    elif opts.superexec_secret is None or not opts.superexec_secret.is_file():
+        raise ConfigError("--superlink needs --superexec-secret FILE: the secret the running SuperLink was started "
+                          "with (--superexec-auth-secret-file), so that fedhar may claim its ServerApp task")  # fmt: skip
+    else:
+        secret_file = opts.superexec_secret
+    address = f"{local_address(host)}:{port}"
+    run_id = None
+    control = control_client(address, tls)
+    try:
+        for key in keys:
+            console.print(f"device key {key.name}: {register_node(control, key)}")
+        run_id = start_run(control, {"run-dir": str(run.path.resolve())})
+        run.update_json("run.json", flower={"run_id": run_id, "superlink": address, "tls": not tls.insecure,
+                                            "supernode_auth": not tls.insecure})  # fmt: skip
+        console.print(f"SuperLink {host}:{port} ({'TLS, registered devices only' if not tls.insecure else 'INSECURE'}), "
+                      f"Flower run {run_id}; waiting for {opts.wait_for_clients or cfg.federated.min_clients} clients…")  # fmt: skip
+        job = ServerJob(cfg, run, resume=resume, expected_nodes=opts.wait_for_clients, progress=progress,
+                        poll_interval_s=DEPLOY_POLL_S)  # fmt: skip
+        return run_server_task(address, tls, secret_file.read_bytes(), run_id, lambda grid, _: run_federation(grid, job))
+    finally:
+        if run_id is not None and link is None:
+            stop_run(control, run_id)  # a shared SuperLink: leave no run of ours behind
+        control.close()
+        if link is not None:
+            link.stop()
+
+
+def resolved_summary(run: RunDir) -> dict:
+    return json.loads(run.file("metrics.json").read_text())
