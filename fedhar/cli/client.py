@@ -21,7 +21,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "one CSV of raw samples, or an .npz window set")  # fmt: skip
     p.add_argument("--dataset", default="auto", help="layout of --data (a loader name; default: detected)")
     p.add_argument("--subjects", metavar="IDS", help="use only these subjects of the recordings, e.g. 1,3")
-    p.add_argument("--name", help="this client's name in the results (default: <host>-<folder>[-s<subjects>])")
+    p.add_argument("--name", help="this client's name in the results (default: the --key file's name, "
+                   "else <host>-<folder>[-s<subjects>])")  # fmt: skip
     p.add_argument("--node-config", metavar="'KEY=VALUE ...'", help="extra Flower node config entries")
     p.add_argument("--ca", type=Path, metavar="FILE", help="CA certificate that signed the server's (certs/ca.crt)")
     p.add_argument("--key", type=Path, metavar="FILE", help="this device's private key (certs/clients/<name>.key)")
@@ -39,7 +40,8 @@ def run(args: argparse.Namespace) -> int:
     quiet_flower(args.verbose)
     check_data(args.data, args.dataset)
     tls = client_tls(args.insecure, args.ca, args.key)
-    config = node_config(args.data, args.dataset, args.subjects, args.name, args.node_config, args.threads)
+    name = args.name or (args.key.stem if args.key else None)  # the name its key was registered under
+    config = node_config(args.data, args.dataset, args.subjects, name, args.node_config, args.threads)
     ident = hashlib.sha256(repr(sorted(config.items())).encode()).hexdigest()[:12]
     run_client(args.server, config, tls, args.key, args.work_dir or cache_root() / "client" / ident)
     return 0

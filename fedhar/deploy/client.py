@@ -21,8 +21,8 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from fedhar.cli.common import console
 from fedhar.deploy.runtime import (
+    say,
     Service,
     TaskReport,
     Tls,
@@ -95,14 +95,14 @@ def run_client(server: str, config: dict, tls: Tls, key: Path | None, work_dir: 
     secret_file = write_secret(work_dir / "superexec.secret")
     task_log = work_dir / "tasks.jsonl"
     if tls.insecure:
-        console.print("[bold red]WARNING: --insecure: this device's traffic (model updates) is unencrypted and the "
+        say("[bold red]WARNING: --insecure: this device's traffic (model updates) is unencrypted and the "
                       "server is not authenticated. Use it only on a trusted test network.[/]")  # fmt: skip
     signal.signal(signal.SIGTERM, _interrupt)  # stop like Ctrl+C: the SuperNode leaves the federation cleanly
     stop = threading.Event()
     pause = RESTART_PAUSE_S[0]
     while True:
         supernode = start_supernode(server, tls, key, config, free_port(), secret_file, work_dir)
-        console.print(f"SuperNode started (pid {supernode.pid}) for {server}; recordings {config[DATA_PATH]}")
+        say(f"SuperNode started (pid {supernode.pid}) for {server}; recordings {config[DATA_PATH]}")
         started = time.monotonic()
         watcher = threading.Thread(target=_announce, args=(supernode, stop), daemon=True)
         watcher.start()
@@ -113,7 +113,7 @@ def run_client(server: str, config: dict, tls: Tls, key: Path | None, work_dir: 
             supernode.stop()
         reason = _exit_reason(supernode)
         pause = RESTART_PAUSE_S[0] if time.monotonic() - started > 120 else min(pause * 2, RESTART_PAUSE_S[1])
-        console.print(f"[yellow]SuperNode exited ({reason}); starting it again in {pause:.0f} s[/]")
+        say(f"[yellow]SuperNode exited ({reason}); starting it again in {pause:.0f} s[/]")
         time.sleep(pause)
 
 
@@ -130,7 +130,7 @@ def _announce(supernode: Service, stop: threading.Event) -> None:
     while not stop.is_set() and supernode.alive():
         found = re.search(r"SuperNode ID: (\d+)", supernode.log_tail(200))
         if found:
-            console.print(f"joined the federation as node {found.group(1)}")
+            say(f"joined the federation as node {found.group(1)}")
             return
         time.sleep(0.5)
 
@@ -150,6 +150,6 @@ def _record(report: TaskReport, task_log: Path) -> None:
         f.write(json.dumps({"time": time.time(), **asdict(report)}) + "\n")
     where = f"round {report.group}: " if report.group else ""
     if report.ok:
-        console.print(f"{where}{report.message_type} answered in {report.seconds:.1f} s")
+        say(f"{where}{report.message_type} answered in {report.seconds:.1f} s")
     else:
-        console.print(f"[yellow]{where}{report.message_type} failed: {report.error}[/]")
+        say(f"[yellow]{where}{report.message_type} failed: {report.error}[/]")

@@ -47,6 +47,13 @@ TASK_POLL_S = 0.2
 PROCESS_START_S = 60.0
 
 
+def say(text: str) -> None:
+    """One console line per event (not wrapped: servers and devices usually log to files)."""
+    from fedhar.cli.common import console
+
+    console.print(text, soft_wrap=True)
+
+
 def quiet_flower(verbose: bool) -> None:
     """Flower's logger in fedhar's own processes: warnings only (everything with ``-v``), printed once.
 

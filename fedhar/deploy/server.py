@@ -18,10 +18,10 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fedhar.cli.common import console
 from fedhar.config import ExperimentConfig
 from fedhar.deploy import certs
 from fedhar.deploy.runtime import (
+    say,
     Service,
     Tls,
     control_client,
@@ -97,17 +97,17 @@ def serve(cfg: ExperimentConfig, run: RunDir, opts: ServerOptions, resume: bool 
     tls = server_tls(opts)
     keys = public_keys(opts.client_keys)
     if not tls.insecure and not keys and opts.superlink is None:
-        console.print("[yellow]no --client-keys given: only devices registered earlier in this run's SuperLink "
+        say("[yellow]no --client-keys given: only devices registered earlier in this run's SuperLink "
                       "state can join[/]")  # fmt: skip
     host, port = split_address(opts.superlink or opts.address)
     if tls.insecure:
-        console.print("[bold red]WARNING: --insecure: traffic is unencrypted and any device that reaches "
+        say("[bold red]WARNING: --insecure: traffic is unencrypted and any device that reaches "
                       f"{host}:{port} can join the federation. Use it only on a trusted test network.[/]")  # fmt: skip
     elif tls.cert is not None and local_address(host) not in certs.server_certificate_hosts(tls.cert):
         raise ConfigError(f"{tls.cert} is not valid for {local_address(host)} (it names "
                           f"{certs.server_certificate_hosts(tls.cert)}); recreate it with `fedhar certs --host ...`")  # fmt: skip
     if host not in LOOPBACK:
-        console.print(f"[yellow]the SuperLink's Control API shares {host}:{port} with the devices and Flower 1.42 does "
+        say(f"[yellow]the SuperLink's Control API shares {host}:{port} with the devices and Flower 1.42 does "
                       "not authenticate it: expose only /v1/fleet/ to devices (see docs/deploy.md)[/]")  # fmt: skip
 
     state_dir = run.file("superlink")
@@ -125,11 +125,11 @@ def serve(cfg: ExperimentConfig, run: RunDir, opts: ServerOptions, resume: bool 
     control = control_client(address, tls)
     try:
         for key in keys:
-            console.print(f"device key {key.name}: {register_node(control, key)}")
+            say(f"device key {key.name}: {register_node(control, key)}")
         run_id = start_run(control, {"run-dir": str(run.path.resolve())})
         run.update_json("run.json", flower={"run_id": run_id, "superlink": address, "tls": not tls.insecure,
                                             "supernode_auth": not tls.insecure})  # fmt: skip
-        console.print(f"SuperLink {host}:{port} ({'TLS, registered devices only' if not tls.insecure else 'INSECURE'}), "
+        say(f"SuperLink {host}:{port} ({'TLS, registered devices only' if not tls.insecure else 'INSECURE'}), "
                       f"Flower run {run_id}; waiting for {opts.wait_for_clients or cfg.federated.min_clients} clients…")  # fmt: skip
         job = ServerJob(cfg, run, resume=resume, expected_nodes=opts.wait_for_clients, progress=progress,
                         poll_interval_s=DEPLOY_POLL_S)  # fmt: skip

@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import re
 import socket
 from dataclasses import dataclass
@@ -122,8 +123,8 @@ def device_windows(cfg: ExperimentConfig, node_config: dict) -> tuple[str, Windo
         cfg.data, dataset=str(node_config.get(DATASET, "auto")), path=str(_loadable(path)), classes=None,
         split=SplitConfig(), synthetic={}, cache_dir=None,
     )  # fmt: skip
-    key = json.dumps([dataclasses.asdict(local), cfg.seed, subjects, str(node_config.get(CLIENT_NAME, ""))],
-                     sort_keys=True, default=str)  # fmt: skip
+    key = json.dumps([dataclasses.asdict(local), cfg.data.classes, cfg.seed, subjects,
+                      str(node_config.get(CLIENT_NAME, ""))], sort_keys=True, default=str)  # fmt: skip
     if key not in _LOCAL:
         windows = load_windows(local, cfg.seed)
         if subjects:
@@ -152,7 +153,8 @@ def _loadable(path: Path) -> Path:
         raise DataError(f"{path} does not exist; point --data at the device's recordings (a folder, a CSV or .npz)")
     if not (path.is_file() and path.suffix.lower() == ".csv"):
         return path
-    view = cache_root() / "csv-views" / hashlib.sha256(str(path).encode()).hexdigest()[:16]
+    windows_cache = Path(os.environ.get("FEDHAR_WINDOW_CACHE") or cache_root() / "windows")  # as load_windows
+    view = windows_cache / "csv-views" / hashlib.sha256(str(path).encode()).hexdigest()[:16]
     view.mkdir(parents=True, exist_ok=True)
     for source, link in ((path, view / path.name), (path.parent / "labels.txt", view / "labels.txt")):
         if source.is_file() and not link.is_symlink():

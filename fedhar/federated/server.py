@@ -254,7 +254,7 @@ class RoundLoop:
         messages = [Message(RecordDict({"config": job.to_record()}), dst_node_id=n, message_type=MESSAGE_DESCRIBE)
                     for n in nodes]  # fmt: skip
         replies = _send(self.grid, messages, fed.round_timeout_s, self.job.stop, self.job.poll_interval_s)
-        clients, errors, totals = [], [], None
+        clients, errors, totals, answered = [], [], None, set()
         for node, reply in replies.items():
             if reply is None:
                 errors.append(f"node {node}: no answer within federated.round_timeout_s={fed.round_timeout_s}")
@@ -267,12 +267,14 @@ class RoundLoop:
             except (FedharError, KeyError, TypeError, ValueError) as e:
                 errors.append(f"node {node}: setup answer rejected ({e})")
                 continue
+            answered.add(node)
             if info is None:
                 continue
             clients.append(info)
             if part is not None:
                 totals = part if totals is None else totals + part
-        self.described = (self.described if late_nodes else set()) | set(nodes)
+        # a node that failed to answer is asked again before the next round (it may have been fixed)
+        self.described = (self.described if late_nodes else set()) | answered
         self.setup_errors = errors
         if late_nodes:
             self._join(clients, errors)
@@ -339,7 +341,7 @@ class RoundLoop:
 
     def _say(self, text: str) -> None:
         if self.job.progress:
-            console.print(text)
+            console.print(text, soft_wrap=True)  # one line per event, also in log files
 
     def refresh_membership(self) -> None:
         """Which nodes are connected now; describe the ones never asked at this stage (late joiners).
@@ -562,7 +564,7 @@ def run_federation(grid: Grid, job: ServerJob) -> dict:
         loop.rows.append(row)
         loop.save_round(rnd)
         if job.progress:
-            console.print(_progress_line(row, cfg.federated.rounds))
+            console.print(_progress_line(row, cfg.federated.rounds), soft_wrap=True)
     set_trainable_state(loop.model, loop.global_state, where="final state")
     save_checkpoint(loop.model, job.run.file("checkpoint"), extra={
         "run": cfg.name, "seed": cfg.seed, "strategy": cfg.federated.strategy, "rounds": cfg.federated.rounds,

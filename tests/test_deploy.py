@@ -1,0 +1,209 @@
+"""Deployment pieces without processes: certificates, a device's own recordings, update checks, late clients."""
+
+from __future__ import annotations
+
+import json
+import stat
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedhar.errors import ConfigError, DataError
+from tests.test_federated import DirectGrid, _server_task_identity, tiny_cfg  # noqa: F401 - an autouse fixture
+
+#: the synthetic recordings of tests.test_federated.TINY_FED (subjects 1-3 train, 4 validates, 5 tests)
+TINY_SPEC = {"subjects": 5, "seconds_per_activity": 4, "devices": ["phone-a"], "placements": ["waist"]}
+CLASSES = ["WALKING", "WALKING_UPSTAIRS", "WALKING_DOWNSTAIRS", "SITTING", "STANDING", "LAYING"]
+
+
+def write_device_csv(path: Path, subjects: list[str]) -> Path:
+    """What a device records: raw samples (acc in g, gyro in rad/s) with a text label per sample, one CSV file.
+
+    The samples are the synthetic recordings the server's config generates, so the windows are known."""
+    from fedhar.data.synthetic import SyntheticSpec, generate
+
+    rs = generate(SyntheticSpec.from_dict(TINY_SPEC), seed=0)
+    lines, t = ["timestamp,subject,acc_x,acc_y,acc_z,gyro_x,gyro_y,gyro_z,label"], 0.0
+    for r in rs.recordings:
+        if r.subject in subjects:
+            for row, label in zip(r.signal, r.labels):
+                name = rs.label_names[label] if label >= 0 else ""
+                lines.append(f"{t:.3f},{r.subject}," + ",".join(f"{v:.6f}" for v in row) + f",{name}")
+                t += 1 / r.sample_rate
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def device_cfg(*overrides: str):
+    return tiny_cfg(f"data.classes={json.dumps(CLASSES)}", *overrides)
+
+
+# ---- certificates --------------------------------------------------------------------------------
+
+
+def test_test_deployment_files_verify_and_are_kept(tmp_path):
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import load_ssh_private_key, load_ssh_public_key
+
+    from fedhar.deploy.certs import create_test_deployment, server_certificate_hosts
+
+    files = create_test_deployment(tmp_path, ["127.0.0.1", "localhost", "edge.lan"], ["phone-1"])
+    ca = x509.load_pem_x509_certificate((tmp_path / "ca.crt").read_bytes())
+    server = x509.load_pem_x509_certificate((tmp_path / "server.crt").read_bytes())
+    server.verify_directly_issued_by(ca)  # raises if the CA did not sign it
+    assert set(server_certificate_hosts(tmp_path / "server.crt")) == {"127.0.0.1", "localhost", "edge.lan"}
+    for private in ("ca.key", "server.key", "clients/phone-1.key"):
+        assert stat.S_IMODE((tmp_path / private).stat().st_mode) == 0o600, private
+    key = load_ssh_private_key((tmp_path / "clients/phone-1.key").read_bytes(), None)
+    pub = load_ssh_public_key((tmp_path / "clients/phone-1.pub").read_bytes())
+    assert isinstance(key, ec.EllipticCurvePrivateKey) and key.public_key() == pub
+    assert len(files["clients"]) == 2
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    create_test_deployment(tmp_path, ["127.0.0.1"], ["phone-1", "phone-2"])  # adds phone-2, keeps the rest
+    assert all(p.read_bytes() == data for p, data in before.items())
+    assert (tmp_path / "clients/phone-2.pub").is_file()
+    with pytest.raises(ConfigError, match="client name"):
+        create_test_deployment(tmp_path, None, ["../evil"])
+
+
+def test_tls_is_required_unless_insecure_is_asked_for(tmp_path):
+    from fedhar.deploy.client import client_tls
+    from fedhar.deploy.server import ServerOptions, server_tls
+
+    with pytest.raises(ConfigError, match="fedhar certs.*--insecure"):
+        server_tls(ServerOptions())
+    with pytest.raises(ConfigError, match="server certificate .* does not exist"):
+        (tmp_path / "ca.crt").write_text("x")
+        server_tls(ServerOptions(certs=tmp_path))
+    with pytest.raises(ConfigError, match="CA certificate is not set"):
+        client_tls(False, None, None)
+    with pytest.raises(ConfigError, match="private key .* --key"):
+        client_tls(False, tmp_path / "ca.crt", None)
+    with pytest.raises(ConfigError, match="needs TLS"):
+        client_tls(True, None, tmp_path / "k.key")
+    assert server_tls(ServerOptions(insecure=True)).insecure and client_tls(True, None, None).insecure
+
+
+def test_node_config_names_the_recordings_and_rejects_clashes(tmp_path):
+    from fedhar.deploy.client import node_config
+    from fedhar.deploy.runtime import node_config_arg
+
+    config = node_config(tmp_path / "rec.csv", "auto", "1,3", "phone-1", 'site="ward 3" level=2', 2)
+    assert config == {"site": "ward 3", "level": 2, "data-path": str((tmp_path / "rec.csv").resolve()),
+                      "dataset": "auto", "subjects": "1,3", "name": "phone-1", "threads": 2}  # fmt: skip
+    from flwr.common.config import parse_config_args
+
+    assert parse_config_args([node_config_arg(config)]) == config  # what the SuperNode reads back
+    with pytest.raises(ConfigError, match="--subjects"):
+        node_config(tmp_path, "auto", None, None, "subjects=2", None)
+
+
+def test_app_fab_names_this_fedhar():
+    import zipfile
+    from io import BytesIO
+
+    from fedhar import __version__
+    from fedhar.deploy.runtime import app_fab
+
+    fab = app_fab({"run-dir": "/runs/x"})
+    names = zipfile.ZipFile(BytesIO(fab.content)).namelist()
+    assert {"pyproject.toml", "clients/app.py", "server/app.py"} <= set(names)
+    pyproject = zipfile.ZipFile(BytesIO(fab.content)).read("pyproject.toml").decode()
+    assert f'version = "{__version__}"' in pyproject and 'run-dir = "/runs/x"' in pyproject
+
+
+# ---- a device's own recordings (fedhar.federated.data) --------------------------------------------
+
+
+def test_device_reads_its_own_csv_like_the_simulation_reads_the_subject(tmp_path):
+    from fedhar.federated.data import client_data
+
+    cfg = device_cfg()
+    csv = write_device_csv(tmp_path / "phone" / "recording.csv", ["1", "2"])
+    simulated = client_data(cfg, {"partition-id": 0}, stage=0)  # subject 1
+    one = client_data(cfg, {"data-path": str(csv), "subjects": "1", "name": "phone-1"}, stage=0)
+    assert one.name == "phone-1" and one.train.label_names == CLASSES
+    assert len(one.train) == len(simulated.train)
+    np.testing.assert_allclose(one.train.x, simulated.train.x, atol=1e-4)  # same windows, from the CSV
+    assert (one.train.y == simulated.train.y).all()
+    both = client_data(cfg, {"data-path": str(csv.parent)}, stage=0)  # the folder: both subjects
+    assert len(both.train) == 2 * len(one.train) and both.name.endswith("-phone")
+    with pytest.raises(DataError, match=r"subjects \['9'\] are not in these recordings"):
+        client_data(cfg, {"data-path": str(csv), "subjects": "9"}, stage=0)
+    with pytest.raises(DataError, match="does not exist"):
+        client_data(cfg, {"data-path": str(tmp_path / "nothing.csv")}, stage=0)
+    with pytest.raises(ConfigError, match="data.classes"):
+        client_data(tiny_cfg(), {"data-path": str(csv)}, stage=0)
+
+
+def test_device_labels_map_onto_the_servers_classes(tmp_path):
+    from fedhar.federated.data import client_data
+
+    csv = write_device_csv(tmp_path / "rec.csv", ["1"])
+    reordered = ["LAYING", "WALKING", "RUNNING"]  # RUNNING: never recorded here; the others: dropped
+    data = client_data(device_cfg(f"data.classes={json.dumps(reordered)}"), {"data-path": str(csv)}, stage=0)
+    full = client_data(device_cfg(), {"data-path": str(csv)}, stage=0)
+    assert data.train.label_names == reordered
+    assert set(data.train.y.tolist()) == {0, 1}
+    assert (data.train.y == 0).sum() == (full.train.y == CLASSES.index("LAYING")).sum()
+    assert (data.train.y == 1).sum() == (full.train.y == CLASSES.index("WALKING")).sum()
+
+
+# ---- the round loop: bad updates, clients that come and go ------------------------------------------
+
+
+def test_bad_updates_are_rejected_with_a_reason_and_counted(tmp_path, monkeypatch):
+    from fedhar.federated import client
+    from tests.test_federated import _run_direct
+
+    real = client.train_client
+
+    def hostile(job, data, state):
+        new, metrics = real(job, data, state)
+        name = sorted(new)[0]
+        if data.name == "subject-2":
+            new[name] = np.full_like(new[name], np.nan)
+        if data.name == "subject-3":
+            new[name] = np.zeros((3, 3), np.float32)
+        return new, metrics
+
+    monkeypatch.setattr(client, "train_client", hostile)
+    summary, run = _run_direct(tmp_path, "hostile", "federated.min_clients=1")
+    rows = json.loads(run.file("rounds.json").read_text())["rounds"]
+    assert [(r["clients_updated"], r["clients_rejected"], r["clients_failed"]) for r in rows] == [(1, 2, 0)] * 2
+    reasons = rows[0]["rejected"]
+    assert reasons[0].startswith("subject-2: update rejected") and "NaN" in reasons[0]
+    assert reasons[1].startswith("subject-3: update rejected") and "shape (3, 3)" in reasons[1]
+    assert np.isfinite(summary["final"]["test_loss"])  # the global model never saw the bad tensors
+
+
+class ChangingGrid(DirectGrid):
+    """Nodes connected per round: the loop asks before each round (describe first, then rounds 1, 2...)."""
+
+    def __init__(self, num_nodes: int, connected: list[list[int]]):
+        super().__init__(num_nodes)
+        self.connected, self.calls = connected, 0
+
+    def get_node_ids(self):
+        nodes = self.connected[min(self.calls, len(self.connected) - 1)]
+        self.calls += 1
+        return [100 + i for i in nodes]
+
+
+def test_clients_join_late_leave_and_come_back(tmp_path):
+    from fedhar.federated.server import ServerJob, run_federation
+    from fedhar.results.run import RunDir
+
+    cfg = tiny_cfg(f"output_dir={tmp_path}", "name=churn", "federated.rounds=3", "federated.min_clients=1")
+    # setup sees nodes 0 and 1; round 1: 0, 1 (node 2 joins late); round 2: node 1 gone; round 3: all back
+    grid = ChangingGrid(3, [[0, 1], [0, 1], [0, 1, 2], [0, 2], [0, 1, 2]])
+    run_federation(grid, ServerJob(cfg, RunDir.create(cfg, kind="server"), progress=False))
+    rows = json.loads((tmp_path / "churn" / "rounds.json").read_text())["rounds"]
+    assert [r["clients_sampled"] for r in rows] == [3, 2, 3]
+    clients = json.loads((tmp_path / "churn" / "rounds.json").read_text())["clients"]
+    assert [c["client"] for c in clients if c["round"] == 2] == ["subject-1", "subject-3"]
+    federation = json.loads((tmp_path / "churn" / "federation.json").read_text())
+    assert [c["name"] for c in federation["clients"]] == ["subject-1", "subject-2", "subject-3"]
