@@ -99,7 +99,7 @@ def run_client(server: str, config: dict, tls: Tls, key: Path | None, work_dir: 
                       "server is not authenticated. Use it only on a trusted test network.[/]")  # fmt: skip
     signal.signal(signal.SIGTERM, _interrupt)  # stop like Ctrl+C: the SuperNode leaves the federation cleanly
     stop = threading.Event()
-    pause = RESTART_PAUSE_S[0]
+    pause = RESTART_PAUSE_S[0] / 2
     while True:
         supernode = start_supernode(server, tls, key, config, free_port(), secret_file, work_dir)
         say(f"SuperNode started (pid {supernode.pid}) for {server}; recordings {config[DATA_PATH]}")

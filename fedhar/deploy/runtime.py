@@ -194,17 +194,22 @@ def wait_until_listening(service: Service, host: str, port: int, timeout_s: floa
         time.sleep(0.2)
 
 
-def start_superlink(host: str, port: int, tls: Tls, secret_file: Path, state_dir: Path) -> Service:
-    """``flower-superlink`` in process isolation (fedhar runs the ServerApp) with its state in ``state_dir``."""
+def start_superlink(host: str, port: int, tls: Tls, secret_file: Path, log_dir: Path) -> Service:
+    """``flower-superlink`` in process isolation (fedhar runs the ServerApp), its log in ``log_dir``.
+
+    Its state (registered devices, runs, messages) stays in memory: ``fedhar server`` registers the device
+    keys at every start, and devices whose SuperNode the restarted SuperLink no longer knows start it
+    again and rejoin. (A SQLite ``--database`` kept node ids across restarts but made every object
+    transfer a database transaction: about 1 s more per message here.)
+    """
     command = ["flower-superlink", "--host", host, "--port", str(port), "--isolation", "process",
-               "--superexec-auth-secret-file", str(secret_file), "--disable-runtime-dependency-installation",
-               "--database", str(state_dir / "superlink.db")]  # fmt: skip
+               "--superexec-auth-secret-file", str(secret_file), "--disable-runtime-dependency-installation"]  # fmt: skip
     if tls.insecure:
         command.append("--insecure")
     else:
         command += ["--ssl-ca-certfile", str(tls.ca), "--ssl-certfile", str(tls.cert), "--ssl-keyfile", str(tls.key),
                     "--enable-supernode-auth"]  # fmt: skip
-    service = Service("SuperLink", command, state_dir / "superlink.log", flower_env(state_dir / "flwr-home"))
+    service = Service("SuperLink", command, log_dir / "superlink.log", flower_env(log_dir / "flwr-home"))
     wait_until_listening(service, host, port)
     return service
 

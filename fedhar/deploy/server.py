@@ -7,9 +7,9 @@
 4. run ``run_federation`` — the same round loop as ``fedhar simulate`` — in this process, on Flower's
    HTTP Grid, writing results to ``runs/<name>/`` as a simulation does.
 
-A restarted server (``--resume RUN_DIR``) reuses the run folder's SuperLink state (registered devices
-keep their node ids, so connected SuperNodes simply carry on) and continues from the last
-completed round's checkpoint.
+A restarted server (``--resume RUN_DIR``) starts a fresh SuperLink, registers the device keys again and
+continues from the last completed round's checkpoint; the devices' ``fedhar client`` notices that the
+SuperLink forgot its SuperNode, starts the SuperNode again and rejoins.
 """
 
 from __future__ import annotations
@@ -110,11 +110,11 @@ def serve(cfg: ExperimentConfig, run: RunDir, opts: ServerOptions, resume: bool 
         say(f"[yellow]the SuperLink's Control API shares {host}:{port} with the devices and Flower 1.42 does "
                       "not authenticate it: expose only /v1/fleet/ to devices (see docs/deploy.md)[/]")  # fmt: skip
 
-    state_dir = run.file("superlink")
+    link_dir = run.file("superlink")  # its log and the AcquireTask secret
     link: Service | None = None
     if opts.superlink is None:
-        secret_file = write_secret(state_dir / "superexec.secret")
-        link = start_superlink(host, port, tls, secret_file, state_dir)
+        secret_file = write_secret(link_dir / "superexec.secret")
+        link = start_superlink(host, port, tls, secret_file, link_dir)
     elif opts.superexec_secret is None or not opts.superexec_secret.is_file():
         raise ConfigError("--superlink needs --superexec-secret FILE: the secret the running SuperLink was started "
                           "with (--superexec-auth-secret-file), so that fedhar may claim its ServerApp task")  # fmt: skip

@@ -22,6 +22,7 @@ run; ``load_windows`` adds an on-disk cache across runs).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -126,7 +127,8 @@ def device_windows(cfg: ExperimentConfig, node_config: dict) -> tuple[str, Windo
     key = json.dumps([dataclasses.asdict(local), cfg.data.classes, cfg.seed, subjects,
                       str(node_config.get(CLIENT_NAME, ""))], sort_keys=True, default=str)  # fmt: skip
     if key not in _LOCAL:
-        windows = load_windows(local, cfg.seed)
+        with _window_cache_lock():
+            windows = load_windows(local, cfg.seed)
         if subjects:
             present = sorted(set(windows.subject.tolist()))
             missing = [s for s in subjects if s not in present]
@@ -138,6 +140,29 @@ def device_windows(cfg: ExperimentConfig, node_config: dict) -> tuple[str, Windo
         _LOCAL.clear()
         _LOCAL[key] = (name, windows)
     return _LOCAL[key]
+
+
+@contextlib.contextmanager
+def _window_cache_lock():
+    """Clients on one machine (a test bed, a gateway serving several wearables) that read the same recordings
+    would fill the same window-cache entry at once; one at a time, the others then read the cached windows."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        yield
+        return
+    folder = _window_cache_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".devices.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _window_cache_dir() -> Path:
+    return Path(os.environ.get("FEDHAR_WINDOW_CACHE") or cache_root() / "windows")  # where load_windows caches
 
 
 def default_client_name(path: Path, subjects: list[str]) -> str:
@@ -153,8 +178,7 @@ def _loadable(path: Path) -> Path:
         raise DataError(f"{path} does not exist; point --data at the device's recordings (a folder, a CSV or .npz)")
     if not (path.is_file() and path.suffix.lower() == ".csv"):
         return path
-    windows_cache = Path(os.environ.get("FEDHAR_WINDOW_CACHE") or cache_root() / "windows")  # as load_windows
-    view = windows_cache / "csv-views" / hashlib.sha256(str(path).encode()).hexdigest()[:16]
+    view = _window_cache_dir() / "csv-views" / hashlib.sha256(str(path).encode()).hexdigest()[:16]
     view.mkdir(parents=True, exist_ok=True)
     for source, link in ((path, view / path.name), (path.parent / "labels.txt", view / "labels.txt")):
         if source.is_file() and not link.is_symlink():

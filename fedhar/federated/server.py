@@ -525,11 +525,14 @@ class RoundLoop:
         return out
 
     def central_metrics(self) -> dict:
+        """The global model on the held-out subjects, and how long the server took to score it."""
+        t0 = time.perf_counter()
         out = {}
         for split, ws in (("val", self.val), ("test", self.test)):
             if len(ws):
                 m = evaluate(self.model, ws, self.cfg.train.eval_batch_size)
                 out.update({f"{split}_{k}": m[k] for k in ("accuracy", "macro_f1", "loss")})
+        out["central_eval_seconds"] = round(time.perf_counter() - t0, 3)
         return out
 
 
