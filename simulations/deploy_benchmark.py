@@ -185,10 +185,23 @@ def client_overheads(result: dict) -> dict:
     }
 
 
+def messaging_latency(result: dict) -> list[float]:
+    """Per round: wall time minus the server's central evaluation minus the slowest device's time on its message
+    (what is left: Flower delivering the message and the reply — the SuperNode polls every 3 s — and the
+    server's aggregation and checkpoint)."""
+    slowest: dict[int, float] = {}
+    for tasks in result["tasks"].values():
+        for t in tasks:
+            if t["message_type"] == "train" and t["group"]:
+                slowest[int(t["group"])] = max(slowest.get(int(t["group"]), 0.0), t["seconds"])
+    return [round(r["round_seconds"] - r.get("central_eval_seconds", 0.0) - slowest[r["round"]], 2)
+            for r in result["rounds"] if r["round"] in slowest]  # fmt: skip
+
+
 def subprocess_overheads(result: dict) -> dict:
     """Flower's subprocess isolation: the handler time per message includes building the model every time."""
-    rows = [{"device": c["client"], "round": c["round"], "handler_s": c["client_seconds"], "train_s": c["train_seconds"]}
-            for c in result["clients"]]  # fmt: skip
+    rows = [{"device": c["client"], "round": c["round"], "handler_s": c["client_seconds"],
+             "train_s": c["train_seconds"]} for c in result["clients"]]  # fmt: skip
     return {"handler_outside_training_s": mean([r["handler_s"] - r["train_s"] for r in rows]), "per_device_round": rows}
 
 
@@ -214,8 +227,8 @@ def predict_latency(run_dir: Path, args, env: dict, out: Path) -> dict:
         for i, row in enumerate(rec.signal[:, keep]):
             f.write(f"{i / rec.sample_rate:.4f}," + ",".join(f"{v:.6f}" for v in row) + "\n")
     t0 = time.perf_counter()
-    proc = subprocess.run([*FEDHAR, "predict", str(run_dir / "checkpoint"), str(csv), "--out", str(out / "predictions.csv")],
-                          env=env, capture_output=True, text=True)  # fmt: skip
+    cmd = [*FEDHAR, "predict", str(run_dir / "checkpoint"), str(csv), "--out", str(out / "predictions.csv")]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     command_s = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"fedhar predict failed:\n{proc.stderr[-2000:]}")
@@ -232,7 +245,8 @@ def predict_latency(run_dir: Path, args, env: dict, out: Path) -> dict:
         predict_logits(model, x[i : i + 1])
         single.append((time.perf_counter() - t) * 1000)
     return {"subject": subject, "recording_seconds": round(len(rec.signal) / rec.sample_rate, 1), "windows": windows,
-            "predict_seconds": seconds, "ms_per_window_batched": ms, "command_seconds_with_model_load": round(command_s, 2),
+            "predict_seconds": seconds, "ms_per_window_batched": ms,
+            "command_seconds_with_model_load": round(command_s, 2),
             "ms_per_window_one_at_a_time_median": round(statistics.median(single), 2),
             "torch_threads": torch.get_num_threads()}  # fmt: skip
 
@@ -241,7 +255,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=REPO / "runs" / "deploy-benchmark")
     p.add_argument("--config", default=str(REPO / "configs" / "deploy-hapt.yaml"))
-    p.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "hapt-train"), help="the devices' recordings")
+    p.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "hapt-train"),
+                   help="the devices' recordings")  # fmt: skip
     p.add_argument("--subjects", nargs=2, default=["1", "3"], help="one HAPT training subject per device")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--max-steps", type=int, default=10, help="train.max_steps_per_epoch: small local work per round")
@@ -271,6 +286,7 @@ def main() -> None:
         "bytes_per_round": [r["bytes_total"] for r in rows],
         "bytes_per_client_per_round": mean([r["bytes_per_client"] for r in rows]),
         "client_overhead": client_overheads(result),
+        "messaging_latency_s": messaging_latency(result),
         "peak_rss_mb": result["peak_rss_mb"],
         "peak_rss_process_mb": result["peak_rss_root_mb"],
         "test_macro_f1": [r.get("test_macro_f1") for r in rows],
@@ -297,13 +313,16 @@ def summarize(r: dict) -> None:
     c = r["client_overhead"]
     later, first = c["rounds_after_the_first"], c["first_round"]
     print("\n== deployed fedhar on loopback (TLS, device keys, 2 devices on one shared CPU) ==")
-    print(f"round wall time (s):            {r['round_seconds']}  (after round 1: mean {r['round_seconds_after_the_first_mean']})")
+    print(f"round wall time (s):            {r['round_seconds']}  "
+          f"(after round 1: mean {r['round_seconds_after_the_first_mean']})")
     print(f"  of which central evaluation:  {r['central_eval_seconds']}")
     print(f"bytes per round:                {r['bytes_per_round']}  ({r['bytes_per_client_per_round']:.0f} per device)")
     print(f"device time per round (s):      {later['task_s']} on the train message, {later['train_s']} training")
     print(f"  outside training:             {later['outside_training_s']} = fetch {later['fetch_s']} + handler "
           f"{later['handler_outside_training_s']} + reply {later['reply_s']}")  # fmt: skip
     print(f"  first round (model build):    {first['outside_training_s']} outside training")
+    print(f"messaging latency per round:    {r['messaging_latency_s']} s "
+          "(round − central evaluation − slowest device)")
     print(f"peak RSS (MB), process tree:    {r['peak_rss_mb']}  (processes alone: {r['peak_rss_process_mb']})")
     pr = r["predict"]
     print(f"fedhar predict:                 {pr['ms_per_window_batched']} ms/window batched ({pr['windows']} windows), "
@@ -312,7 +331,8 @@ def summarize(r: dict) -> None:
     if "subprocess_isolation" in r:
         s = r["subprocess_isolation"]
         print(f"Flower subprocess isolation:    rounds {s['round_seconds']} s; handler outside training "
-              f"{s['client_overhead']['handler_outside_training_s']} s per message; peak RSS {s['peak_rss_mb']}")  # fmt: skip
+              f"{s['client_overhead']['handler_outside_training_s']} s per message; "
+              f"peak RSS {s['peak_rss_mb']}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -128,7 +128,8 @@ def test_two_devices_train_only_registered_ones_join_and_a_restarted_server_resu
     clients = [deployment.client(i, devices[i - 1]) for i in (1, 2)]
     deployment.wait_for("server.log", "waiting for 2 clients")
     # a device with an unregistered key is refused by the SuperLink (Flower's own SuperNode, nothing of fedhar)
-    rogue = deployment.start(["--superlink", deployment.address, "--root-certificates", str(deployment.certs / "ca.crt"),
+    rogue = deployment.start(["--superlink", deployment.address,
+                              "--root-certificates", str(deployment.certs / "ca.crt"),
                               "--auth-supernode-private-key", str(deployment.certs / "clients" / "rogue.key"),
                               "--isolation", "process", "--port", str(free_port())], "rogue.log",
                              [str(Path(sys.executable).parent / "flower-supernode")])  # fmt: skip
@@ -136,7 +137,8 @@ def test_two_devices_train_only_registered_ones_join_and_a_restarted_server_resu
     assert rogue.wait(60) != 0 and "Failed to activate SuperNode" in deployment.text("rogue.log")
 
     # the server restarts and resumes; the devices stay up, reconnect to the new SuperLink and carry on
-    resumed = deployment.server("--resume", str(tmp_path / "runs" / "deployed"), "federated.rounds=2", log="server2.log")
+    resumed = deployment.server("--resume", str(tmp_path / "runs" / "deployed"), "federated.rounds=2",
+                                log="server2.log")
     assert resumed.wait(180) == 0, deployment.text("server2.log")
     assert all(c.poll() is None for c in clients)
     assert "SuperNode exited" in deployment.text("client1.log")  # the new SuperLink did not know it: restarted

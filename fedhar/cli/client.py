@@ -20,7 +20,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="this device's recordings: a dataset folder (any supported layout), a folder of CSV files, "
                    "one CSV of raw samples, or an .npz window set")  # fmt: skip
     p.add_argument("--dataset", default="auto", help="layout of --data (a loader name; default: detected)")
-    p.add_argument("--subjects", metavar="IDS", help="use only these subjects of the recordings, e.g. 1,3")
+    p.add_argument("--subjects", nargs="+", metavar="ID", help="use only these subjects of the recordings, e.g. 1 3")
     p.add_argument("--name", help="this client's name in the results (default: the --key file's name, "
                    "else <host>-<folder>[-s<subjects>])")  # fmt: skip
     p.add_argument("--node-config", metavar="'KEY=VALUE ...'", help="extra Flower node config entries")
@@ -41,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
     check_data(args.data, args.dataset)
     tls = client_tls(args.insecure, args.ca, args.key)
     name = args.name or (args.key.stem if args.key else None)  # the name its key was registered under
-    config = node_config(args.data, args.dataset, args.subjects, name, args.node_config, args.threads)
+    subjects = ",".join(args.subjects) if args.subjects else None
+    config = node_config(args.data, args.dataset, subjects, name, args.node_config, args.threads)
     ident = hashlib.sha256(repr(sorted(config.items())).encode()).hexdigest()[:12]
     run_client(args.server, config, tls, args.key, args.work_dir or cache_root() / "client" / ident)
     return 0

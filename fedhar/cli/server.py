@@ -21,14 +21,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last completed round "
                    "(a restarted server; its saved config.yaml plus any KEY=VALUE overrides)")  # fmt: skip
     p.add_argument("--address", default=None, metavar="HOST:PORT",
-                   help="where the SuperLink listens for devices (default 127.0.0.1:9092; 0.0.0.0:9092 for a LAN)")  # fmt: skip
-    p.add_argument("--certs", type=Path, metavar="DIR", help="folder with ca.crt, server.crt, server.key (`fedhar certs`)")
+                   help="where the SuperLink listens for devices (default 127.0.0.1:9092; 0.0.0.0:9092 for a "
+                   "LAN)")  # fmt: skip
+    p.add_argument("--certs", type=Path, metavar="DIR",
+                   help="folder with ca.crt, server.crt, server.key (`fedhar certs`)")  # fmt: skip
     p.add_argument("--client-keys", type=Path, nargs="+", default=[], metavar="PATH",
-                   help="device public keys to register (.pub files or folders of them); only these devices can join")  # fmt: skip
+                   help="device public keys to register (.pub files or folders of them); only these devices can "
+                   "join")  # fmt: skip
     p.add_argument("--insecure", action="store_true",
                    help="no TLS and no device authentication (a trusted test network only)")  # fmt: skip
     p.add_argument("--clients", type=int, metavar="N",
-                   help="wait for N connected clients before the setup round (default: federated.min_clients)")  # fmt: skip
+                   help="wait for N connected clients before the setup round (default: "
+                   "federated.min_clients)")  # fmt: skip
     p.add_argument("--superlink", metavar="HOST:PORT", help="use this running SuperLink (started with "
                    "--isolation process) instead of starting one")  # fmt: skip
     p.add_argument("--superexec-secret", type=Path, metavar="FILE",

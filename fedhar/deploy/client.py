@@ -63,7 +63,7 @@ def node_config(data: Path, dataset: str, subjects: str | None, name: str | None
 
 
 def check_data(data: Path, dataset: str) -> None:
-    """Fail before connecting when the recordings cannot be read at all (the windowing waits for the server's config)."""
+    """Fail before connecting when the recordings cannot be read at all (windowing waits for the server's config)."""
     from fedhar.data.loaders import detect_layout
 
     path = data.expanduser()
@@ -81,8 +81,9 @@ def client_tls(insecure: bool, ca: Path | None, key: Path | None) -> Tls:
     tls = Tls(ca=ca)
     tls.check("client")
     if key is None or not key.is_file():
-        raise ConfigError(f"the device's private key {'is not set' if key is None else f'{key} does not exist'}: pass "
-                          "--key (e.g. certs/clients/<name>.key from `fedhar certs`; the server registers its .pub)")  # fmt: skip
+        problem = "is not set" if key is None else f"{key} does not exist"
+        raise ConfigError(f"the device's private key {problem}: pass --key (e.g. certs/clients/<name>.key from "
+                          "`fedhar certs`; the server registers its .pub)")  # fmt: skip
     return tls
 
 
@@ -141,6 +142,8 @@ def _exit_reason(supernode: Service) -> str:
         found = re.search(pattern, tail)
         if found:
             return found.group(0).strip()
+    if supernode.process.returncode == 0:
+        return "the SuperLink dropped it: restarted, or this device is no longer registered"
     return f"exit code {supernode.process.returncode}; see {supernode.log_path}"
 
 

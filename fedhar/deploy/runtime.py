@@ -85,8 +85,9 @@ class Tls:
             needed.update({"server certificate": self.cert, "server key": self.key})
         for what, path in needed.items():
             if path is None or not Path(path).is_file():
+                problem = "is not set" if path is None else f"{path} does not exist"
                 raise ConfigError(
-                    f"TLS is on by default and the {what} {'is not set' if path is None else f'{path} does not exist'}; "
+                    f"TLS is on by default and the {what} {problem}; "
                     "create a test deployment's files with `fedhar certs --out certs`, or pass --insecure "
                     "(unencrypted, no device authentication) explicitly"
                 )
@@ -203,7 +204,8 @@ def start_superlink(host: str, port: int, tls: Tls, secret_file: Path, log_dir: 
     transfer a database transaction: about 1 s more per message here.)
     """
     command = ["flower-superlink", "--host", host, "--port", str(port), "--isolation", "process",
-               "--superexec-auth-secret-file", str(secret_file), "--disable-runtime-dependency-installation"]  # fmt: skip
+               "--superexec-auth-secret-file", str(secret_file),
+               "--disable-runtime-dependency-installation"]  # fmt: skip
     if tls.insecure:
         command.append("--insecure")
     else:
@@ -223,8 +225,8 @@ def start_supernode(superlink: str, tls: Tls, auth_key: Path | None, node_config
                     secret_file: Path, work_dir: Path) -> Service:  # fmt: skip
     """``flower-supernode`` in process isolation: it queues the server's messages on 127.0.0.1:runtime_port."""
     command = ["flower-supernode", "--superlink", superlink, "--isolation", "process",
-               "--host", "127.0.0.1", "--port", str(runtime_port),
-               "--superexec-auth-secret-file", str(secret_file), "--node-config", node_config_arg(node_config)]  # fmt: skip
+               "--host", "127.0.0.1", "--port", str(runtime_port), "--superexec-auth-secret-file", str(secret_file),
+               "--node-config", node_config_arg(node_config)]  # fmt: skip
     if tls.insecure:
         command.append("--insecure")
     else:
@@ -249,8 +251,8 @@ def control_client(address: str, tls: Tls):
     from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor
 
     insecure, ca = _verify(tls)
-    return ControlHttpClient.from_server_address(address, insecure, ca,
-                                                 [RuntimeVersionHttpInterceptor(component_name="flwr CLI")])  # fmt: skip
+    version = RuntimeVersionHttpInterceptor(component_name="flwr CLI")
+    return ControlHttpClient.from_server_address(address, insecure, ca, [version])
 
 
 def transient_retry(max_time_s: float | None):
@@ -304,9 +306,11 @@ def register_node(control, public_key: Path) -> str:
     try:
         key = serialization.load_ssh_public_key(public_key.read_bytes())
     except (ValueError, OSError) as e:
-        raise ConfigError(f"{public_key}: not an OpenSSH public key ({e}); create device keys with `fedhar certs`") from e
+        raise ConfigError(f"{public_key}: not an OpenSSH public key ({e}); create device keys with `fedhar certs`"
+                          ) from e  # fmt: skip
     if not isinstance(key, ec.EllipticCurvePublicKey):
-        raise ConfigError(f"{public_key}: SuperNode authentication needs an EC (NIST curve) key, got {type(key).__name__}")
+        raise ConfigError(f"{public_key}: SuperNode authentication needs an EC (NIST curve) key, "
+                          f"got {type(key).__name__}")  # fmt: skip
     try:
         control.RegisterNode(RegisterNodeRequest(public_key=public_key_to_bytes(key), name=public_key.stem))
     except Exception as e:  # noqa: BLE001 - the Control API answers a known key with an HTTP error

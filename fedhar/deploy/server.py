@@ -14,7 +14,6 @@ SuperLink forgot its SuperNode, starts the SuperNode again and rejoins.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,6 +67,10 @@ def server_tls(opts: ServerOptions) -> Tls:
     if folder is None:
         raise ConfigError("TLS is on by default: pass --certs DIR (ca.crt, server.crt, server.key; a test "
                           "deployment's come from `fedhar certs --out DIR`), or --insecure explicitly")  # fmt: skip
+    if opts.superlink is not None:  # someone else's SuperLink: fedhar only verifies it
+        tls = Tls(ca=folder / certs.CA_CERT)
+        tls.check("client")
+        return tls
     tls = Tls(ca=folder / certs.CA_CERT, cert=folder / certs.SERVER_CERT, key=folder / certs.SERVER_KEY)
     tls.check("server")
     return tls
@@ -105,7 +108,8 @@ def serve(cfg: ExperimentConfig, run: RunDir, opts: ServerOptions, resume: bool 
                       f"{host}:{port} can join the federation. Use it only on a trusted test network.[/]")  # fmt: skip
     elif tls.cert is not None and local_address(host) not in certs.server_certificate_hosts(tls.cert):
         raise ConfigError(f"{tls.cert} is not valid for {local_address(host)} (it names "
-                          f"{certs.server_certificate_hosts(tls.cert)}); recreate it with `fedhar certs --host ...`")  # fmt: skip
+                          f"{certs.server_certificate_hosts(tls.cert)}); recreate it with "
+                          "`fedhar certs --host ...`")  # fmt: skip
     if host not in LOOPBACK:
         say(f"[yellow]the SuperLink's Control API shares {host}:{port} with the devices and Flower 1.42 does "
                       "not authenticate it: expose only /v1/fleet/ to devices (see docs/deploy.md)[/]")  # fmt: skip
@@ -116,8 +120,9 @@ def serve(cfg: ExperimentConfig, run: RunDir, opts: ServerOptions, resume: bool 
         secret_file = write_secret(link_dir / "superexec.secret")
         link = start_superlink(host, port, tls, secret_file, link_dir)
     elif opts.superexec_secret is None or not opts.superexec_secret.is_file():
-        raise ConfigError("--superlink needs --superexec-secret FILE: the secret the running SuperLink was started "
-                          "with (--superexec-auth-secret-file), so that fedhar may claim its ServerApp task")  # fmt: skip
+        raise ConfigError("--superlink needs --superexec-secret FILE: the secret the running SuperLink was "
+                          "started with (--superexec-auth-secret-file), so that fedhar may claim its ServerApp "
+                          "task")  # fmt: skip
     else:
         secret_file = opts.superexec_secret
     address = f"{local_address(host)}:{port}"
@@ -129,18 +134,16 @@ def serve(cfg: ExperimentConfig, run: RunDir, opts: ServerOptions, resume: bool 
         run_id = start_run(control, {"run-dir": str(run.path.resolve())})
         run.update_json("run.json", flower={"run_id": run_id, "superlink": address, "tls": not tls.insecure,
                                             "supernode_auth": not tls.insecure})  # fmt: skip
-        say(f"SuperLink {host}:{port} ({'TLS, registered devices only' if not tls.insecure else 'INSECURE'}), "
-                      f"Flower run {run_id}; waiting for {opts.wait_for_clients or cfg.federated.min_clients} clients…")  # fmt: skip
+        mode = "INSECURE" if tls.insecure else "TLS, registered devices only"
+        waiting = opts.wait_for_clients or cfg.federated.min_clients
+        say(f"SuperLink {host}:{port} ({mode}), Flower run {run_id}; waiting for {waiting} clients…")
         job = ServerJob(cfg, run, resume=resume, expected_nodes=opts.wait_for_clients, progress=progress,
                         poll_interval_s=DEPLOY_POLL_S)  # fmt: skip
-        return run_server_task(address, tls, secret_file.read_bytes(), run_id, lambda grid, _: run_federation(grid, job))
+        return run_server_task(address, tls, secret_file.read_bytes(), run_id,
+                               lambda grid, _: run_federation(grid, job))  # fmt: skip
     finally:
         if run_id is not None and link is None:
             stop_run(control, run_id)  # a shared SuperLink: leave no run of ours behind
         control.close()
         if link is not None:
             link.stop()
-
-
-def resolved_summary(run: RunDir) -> dict:
-    return json.loads(run.file("metrics.json").read_text())

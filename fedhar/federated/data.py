@@ -117,7 +117,8 @@ def device_windows(cfg: ExperimentConfig, node_config: dict) -> tuple[str, Windo
     """A deployed node's name and windows: its own recordings, prepared as the server's config says."""
     if not cfg.data.classes:
         raise ConfigError("the server's config must list `data.classes`: deployed clients map their own "
-                          "recordings onto that label list, so every client's windows fit the global model")  # fmt: skip
+                          "recordings onto that label list, so every client's windows fit the global "
+                          "model")  # fmt: skip
     path = Path(str(node_config[DATA_PATH])).expanduser().resolve()
     subjects = [s for s in re.split(r"[,\s]+", str(node_config.get(SUBJECTS, "")).strip()) if s]
     local = dataclasses.replace(

@@ -147,7 +147,8 @@ def client_seed(seed: int, rnd: int, name: str) -> int:
     return int(np.random.SeedSequence([seed, rnd, zlib.crc32(name.encode())]).generate_state(1)[0])
 
 
-def sample_clients(fed: Federation, cfg: ExperimentConfig, rnd: int, online: set[int] | None = None) -> list[ClientInfo]:
+def sample_clients(fed: Federation, cfg: ExperimentConfig, rnd: int,
+                   online: set[int] | None = None) -> list[ClientInfo]:  # fmt: skip
     """``fraction_train`` of the connected clients holding data (at least ``min_clients``), seeded by round."""
     available = [c for c in fed.clients if online is None or c.node_id in online]
     k = max(int(len(available) * cfg.federated.fraction_train), cfg.federated.min_clients)
@@ -512,7 +513,8 @@ class RoundLoop:
         down = {m.metadata.dst_node_id: record_bytes(m) for m in messages}
         out = {}
         by_node = self.federation.by_node()
-        replies = _send(self.grid, messages, self.cfg.federated.round_timeout_s, self.job.stop, self.job.poll_interval_s)
+        replies = _send(self.grid, messages, self.cfg.federated.round_timeout_s, self.job.stop,
+                        self.job.poll_interval_s)  # fmt: skip
         for node, reply in replies.items():
             info = by_node.get(node)
             if info is None or reply is None or _reply_error(reply) is not None:
