@@ -99,7 +99,7 @@ class ModelConfig:
 
     kind: str = "llm"  # llm | deepconvlstm | transformer
     backbone: str = "smollm2-135m"
-    num_layers: int | None = 6  # keep the first N backbone blocks (null: all)
+    num_layers: int | None = 4  # keep the first N backbone blocks (null: all); 4 from the sweep
     finetune: str = "lora"  # lora | full | frozen
     tokens: int = 16  # tokens per window (the window is cut into this many patches)
     conv_channels: int = 64  # channels of each sensor group's conv stack

@@ -18,7 +18,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-COLUMNS = ["variant", "model", "test_accuracy", "test_macro_f1", "best_val_macro_f1", "trainable", "total",
+COLUMNS = ["variant", "device", "model", "test_accuracy", "test_macro_f1", "best_val_macro_f1", "trainable", "total",
            "trainable_percent", "epochs_run", "train_seconds", "train_windows_per_s", "wall_seconds", "peak_rss_mb"]  # fmt: skip
 
 
@@ -43,6 +43,7 @@ def run_variant(config: str, name: str, out: Path, overrides: list[str]) -> dict
 def row(m: dict) -> dict:
     return {
         "variant": m["variant"],
+        "device": m.get("device", "cpu"),
         "model": m["model"],
         "test_accuracy": round(m["test"]["accuracy"], 4),
         "test_macro_f1": round(m["test"]["macro_f1"], 4),

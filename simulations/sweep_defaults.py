@@ -4,7 +4,11 @@ One factor at a time around a base setting (changing all at once would cost a fu
 hours); chosen on *validation* macro-F1 (subjects 25 26), never on the test subjects, with the
 cost (windows/s, trainable parameters) beside it.
 
-    python simulations/sweep_defaults.py --out runs/sweep train.epochs=6
+    python simulations/sweep_defaults.py --out runs/sweep train.epochs=10 train.patience=4
+
+It ran on a GPU machine (no network there) with simulations/device/gpu_sweep.sh; the accuracy
+figures do not depend on the device, the CPU cost of each variant is measured separately by
+simulations/throughput.py.
 """
 
 from __future__ import annotations
@@ -15,23 +19,41 @@ from pathlib import Path
 
 from bench_common import load_existing, plot_f1_vs_params, row, run_variant, write_table
 
-BASE = {"model.num_layers": "6", "model.lora.r": "8", "model.lora.targets": "[q_proj, v_proj]", "model.tokens": "16"}
+BASE = {"model.num_layers": "4", "model.lora.r": "8", "model.lora.alpha": "16",
+        "model.lora.targets": "[q_proj, v_proj]", "model.tokens": "16", "model.pooling": "auto"}  # fmt: skip
 VARIANTS = {
     "base": {},
     "layers2": {"model.num_layers": "2"},
-    "layers4": {"model.num_layers": "4"},
+    "layers4": {"model.num_layers": "4"},  # = base (run on the GPU with the other depths)
+    "layers6": {"model.num_layers": "6"},
+    "layers8": {"model.num_layers": "8"},
     "layers12": {"model.num_layers": "12"},
+    "layers16": {"model.num_layers": "16"},
     "r4": {"model.lora.r": "4", "model.lora.alpha": "8"},
     "r16": {"model.lora.r": "16", "model.lora.alpha": "32"},
+    "r32": {"model.lora.r": "32", "model.lora.alpha": "64"},
     "qkvo": {"model.lora.targets": "[q_proj, k_proj, v_proj, o_proj]"},
+    "all-linear": {"model.lora.targets": "[q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj]"},
     "tokens8": {"model.tokens": "8"},
     "tokens32": {"model.tokens": "32"},
+    "mean-pool": {"model.pooling": "mean"},
+    "stats-token": {"model.stats_token": "true"},
 }
+
+
+def _device(overrides: list[str]) -> str:
+    import torch
+
+    wanted = next((o.split("=", 1)[1] for o in reversed(overrides) if o.startswith("train.device=")), "auto")
+    if wanted == "cpu" or not torch.cuda.is_available():
+        return "cpu"
+    return torch.cuda.get_device_name(0)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, default=Path("runs/sweep"))
+    p.add_argument("--out", type=Path, default=Path("runs/sweep"), help="where the sweep table and plot go")
+    p.add_argument("--runs", type=Path, help="where each variant's run folder goes (default: --out)")
     p.add_argument("--config", default="configs/hapt.yaml")
     p.add_argument("--only", default=",".join(VARIANTS), help="comma-separated subset, e.g. base,r16")
     p.add_argument("overrides", nargs="*", help="overrides applied to every variant")
@@ -46,8 +68,9 @@ def main() -> None:
             continue
         setting = {**BASE, **VARIANTS[name]}
         overrides = [f"{k}={v}" for k, v in setting.items()] + args.overrides
-        results[name] = run_variant(args.config, f"sweep-{name}", args.out, overrides)
+        results[name] = run_variant(args.config, f"sweep-{name}", args.runs or args.out, overrides)
         results[name]["variant"] = name
+        results[name]["device"] = _device(overrides)
         (args.out / "sweep.json").write_text(json.dumps(list(results.values()), indent=2))
     rows = sorted((row(m) for m in results.values()), key=lambda r: -(r["best_val_macro_f1"] or 0))
     write_table(rows, args.out, "sweep")
