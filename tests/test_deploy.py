@@ -207,3 +207,19 @@ def test_clients_join_late_leave_and_come_back(tmp_path):
     assert [c["client"] for c in clients if c["round"] == 2] == ["subject-1", "subject-3"]
     federation = json.loads((tmp_path / "churn" / "federation.json").read_text())
     assert [c["name"] for c in federation["clients"]] == ["subject-1", "subject-2", "subject-3"]
+
+
+def test_server_checks_fail_before_a_run_folder_or_process_exists(tmp_path, capsys):
+    from fedhar.cli.main import main
+
+    config = tmp_path / "c.yaml"
+    config.write_text(f"output_dir: {tmp_path / 'runs'}\nmodel: {{backbone: tiny-llama, num_layers: 2}}\n")
+    assert main(["server", "--config", str(config), "--insecure"]) == 2
+    assert "set `data.classes`" in capsys.readouterr().err
+    config.write_text(config.read_text() + f"data: {{classes: {json.dumps(CLASSES)}}}\n")
+    assert main(["server", "--config", str(config)]) == 2  # TLS is the default: certificates needed
+    err = capsys.readouterr().err
+    assert "--certs DIR" in err and "--insecure" in err
+    assert main(["server", "--config", str(config), "--insecure", "--address", "9092"]) == 2
+    assert "is not HOST:PORT" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()

@@ -44,32 +44,28 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from fedhar.config import load_config, save_config
     from fedhar.deploy.runtime import quiet_flower
-    from fedhar.deploy.server import DEFAULT_ADDRESS, ServerOptions, serve
+    from fedhar.deploy.server import DEFAULT_ADDRESS, ServerOptions, preflight, serve
     from fedhar.errors import ConfigError
     from fedhar.results.run import RunDir
 
     quiet_flower(args.verbose)
+    opts = ServerOptions(address=args.address or DEFAULT_ADDRESS, certs=args.certs, client_keys=args.client_keys,
+                         insecure=args.insecure, superlink=args.superlink, superexec_secret=args.superexec_secret,
+                         wait_for_clients=args.clients)  # fmt: skip
     if args.resume:
         if args.config:
             raise ConfigError("--resume continues a run with its own saved config.yaml; drop --config")
         run_dir = RunDir(Path(args.resume))
         if not run_dir.file("config.yaml").is_file():
             raise ConfigError(f"cannot resume: {args.resume} holds no config.yaml of an earlier fedhar run")
-        cfg = load_config(run_dir.file("config.yaml"), args.overrides)
+        cfg, _, _ = preflight(load_config(run_dir.file("config.yaml"), args.overrides), opts)
         save_config(cfg, run_dir.file("config.yaml"))
         run_dir.update_json("run.json", resumed_with=args.overrides)
     else:
         if not args.config:
             raise ConfigError("fedhar server needs --config (e.g. configs/deploy-hapt.yaml), or --resume RUN_DIR")
-        cfg = load_config(args.config, args.overrides)
-        from fedhar.deploy.server import check_deployable
-        from fedhar.federated.strategies import check_strategy
-
-        check_deployable(check_strategy(cfg))  # before a run folder is made
+        cfg, _, _ = preflight(load_config(args.config, args.overrides), opts)  # before a run folder is made
         run_dir = RunDir.create(cfg, kind="server")
-    opts = ServerOptions(address=args.address or DEFAULT_ADDRESS, certs=args.certs, client_keys=args.client_keys,
-                         insecure=args.insecure, superlink=args.superlink, superexec_secret=args.superexec_secret,
-                         wait_for_clients=args.clients)  # fmt: skip
     console.print(f"[bold]fedhar server[/] {cfg.name} → {run_dir.path}")
     summary = serve(cfg, run_dir, opts, resume=bool(args.resume), progress=not args.quiet)
     final = summary.get("final", {})

@@ -89,16 +89,22 @@ def public_keys(paths: list[Path]) -> list[Path]:
     return keys
 
 
-def serve(cfg: ExperimentConfig, run: RunDir, opts: ServerOptions, resume: bool = False,
-          progress: bool = True) -> dict:  # fmt: skip
-    """Run (or resume) the federation ``cfg`` on real devices; returns the ``metrics.json`` summary."""
-    from fedhar.federated.server import DEPLOY_POLL_S, ServerJob, run_federation
+def preflight(cfg: ExperimentConfig, opts: ServerOptions) -> tuple[ExperimentConfig, Tls, list[Path]]:
+    """Every check that can fail before a run folder or a process exists: config, TLS files, device keys."""
     from fedhar.federated.strategies import check_strategy
 
     cfg = check_strategy(cfg)
     check_deployable(cfg)
-    tls = server_tls(opts)
-    keys = public_keys(opts.client_keys)
+    split_address(opts.superlink or opts.address)
+    return cfg, server_tls(opts), public_keys(opts.client_keys)
+
+
+def serve(cfg: ExperimentConfig, run: RunDir, opts: ServerOptions, resume: bool = False,
+          progress: bool = True) -> dict:  # fmt: skip
+    """Run (or resume) the federation ``cfg`` on real devices; returns the ``metrics.json`` summary."""
+    from fedhar.federated.server import DEPLOY_POLL_S, ServerJob, run_federation
+
+    cfg, tls, keys = preflight(cfg, opts)
     if not tls.insecure and not keys and opts.superlink is None:
         say("[yellow]no --client-keys given: only devices registered earlier in this run's SuperLink "
                       "state can join[/]")  # fmt: skip
