@@ -65,6 +65,9 @@ def test_test_deployment_files_verify_and_are_kept(tmp_path):
     create_test_deployment(tmp_path, ["127.0.0.1"], ["phone-1", "phone-2"])  # adds phone-2, keeps the rest
     assert all(p.read_bytes() == data for p, data in before.items())
     assert (tmp_path / "clients/phone-2.pub").is_file()
+    create_test_deployment(tmp_path, ["10.0.0.7"], [])  # a new address: the server certificate is issued again
+    assert set(server_certificate_hosts(tmp_path / "server.crt")) == {"127.0.0.1", "localhost", "edge.lan", "10.0.0.7"}
+    assert (tmp_path / "ca.crt").read_bytes() == before[tmp_path / "ca.crt"]
     with pytest.raises(ConfigError, match="client name"):
         create_test_deployment(tmp_path, None, ["../evil"])
 

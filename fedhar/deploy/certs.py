@@ -8,8 +8,8 @@
   authentication (OpenSSH format, as Flower reads them). The server registers the ``.pub`` files; only
   devices holding a registered private key may join. The private key goes onto its device only.
 
-Existing files are never overwritten (unless ``overwrite``), so adding a device later only adds its
-key pair. Private keys are written with mode 0600. For production, use certificates from your own
+Existing files are kept (unless ``overwrite``): adding a device later only adds its key pair, adding a
+host name only issues the server certificate again. Private keys are written with mode 0600. For production, use certificates from your own
 PKI: the SuperLink only needs a CA file, a certificate and its key.
 """
 
@@ -99,10 +99,15 @@ def create_ca(out: Path, days: int = 3650, overwrite: bool = False) -> tuple[Pat
 
 def create_server_certificate(out: Path, hosts: list[str], days: int = 825,
                               overwrite: bool = False) -> tuple[Path, Path]:  # fmt: skip
-    """``server.crt`` / ``server.key`` signed by the CA in ``out``, valid for ``hosts``."""
+    """``server.crt`` / ``server.key`` signed by the CA in ``out``, valid for ``hosts``.
+
+    An existing certificate is kept when it covers ``hosts``, else issued again (same CA: devices keep
+    working)."""
     cert_path, key_path = out / SERVER_CERT, out / SERVER_KEY
     if cert_path.is_file() and key_path.is_file() and not overwrite:
-        return cert_path, key_path
+        if set(hosts) <= set(server_certificate_hosts(cert_path)):
+            return cert_path, key_path
+        hosts = list(dict.fromkeys([*server_certificate_hosts(cert_path), *hosts]))
     ca_cert = x509.load_pem_x509_certificate((out / CA_CERT).read_bytes())
     ca_key = serialization.load_pem_private_key((out / CA_KEY).read_bytes(), None)
     key = ec.generate_private_key(ec.SECP384R1())
