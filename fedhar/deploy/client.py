@@ -126,13 +126,19 @@ def _interrupt(*_) -> None:
     raise KeyboardInterrupt
 
 
-def _announce(supernode: Service, stop: threading.Event) -> None:
-    """Say once when the SuperNode has joined (Flower logs its node id)."""
+def _announce(supernode: Service, stop: threading.Event, hint_after_s: float = 30.0) -> None:
+    """Say once when the SuperNode has joined (Flower logs its node id), or why it has not yet."""
+    started, hinted = time.monotonic(), False
     while not stop.is_set() and supernode.alive():
-        found = re.search(r"SuperNode ID: (\d+)", supernode.log_tail(200))
+        tail = supernode.log_tail(200)
+        found = re.search(r"SuperNode ID: (\d+)", tail)
         if found:
             say(f"joined the federation as node {found.group(1)}")
             return
+        if not hinted and time.monotonic() - started > hint_after_s:
+            last = tail.splitlines()[-1] if tail else "nothing logged"
+            say(f"[yellow]not connected after {hint_after_s:.0f} s; the SuperNode's last word: {last}[/]")
+            hinted = True
         time.sleep(0.5)
 
 

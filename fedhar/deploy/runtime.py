@@ -23,6 +23,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import secrets
 import signal
 import socket
@@ -138,7 +139,7 @@ class Service:
             text = self.log_path.read_text(errors="replace").strip().splitlines()
         except OSError:
             return ""
-        return "\n".join(line.strip() for line in text[-lines:])
+        return "\n".join(re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in text[-lines:])  # no colours
 
     def stop(self, grace_s: float = 10.0) -> None:
         """SIGTERM (Flower shuts down gracefully: a SuperNode leaves the federation), SIGKILL after ``grace_s``."""
