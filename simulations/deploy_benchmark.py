@@ -27,6 +27,7 @@ Writes deploy_benchmark.json (and the run folders) into --out. All processes run
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -89,15 +90,32 @@ def start(cmd: list[str], log: Path, env: dict) -> subprocess.Popen:
 
 
 def stop(procs: list[subprocess.Popen]) -> None:
-    for p in procs:
-        if p.poll() is None:
-            p.terminate()
+    """Terminate the processes this script started and everything they started (by pid), then kill leftovers."""
+    tree = []
     for p in procs:
         try:
-            p.wait(30)
-        except subprocess.TimeoutExpired:
-            p.kill()
+            tree += [psutil.Process(p.pid), *psutil.Process(p.pid).children(recursive=True)]
+        except psutil.NoSuchProcess:
+            continue
+    for proc in tree:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.terminate()
+    _, alive = psutil.wait_procs(tree, timeout=30)
+    for proc in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
+    for p in procs:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             p.wait(5)
+
+
+def wait_for_text(path: Path, needle: str, proc: subprocess.Popen, timeout_s: float = 300) -> None:
+    """Until ``needle`` is in the log ``path`` (the server registered the device keys: devices may connect)."""
+    deadline = time.monotonic() + timeout_s
+    while needle not in (path.read_text(errors="replace") if path.is_file() else ""):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"`{needle}` never appeared in {path}")
+        time.sleep(0.2)
 
 
 def federation(out: Path, tag: str, args, env: dict, rounds: int, isolation: str) -> dict:
@@ -119,6 +137,7 @@ def federation(out: Path, tag: str, args, env: dict, rounds: int, isolation: str
         server = start(server_cmd, logs / "server.log", env)
         procs.append(server)
         rss.watch("server", server.pid)
+        wait_for_text(logs / "server.log", "waiting for", server)  # Flower's own SuperNode gives up on unknown keys
         for i, subject in enumerate(args.subjects, start=1):
             work = logs / f"device{i}"
             key = certs / "clients" / f"device{i}.key"
