@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -121,7 +123,8 @@ class WindowSet:
     def save(self, path: str | Path) -> None:
         """Write an ``.npz`` window set (string arrays as unicode, no pickled objects)."""
         path = Path(path)
-        tmp = path.with_name(path.name + ".tmp.npz")
+        # unique temp name: two processes filling the same cache entry must not share a temp file
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp.npz")
         np.savez(
             tmp,
             x=self.x,
