@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fedhar.config import LoraConfig, ModelConfig, TrainConfig
+from fedhar.config import LoraConfig, ModelConfig
 from fedhar.data.preprocess import Normalizer
 from fedhar.data.recording import IMU6
 from fedhar.model.backbones import load_backbone

@@ -1,10 +1,10 @@
 """The real pretrained backbones: loaded from the cache that `fedhar backbones fetch` fills (never the network)."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
-
-from pathlib import Path
 
 from fedhar.model.backbones import NAMED, load_backbone, offline_ready, wheel_dir
 

@@ -225,4 +225,14 @@ def test_server_checks_fail_before_a_run_folder_or_process_exists(tmp_path, caps
     assert "--certs DIR" in err and "--insecure" in err
     assert main(["server", "--config", str(config), "--insecure", "--address", "9092"]) == 2
     assert "is not HOST:PORT" in capsys.readouterr().err
+
+    from fedhar.deploy.certs import create_test_deployment
+
+    create_test_deployment(tmp_path / "certs", ["127.0.0.1"], ["phone-1"])
+    tls = ["--certs", str(tmp_path / "certs")]
+    assert main(["server", "--config", str(config), *tls]) == 2  # nobody could join a SuperLink without keys
+    assert "--client-keys" in capsys.readouterr().err
+    keys = ["--client-keys", str(tmp_path / "certs" / "clients")]
+    assert main(["server", "--config", str(config), *tls, *keys, "--address", "10.9.8.7:9092"]) == 2
+    assert "is not valid for 10.9.8.7" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()

@@ -95,8 +95,17 @@ def preflight(cfg: ExperimentConfig, opts: ServerOptions) -> tuple[ExperimentCon
 
     cfg = check_strategy(cfg)
     check_deployable(cfg)
-    split_address(opts.superlink or opts.address)
-    return cfg, server_tls(opts), public_keys(opts.client_keys)
+    host, _ = split_address(opts.superlink or opts.address)
+    tls, keys = server_tls(opts), public_keys(opts.client_keys)
+    if tls.cert is not None and local_address(host) not in certs.server_certificate_hosts(tls.cert):
+        raise ConfigError(f"{tls.cert} is not valid for {local_address(host)} (it names "
+                          f"{certs.server_certificate_hosts(tls.cert)}); recreate it with "
+                          "`fedhar certs --host ...`")  # fmt: skip
+    if not tls.insecure and not keys and opts.superlink is None:
+        # the SuperLink fedhar starts keeps its registry in memory: with no key registered, nobody could join
+        raise ConfigError("no device keys: pass --client-keys (the .pub files or folder from `fedhar certs`, e.g. "
+                          "certs/clients); only registered devices may join")  # fmt: skip
+    return cfg, tls, keys
 
 
 def serve(cfg: ExperimentConfig, run: RunDir, opts: ServerOptions, resume: bool = False,
@@ -105,17 +114,10 @@ def serve(cfg: ExperimentConfig, run: RunDir, opts: ServerOptions, resume: bool 
     from fedhar.federated.server import DEPLOY_POLL_S, ServerJob, run_federation
 
     cfg, tls, keys = preflight(cfg, opts)
-    if not tls.insecure and not keys and opts.superlink is None:
-        say("[yellow]no --client-keys given: only devices registered earlier in this run's SuperLink "
-                      "state can join[/]")  # fmt: skip
     host, port = split_address(opts.superlink or opts.address)
     if tls.insecure:
         say("[bold red]WARNING: --insecure: traffic is unencrypted and any device that reaches "
                       f"{host}:{port} can join the federation. Use it only on a trusted test network.[/]")  # fmt: skip
-    elif tls.cert is not None and local_address(host) not in certs.server_certificate_hosts(tls.cert):
-        raise ConfigError(f"{tls.cert} is not valid for {local_address(host)} (it names "
-                          f"{certs.server_certificate_hosts(tls.cert)}); recreate it with "
-                          "`fedhar certs --host ...`")  # fmt: skip
     if host not in LOOPBACK:
         say(f"[yellow]the SuperLink's Control API shares {host}:{port} with the devices and Flower 1.42 does "
                       "not authenticate it: expose only /v1/fleet/ to devices (see docs/deploy.md)[/]")  # fmt: skip
