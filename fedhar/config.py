@@ -128,6 +128,24 @@ class ModelConfig:
 
 
 @dataclass
+class AugmentConfig:
+    """Training-time augmentation of raw windows (off by default); see fedhar/training/augment.py."""
+
+    rotation_degrees: float = 0.0  # random rigid rotation of the device frame, up to this angle
+    scale_std: float = 0.0  # per-window, per-sensor-group amplitude scale 1 + N(0, scale_std)
+
+    @property
+    def active(self) -> bool:
+        return self.rotation_degrees > 0 or self.scale_std > 0
+
+    def validate(self, path: str) -> None:
+        if not 0 <= self.rotation_degrees <= 180:
+            raise ConfigError(f"{path}.rotation_degrees must be in [0, 180], got {self.rotation_degrees}")
+        if not 0 <= self.scale_std < 1:
+            raise ConfigError(f"{path}.scale_std must be in [0, 1), got {self.scale_std}")
+
+
+@dataclass
 class TrainConfig:
     """The one local-training loop's settings (centralized training, clients, benchmarks)."""
 
@@ -144,6 +162,7 @@ class TrainConfig:
     num_threads: int | None = None  # torch CPU threads (null: torch's default)
     max_steps_per_epoch: int | None = None
     device: str = "auto"  # auto (cuda when available) | cpu | cuda
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def validate(self, path: str) -> None:
         if self.epochs < 1:

@@ -36,6 +36,8 @@ def test_unknown_key_suggests_fix():
         ("federated.strategy=fedmagic", "strategy must be one of"),
         ("train.lr=fast", "train.lr must be a number"),
         ("train.device=tpu", "device must be auto"),
+        ("train.augment.rotation_degrees=-5", "train.augment.rotation_degrees must be in"),
+        ("train.augment.scale_std=1.5", "train.augment.scale_std must be in"),
     ],
 )
 def test_bad_values_name_key_and_allowed_values(override, message):

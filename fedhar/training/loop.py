@@ -2,7 +2,7 @@
 
 AdamW on the trainable tensors only, linear warmup then cosine decay, gradient clipping,
 early stopping on validation macro-F1 (the best epoch's trainable state is restored), seeded
-shuffling and dropout.
+shuffling, dropout and (optional) augmentation of the raw training windows.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from fedhar.errors import ConfigError
 from fedhar.metrics import classification_metrics
 from fedhar.model.har_model import predict_logits
 from fedhar.model.state import get_trainable_state, set_trainable_state
+from fedhar.training.augment import augment_batch
 
 #: extra loss term computed from the model (FedProx's proximal term, continual regularisers)
 Regularizer = Callable[[nn.Module], torch.Tensor]
@@ -87,6 +88,7 @@ def fit(
         raise ConfigError("the model has no trainable parameters")
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
+    augment_rng = torch.Generator().manual_seed(seed)  # its own stream: augmenting leaves shuffling alone
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
     if cfg.max_steps_per_epoch:
@@ -106,7 +108,8 @@ def fit(
         t0 = time.perf_counter()
         for b in range(steps_per_epoch):
             idx = np.sort(order[b * cfg.batch_size : (b + 1) * cfg.batch_size])
-            xb = torch.from_numpy(x_all[idx]).to(device, non_blocking=True)
+            xb = augment_batch(torch.from_numpy(x_all[idx]), train.layout, cfg.augment, augment_rng)
+            xb = xb.to(device, non_blocking=True)
             yb = torch.from_numpy(y_all[idx]).to(device, non_blocking=True)
             for group in optimizer.param_groups:
                 group["lr"] = cfg.lr * lr_factor(step, total, warmup, cfg.schedule)
