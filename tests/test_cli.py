@@ -28,9 +28,12 @@ def test_train_then_evaluate(tmp_path, capsys):
                  *HAPT_SMALL]) == 0  # fmt: skip
     assert (out / "t-2" / "metrics.json").is_file()
     report = tmp_path / "eval.json"
-    assert main(["evaluate", str(run / "checkpoint"), "--data", str(HAPT), "--subjects", "27", "--json", str(report)]) == 0
+    assert main(["evaluate", str(run / "checkpoint"), "--data", str(HAPT), "--subjects", "27", "--by", "subject",
+                 "--json", str(report)]) == 0  # fmt: skip
     evaluated = json.loads(report.read_text())
     assert evaluated["accuracy"] == pytest.approx(metrics["test"]["accuracy"])
+    assert evaluated["by_subject"]["27"]["accuracy"] == pytest.approx(evaluated["accuracy"])
+    assert "by subject" in capsys.readouterr().err  # rich tables go to stderr
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,7 @@ import torch
 from fedhar.config import ModelConfig, TrainConfig
 from fedhar.errors import ConfigError
 from fedhar.model.har_model import DataSpec, build_model
-from fedhar.training.loop import evaluate, fit, lr_factor
+from fedhar.training.loop import evaluate, evaluate_by, fit, lr_factor
 
 FAST = dict(batch_size=16, lr=3e-3, patience=0, warmup_fraction=0.1, device="cpu")
 
@@ -67,3 +67,17 @@ def test_schedule_shape():
 def test_empty_training_set_is_an_error(tiny_windows):
     with pytest.raises(ConfigError, match="no training windows"):
         fit(_model(tiny_windows), tiny_windows.subset(np.zeros(len(tiny_windows), bool)), None, TrainConfig())
+
+
+def test_evaluate_by_subject_splits_the_pooled_score(tiny_windows):
+    model = _model(tiny_windows)
+    fit(model, tiny_windows, None, TrainConfig(epochs=2, **FAST), seed=0)
+    pooled = evaluate(model, tiny_windows)
+    groups = evaluate_by(model, tiny_windows, "subject")
+    assert list(groups) == ["1", "2", "3", "4"]
+    assert sum(g["num_windows"] for g in groups.values()) == pooled["num_windows"]
+    correct = sum(g["accuracy"] * g["num_windows"] for g in groups.values())
+    assert correct / pooled["num_windows"] == pytest.approx(pooled["accuracy"])
+    assert groups["2"] == evaluate(model, tiny_windows.where(subject="2"))
+    with pytest.raises(ConfigError, match="cannot group by `user`"):
+        evaluate_by(model, tiny_windows, "user")

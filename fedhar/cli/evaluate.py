@@ -7,6 +7,23 @@ import argparse
 from fedhar.cli.common import console, dump_json, print_metrics
 
 
+def print_breakdown(tag: str, groups: dict[str, dict], label_names: list[str]) -> None:
+    """One row per subject (device, ...): windows, accuracy, macro-F1 and its most frequent confusion."""
+    from rich.table import Table
+
+    table = Table(title=f"by {tag}")
+    for col in (tag, "windows", "accuracy", "macro-F1", "most frequent error"):
+        table.add_column(col, justify="left" if col in (tag, "most frequent error") else "right")
+    for value, m in groups.items():
+        cm = [row[:] for row in m["confusion_matrix"]]
+        for i in range(len(cm)):
+            cm[i][i] = 0
+        count, true, pred = max((c, i, j) for i, row in enumerate(cm) for j, c in enumerate(row))
+        error = f"{label_names[true]} → {label_names[pred]} ({count})" if count else "-"
+        table.add_row(value, str(m["num_windows"]), f"{m['accuracy']:.4f}", f"{m['macro_f1']:.4f}", error)
+    console.print(table)
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="score a checkpoint on labelled data")
     p.add_argument("checkpoint", help="checkpoint folder (runs/<name>/checkpoint)")
@@ -14,6 +31,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", default="auto", help="loader name (default: detect)")
     p.add_argument("--subjects", nargs="*", help="only these subjects")
     p.add_argument("--label-map", nargs="*", default=[], metavar="FROM=TO", help="rename data labels to the model's")
+    p.add_argument("--by", choices=["subject", "device", "placement", "session", "dataset"],
+                   help="also score each subject (device, ...) on its own")  # fmt: skip
     p.add_argument("--json", dest="json_out", help="also write the metrics to this JSON file")
     p.set_defaults(handler=run)
 
@@ -23,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
 
     from fedhar.inference import windows_for_model
     from fedhar.model.state import load_checkpoint
-    from fedhar.training.loop import evaluate
+    from fedhar.training.loop import evaluate, evaluate_by
 
     model = load_checkpoint(args.checkpoint)
     label_map = dict(item.split("=", 1) for item in args.label_map)
@@ -32,6 +51,9 @@ def run(args: argparse.Namespace) -> int:
         ws = ws.where(subject=[str(s) for s in args.subjects])
     metrics = evaluate(model, ws)
     print_metrics(f"{Path(args.checkpoint).name} on {args.data}", metrics)
+    if args.by:
+        metrics[f"by_{args.by}"] = evaluate_by(model, ws, args.by)
+        print_breakdown(args.by, metrics[f"by_{args.by}"], model.data.label_names)
     if args.json_out:
         Path(args.json_out).write_text(dump_json(metrics))
         console.print(f"metrics written to {args.json_out}")

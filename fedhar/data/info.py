@@ -18,7 +18,7 @@ import numpy as np
 from fedhar.config import DataConfig
 from fedhar.data.loaders import LOADERS, detect_layout, load_recordings
 from fedhar.data.preprocess import resample_recording
-from fedhar.data.recording import RecordingSet
+from fedhar.data.recording import RecordingSet, natural_key
 from fedhar.data.windows import WindowSet, make_windows
 from fedhar.errors import DataError
 
@@ -91,7 +91,7 @@ def _window_summary(path: Path) -> dict:
         "windows": len(ws),
         "window_samples": ws.window_len,
         "sample_rates_hz": [ws.sample_rate] if np.isfinite(ws.sample_rate) else [],
-        "subjects": sorted(set(ws.subject.tolist()), key=_natural_key),
+        "subjects": sorted(set(ws.subject.tolist()), key=natural_key),
         "datasets": sorted(set(ws.dataset.tolist())),
         "devices": sorted(set(ws.device.tolist())),
         "placements": sorted(set(ws.placement.tolist())),
@@ -102,10 +102,6 @@ def _window_summary(path: Path) -> dict:
         "windows_per_subject": {s: int(sum(c)) for s, c in ws.counts_by("subject").items()},
         "synthetic": ws.synthetic,
     }
-
-
-def _natural_key(s: str) -> tuple:
-    return (0, int(s), "") if s.isdigit() else (1, 0, s)
 
 
 def render_summary(summary: dict):

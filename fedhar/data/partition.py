@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fedhar.data.recording import natural_key
 from fedhar.data.windows import WindowSet
 from fedhar.errors import ConfigError, DataError
 
@@ -95,7 +96,7 @@ def client_names(ws: WindowSet, scheme: str, parts: list[np.ndarray]) -> list[st
 
 def _natural(ws: WindowSet, tag: str, num_clients: int | None, quantity_skew: float | None) -> list[np.ndarray]:
     col = getattr(ws, tag)
-    values = sorted(set(col.tolist()), key=_natural_key)
+    values = sorted(set(col.tolist()), key=natural_key)
     if num_clients is not None and num_clients != len(values):
         raise ConfigError(
             f"federated.partition={tag} makes one client per {tag} ({len(values)} here), but "
@@ -186,7 +187,7 @@ def partition_summary(
             "counts": row.tolist(),
             "classes_present": int((row > 0).sum()),
             "label_entropy": round(h, 4),
-            "subjects": sorted(set(ws.subject[p].tolist()), key=_natural_key),
+            "subjects": sorted(set(ws.subject[p].tolist()), key=natural_key),
         }
         for name, row, size, h, p in zip(names, counts, sizes, entropy, parts)
     ]
@@ -262,7 +263,3 @@ def _plot(counts: np.ndarray, names: list[str], classes: list[str], title: str, 
     fig.suptitle(title, fontsize=11)
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-def _natural_key(s: str) -> tuple:
-    return (0, int(s), "") if s.isdigit() else (1, 0, s)

@@ -131,7 +131,7 @@ class RecordingSet:
         return self.recordings[0].layout
 
     def subjects(self) -> list[str]:
-        return sorted({r.subject for r in self.recordings}, key=_natural_key)
+        return sorted({r.subject for r in self.recordings}, key=natural_key)
 
     def summary(self) -> dict:
         """What `fedhar data info` prints: subjects, devices, placements, classes, hours."""
@@ -157,7 +157,8 @@ class RecordingSet:
         }
 
 
-def _natural_key(s: str) -> tuple:
+def natural_key(s: str) -> tuple:
+    """Sort key putting subject "2" before "10" (ids are strings, often numeric)."""
     return (0, int(s), "") if s.isdigit() else (1, 0, s)
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedhar.data.recording import UNLABELLED, Recording, RecordingSet, SensorLayout
+from fedhar.data.recording import UNLABELLED, Recording, RecordingSet, SensorLayout, natural_key
 from fedhar.errors import DataError
 
 #: Per-window metadata columns; each is a 1-D array aligned with ``WindowSet.x``.
@@ -93,7 +93,7 @@ class WindowSet:
         col = getattr(self, tag)
         return {
             str(v): np.bincount(self.y[col == v], minlength=self.num_classes).tolist()
-            for v in sorted(set(col.tolist()), key=_natural_key)
+            for v in sorted(set(col.tolist()), key=natural_key)
         }
 
     @staticmethod
@@ -185,10 +185,6 @@ class WindowSet:
             synthetic=bool(z["synthetic"]) if "synthetic" in z else False,
             **meta,
         )
-
-
-def _natural_key(s: str) -> tuple:
-    return (0, int(s), "") if s.isdigit() else (1, 0, s)
 
 
 def window_recording(

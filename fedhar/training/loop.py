@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from fedhar.config import TrainConfig
-from fedhar.data.windows import WindowSet
+from fedhar.data.recording import natural_key
+from fedhar.data.windows import META_FIELDS, WindowSet
 from fedhar.errors import ConfigError
 from fedhar.metrics import classification_metrics
 from fedhar.model.har_model import predict_logits
@@ -166,13 +167,26 @@ def fit(
 
 def evaluate(model: nn.Module, ws: WindowSet, batch_size: int = 256) -> dict:
     """Loss and classification metrics of ``model`` on ``ws``."""
+    return _metrics(predict_logits(model, ws.x, batch_size), ws.y, ws.label_names)
+
+
+def evaluate_by(model: nn.Module, ws: WindowSet, tag: str, batch_size: int = 256) -> dict[str, dict]:
+    """Metrics per value of a window tag (subject, device, ...): which subject a pooled score loses on."""
+    if tag not in META_FIELDS:
+        raise ConfigError(f"cannot group by `{tag}`; window tags: {list(META_FIELDS)}")
     logits = predict_logits(model, ws.x, batch_size)
+    values = getattr(ws, tag)
+    return {v: _metrics(logits[values == v], ws.y[values == v], ws.label_names)
+            for v in sorted(set(values.tolist()), key=natural_key)}  # fmt: skip
+
+
+def _metrics(logits: np.ndarray, y: np.ndarray, label_names: list[str]) -> dict:
     y_pred = logits.argmax(axis=1) if len(logits) else np.empty(0, np.int64)
-    metrics = classification_metrics(ws.y, y_pred, ws.label_names)
+    metrics = classification_metrics(y, y_pred, label_names)
     if len(logits):
         shifted = logits - logits.max(axis=1, keepdims=True)
         logp = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-        metrics["loss"] = float(-logp[np.arange(len(ws.y)), ws.y].mean())
+        metrics["loss"] = float(-logp[np.arange(len(y)), y].mean())
     else:
         metrics["loss"] = float("nan")
     return metrics
