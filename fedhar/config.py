@@ -158,6 +158,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     patience: int = 5  # epochs without a better validation macro-F1 before stopping (0: never)
     label_smoothing: float = 0.0
+    ema_decay: float = 0.0  # > 0: evaluate and keep an exponential moving average of the weights (e.g. 0.99)
     eval_batch_size: int = 256
     num_threads: int | None = None  # torch CPU threads (null: torch's default)
     max_steps_per_epoch: int | None = None
@@ -173,6 +174,8 @@ class TrainConfig:
             raise ConfigError(f"{path}.lr must be positive, got {self.lr}")
         if not 0 <= self.warmup_fraction < 1:
             raise ConfigError(f"{path}.warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
+        if not 0 <= self.ema_decay < 1:
+            raise ConfigError(f"{path}.ema_decay must be in [0, 1) (0: off), got {self.ema_decay}")
         if self.patience < 0:
             raise ConfigError(f"{path}.patience must be >= 0, got {self.patience}")
         if self.schedule not in ("cosine", "constant"):

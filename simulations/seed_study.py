@@ -37,6 +37,8 @@ CANDIDATES = {
     "meanpool-stats": ["model.pooling=mean", "model.stats_token=true"],
     "augment": ["train.augment.rotation_degrees=10", "train.augment.scale_std=0.1"],
     "augment-meanpool": ["train.augment.rotation_degrees=10", "train.augment.scale_std=0.1", "model.pooling=mean"],
+    "ema": ["train.ema_decay=0.995"],
+    "ema-meanpool": ["train.ema_decay=0.995", "model.pooling=mean"],
 }
 FOCUS = ("SITTING", "STANDING")  # the confused pair on a waist phone
 

@@ -38,6 +38,7 @@ def test_unknown_key_suggests_fix():
         ("train.device=tpu", "device must be auto"),
         ("train.augment.rotation_degrees=-5", "train.augment.rotation_degrees must be in"),
         ("train.augment.scale_std=1.5", "train.augment.scale_std must be in"),
+        ("train.ema_decay=1", "train.ema_decay must be in"),
     ],
 )
 def test_bad_values_name_key_and_allowed_values(override, message):

@@ -5,7 +5,8 @@ import torch
 from fedhar.config import ModelConfig, TrainConfig
 from fedhar.errors import ConfigError
 from fedhar.model.har_model import DataSpec, build_model
-from fedhar.training.loop import evaluate, evaluate_by, fit, lr_factor
+from fedhar.model.state import get_trainable_state
+from fedhar.training.loop import WeightAverage, evaluate, evaluate_by, fit, lr_factor
 
 FAST = dict(batch_size=16, lr=3e-3, patience=0, warmup_fraction=0.1, device="cpu")
 
@@ -81,3 +82,37 @@ def test_evaluate_by_subject_splits_the_pooled_score(tiny_windows):
     assert groups["2"] == evaluate(model, tiny_windows.where(subject="2"))
     with pytest.raises(ConfigError, match="cannot group by `user`"):
         evaluate_by(model, tiny_windows, "user")
+
+
+def test_weight_average_tracks_and_swaps():
+    p = torch.nn.Parameter(torch.zeros(3))
+    avg = WeightAverage([p], decay=0.5)
+    for step, value in enumerate([1.0, 2.0, 3.0]):
+        with torch.no_grad():
+            p.fill_(value)
+        avg.update(step)
+    # decay ramps: min(0.5, 1/10), min(0.5, 2/11), min(0.5, 3/12)
+    expected = 0.0
+    for step, value in enumerate([1.0, 2.0, 3.0]):
+        d = min(0.5, (1 + step) / (10 + step))
+        expected = d * expected + (1 - d) * value
+    assert torch.allclose(avg.shadow[0], torch.full((3,), expected))
+    with avg.swapped_in():
+        assert torch.allclose(p, torch.full((3,), expected))
+    assert torch.equal(p.detach(), torch.full((3,), 3.0))  # training weights back
+
+
+def test_fit_with_weight_average_keeps_the_average(tiny_windows):
+    cfg = TrainConfig(epochs=2, ema_decay=0.9, **FAST)
+    model = _model(tiny_windows)
+    fit(model, tiny_windows, None, cfg, seed=0)
+    plain = _model(tiny_windows)
+    fit(plain, tiny_windows, None, TrainConfig(epochs=2, **FAST), seed=0)
+    a, b = get_trainable_state(model), get_trainable_state(plain)
+    assert any(not np.allclose(a[k], b[k]) for k in a)  # same training path, averaged weights kept
+    again = _model(tiny_windows)
+    fit(again, tiny_windows, None, cfg, seed=0)
+    assert all(np.array_equal(a[k], v) for k, v in get_trainable_state(again).items())
+    with_val = _model(tiny_windows)
+    result = fit(with_val, tiny_windows, tiny_windows, cfg, seed=0)
+    assert evaluate(with_val, tiny_windows)["macro_f1"] == pytest.approx(result.best_val_macro_f1)
