@@ -423,3 +423,12 @@ def test_clients_can_leave_between_rounds_through_the_data_stage(tmp_path, monke
     assert [(r["stage"], r["clients_updated"]) for r in rows] == [(0, 3), (1, 2)]
     federation = json.loads(run.file("federation.json").read_text())
     assert federation["stage"] == 1 and [c["name"] for c in federation["clients"]] == ["subject-1", "subject-2"]
+
+
+def test_local_training_keeps_the_loop_settings_but_no_weight_average():
+    from fedhar.federated.client import local_train_config
+
+    cfg = load_config(None, ["train.ema_decay=0.995", "train.augment.rotation_degrees=10", "federated.local_epochs=2"])
+    local = local_train_config(cfg, lr=0.01)
+    assert local.ema_decay == 0.0  # it would only damp the update a client sends
+    assert local.augment.rotation_degrees == 10 and local.epochs == 2 and local.lr == 0.01

@@ -51,10 +51,14 @@ def process_model(cfg: ExperimentConfig, sample: WindowSet, normalizer: Normaliz
 
 
 def local_train_config(cfg: ExperimentConfig, lr: float) -> TrainConfig:
-    """E local epochs at the round's learning rate: constant within the round (the schedule runs across rounds)."""
+    """E local epochs at the round's learning rate: constant within the round (the schedule runs across rounds).
+
+    No weight average (``ema_decay``) on a client: over one short local round it would only damp
+    the update the client sends; aggregation across clients and rounds already averages.
+    """
     threads = cfg.train.num_threads or max(1, int(cfg.federated.cpus_per_client))
     return dataclasses.replace(cfg.train, epochs=cfg.federated.local_epochs, lr=lr, schedule="constant",
-                               warmup_fraction=0.0, patience=0, num_threads=threads)  # fmt: skip
+                               warmup_fraction=0.0, patience=0, num_threads=threads, ema_decay=0.0)  # fmt: skip
 
 
 def proximal_term(model: torch.nn.Module, global_state: dict[str, np.ndarray], mu: float) -> Regularizer:
