@@ -94,6 +94,7 @@ def run_row(out: Path, candidate: str, seed: int) -> dict:
         "test_accuracy": round(m["test"]["accuracy"], 4),
         **{f"test_f1_{c}": round(per_class[c], 4) for c in FOCUS if c in per_class},
         "train_seconds": m["train_seconds"],
+        "device": m.get("device", "not recorded"),
     }
 
 

@@ -23,6 +23,7 @@ def test_train_then_evaluate(tmp_path, capsys):
     assert meta["seed"] == 0 and meta["versions"]["torch"].startswith("2.13")
     metrics = json.loads((run / "metrics.json").read_text())
     assert "UNTRAINED" in metrics["warning"] and metrics["subjects"]["test"] == ["27"]
+    assert metrics["device"] == "cpu"
     # a second run with the same name never overwrites the first
     assert main(["train", "--config", "configs/hapt.yaml", "--quiet", f"output_dir={out}", "name=t", *TINY,
                  *HAPT_SMALL]) == 0  # fmt: skip

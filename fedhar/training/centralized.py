@@ -5,6 +5,8 @@ from __future__ import annotations
 import resource
 import time
 
+import torch
+
 from fedhar.config import ExperimentConfig
 from fedhar.data.pipeline import load_windows
 from fedhar.data.splits import low_label, split_by_subject
@@ -83,6 +85,7 @@ def train_centralized(
         "model_build_seconds": round(build_s, 2),
         "wall_seconds": round(time.perf_counter() - t_start, 2),
         "peak_rss_mb": round(peak_rss_mb(), 1),
+        "device": _device_name(next(model.parameters()).device),  # figures differ a little between devices
     }
     if model.backbone_pretrained is False:
         summary["warning"] = "UNTRAINED test backbone: these figures say nothing about pretrained models"
@@ -96,3 +99,7 @@ def train_centralized(
                                   title=f"{summary['model']}: test subjects")  # fmt: skip
         save_checkpoint(model, run.file("checkpoint"), extra={"run": cfg.name, "seed": cfg.seed})
     return summary
+
+
+def _device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
