@@ -4,11 +4,12 @@ On HAPT the test macro-F1 of one model moves by about one point from seed to see
 SITTING <-> STANDING), more than most recipe changes, so one seed cannot choose a default. Each
 candidate runs `fedhar train` once per seed (fresh processes, ``--parallel`` at a time, the CPU
 threads split between them); a candidate is adopted only if its mean *validation* macro-F1
-(subjects 25 26) beats the base's -- the test subjects are reported, never used to choose.
+(subjects 25 26) beats the base's on the same seeds -- the test subjects are reported, never
+used to choose.
 
     python simulations/seed_study.py --out runs/seed-study --candidates base augment --seeds 0 1 2 3
 
-Finished runs (``<out>/<candidate>-s<seed>/metrics.json``) are reused, so an interrupted study
+``--no-run`` tabulates what is there without training. Finished runs (``<out>/<candidate>-s<seed>/metrics.json``) are reused, so an interrupted study
 resumes. Writes seed_study_runs.csv (one row per run), seed_study.csv/.json/.md (mean and sd per
 candidate) and seed_study.png.
 """
@@ -113,8 +114,21 @@ def summarize(rows: list[dict], candidates: list[str]) -> list[dict]:
             "test_mean": round(statistics.mean(test), 4),
             "test_sd": round(statistics.stdev(test), 4) if len(test) > 1 else None,
             "test_min": min(test),
+            **_paired_with_base(rows, c),
         })  # fmt: skip
     return out
+
+
+def _paired_with_base(rows: list[dict], candidate: str) -> dict:
+    """Mean difference to the base on the seeds both ran: seed effects are large, so compare like with like."""
+    base = {r["seed"]: r for r in rows if r["candidate"] == "base"}
+    mine = {r["seed"]: r for r in rows if r["candidate"] == candidate}
+    common = sorted(set(base) & set(mine))
+    if candidate == "base" or not common:
+        return {"paired_seeds": None, "val_vs_base": None, "test_vs_base": None}
+    diff = {k: statistics.mean(mine[s][k] - base[s][k] for s in common) for k in ("best_val_macro_f1", "test_macro_f1")}
+    return {"paired_seeds": " ".join(map(str, common)), "val_vs_base": round(diff["best_val_macro_f1"], 4),
+            "test_vs_base": round(diff["test_macro_f1"], 4)}  # fmt: skip
 
 
 def write_outputs(out: Path, rows: list[dict], summary: list[dict]) -> None:
@@ -154,21 +168,24 @@ def main() -> None:
     p.add_argument("--candidates", nargs="+", default=["base"], choices=sorted(CANDIDATES))
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3])
     p.add_argument("--parallel", type=int, default=2, help="runs at a time (the CPU threads are split)")
+    p.add_argument("--no-run", action="store_true", help="only tabulate the runs already finished")
     p.add_argument("overrides", nargs="*", help="key=value overrides for every run")
     args = p.parse_args()
     if args.parallel < 1:
         p.error("--parallel must be >= 1")
     args.out.mkdir(parents=True, exist_ok=True)
-    run_all(args)
-    rows = [run_row(args.out, c, s) for c in args.candidates for s in args.seeds]
-    summary = summarize(rows, args.candidates)
+    if not args.no_run:
+        run_all(args)
+    rows = [run_row(args.out, c, s) for c in args.candidates for s in args.seeds if _finished(args.out, c, s)]
+    if not rows:
+        raise SystemExit(f"no finished runs of {args.candidates} under {args.out}")
+    summary = summarize(rows, [c for c in args.candidates if any(r["candidate"] == c for r in rows)])
     write_outputs(args.out, rows, summary)
-    if "base" in args.candidates:
-        base = next(s for s in summary if s["candidate"] == "base")["val_mean"]
-        for s in summary:
-            if s["candidate"] != "base":
-                verdict = "beats" if s["val_mean"] > base else "does not beat"
-                print(f"{s['candidate']}: mean validation {s['val_mean']} {verdict} base {base}")
+    for s in summary:
+        if s["val_vs_base"] is not None:
+            verdict = "beats" if s["val_vs_base"] > 0 else "does not beat"
+            print(f"{s['candidate']} {verdict} base on validation over seeds {s['paired_seeds']}: "
+                  f"{s['val_vs_base']:+.4f} (test {s['test_vs_base']:+.4f}, reported, not used to choose)")
 
 
 if __name__ == "__main__":
