@@ -40,6 +40,7 @@ CANDIDATES = {
     "augment-meanpool": ["train.augment.rotation_degrees=10", "train.augment.scale_std=0.1", "model.pooling=mean"],
     "ema": ["train.ema_decay=0.995"],
     "ema-meanpool": ["train.ema_decay=0.995", "model.pooling=mean"],
+    "regularized": ["model.dropout=0.3", "train.weight_decay=0.1"],
 }
 FOCUS = ("SITTING", "STANDING")  # the confused pair on a waist phone
 
