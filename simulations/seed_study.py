@@ -3,9 +3,9 @@
 On HAPT the test macro-F1 of one model moves by about one point from seed to seed (all of it
 SITTING <-> STANDING), more than most recipe changes, so one seed cannot choose a default. Each
 candidate runs `fedhar train` once per seed (fresh processes, ``--parallel`` at a time, the CPU
-threads split between them); a candidate is adopted only if its mean *validation* macro-F1
-(subjects 25 26) beats the base's on the same seeds -- the test subjects are reported, never
-used to choose.
+threads split between them); a candidate is adopted only if its *validation* macro-F1 (subjects 25 26)
+beats the base's on the same seeds by more than twice the standard error of the paired
+differences (verdict ``better``) -- the test subjects are reported, never used to choose.
 
     python simulations/seed_study.py --out runs/seed-study --candidates base augment --seeds 0 1 2 3
 
@@ -126,10 +126,19 @@ def _paired_with_base(rows: list[dict], candidate: str) -> dict:
     mine = {r["seed"]: r for r in rows if r["candidate"] == candidate}
     common = sorted(set(base) & set(mine))
     if candidate == "base" or not common:
-        return {"paired_seeds": None, "val_vs_base": None, "test_vs_base": None}
-    diff = {k: statistics.mean(mine[s][k] - base[s][k] for s in common) for k in ("best_val_macro_f1", "test_macro_f1")}
-    return {"paired_seeds": " ".join(map(str, common)), "val_vs_base": round(diff["best_val_macro_f1"], 4),
-            "test_vs_base": round(diff["test_macro_f1"], 4)}  # fmt: skip
+        return {"paired_seeds": None, "val_vs_base": None, "val_vs_base_se": None, "verdict": None, "test_vs_base": None}
+    val = [mine[s]["best_val_macro_f1"] - base[s]["best_val_macro_f1"] for s in common]
+    test = [mine[s]["test_macro_f1"] - base[s]["test_macro_f1"] for s in common]
+    se = statistics.stdev(val) / len(val) ** 0.5 if len(val) > 1 else None
+    if se is None:
+        verdict = "one seed: undecided"
+    elif abs(statistics.mean(val)) <= 2 * se:
+        verdict = "within seed noise"
+    else:
+        verdict = "better" if statistics.mean(val) > 0 else "worse"
+    return {"paired_seeds": " ".join(map(str, common)), "val_vs_base": round(statistics.mean(val), 4),
+            "val_vs_base_se": None if se is None else round(se, 4), "verdict": verdict,
+            "test_vs_base": round(statistics.mean(test), 4)}  # fmt: skip
 
 
 def write_outputs(out: Path, rows: list[dict], summary: list[dict]) -> None:
@@ -183,10 +192,9 @@ def main() -> None:
     summary = summarize(rows, [c for c in args.candidates if any(r["candidate"] == c for r in rows)])
     write_outputs(args.out, rows, summary)
     for s in summary:
-        if s["val_vs_base"] is not None:
-            verdict = "beats" if s["val_vs_base"] > 0 else "does not beat"
-            print(f"{s['candidate']} {verdict} base on validation over seeds {s['paired_seeds']}: "
-                  f"{s['val_vs_base']:+.4f} (test {s['test_vs_base']:+.4f}, reported, not used to choose)")
+        if s["verdict"] is not None:
+            print(f"{s['candidate']} vs base on validation, seeds {s['paired_seeds']}: {s['val_vs_base']:+.4f} "
+                  f"(se {s['val_vs_base_se']}) -> {s['verdict']}; test {s['test_vs_base']:+.4f} (reported, not used to choose)")
 
 
 if __name__ == "__main__":
