@@ -8,10 +8,10 @@ cost (windows/s, trainable parameters) beside it.
 
 For the table in docs/benchmarks.md the depth variants ran on a lent GPU
 (simulations/device/gpu_sweep.sh) and the others on the 2-core CPU; layers16, r32, all-linear
-and mean-pool were not part of it (mean pooling was later compared over four seeds). Scores
-differ a little between devices (base: validation macro-F1 0.957 on the CPU, 0.968 on an H100),
-so compare variants run on the same device; the CPU cost of each variant is measured separately
-by simulations/throughput.py.
+and mean-pool were not part of it (mean pooling was later compared over five seeds by
+seed_study.py). Scores differ a little between devices (base: validation macro-F1 0.957 on the
+CPU, 0.968 on an H100), so compare variants run on the same device; the CPU cost of each
+variant is measured separately by simulations/throughput.py.
 """
 
 from __future__ import annotations
