@@ -83,6 +83,15 @@ def plot_f1_vs_params(rows: list[dict], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def save_plot(fig, ax, path: Path) -> None:
+    """The finish every recipe's line/scatter plot shares: grid, legend, tight layout, PNG."""
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def load_existing(out: Path, stem: str) -> list[dict]:
     """Earlier results of this recipe, so an interrupted benchmark resumes instead of redoing variants."""
     path = out / f"{stem}.json"

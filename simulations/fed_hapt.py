@@ -25,10 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from bench_common import plt, save_plot
 
 STRATEGIES = ("fedavg", "ffa-lora", "lora-exact", "fedprox", "fedadam", "fedyogi")
 DEFAULT_STRATEGIES = "fedavg,ffa-lora,lora-exact,fedprox"
@@ -120,11 +117,7 @@ def write_outputs(results: dict[str, dict], out: Path) -> None:
         ax.axhline(central["test_macro_f1"], color="k", ls="--", label=f"centralized ({central['test_macro_f1']:.3f})")
     ax.set(xlabel="round", ylabel="test macro-F1 (subjects 27-30)", ylim=(0, 1.02),
            title="HAPT: federated vs centralized")  # fmt: skip
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "fed_hapt.png", dpi=120)
-    plt.close(fig)
+    save_plot(fig, ax, out / "fed_hapt.png")
 
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for r in feds:

@@ -26,10 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from bench_common import plt, save_plot
 
 CANDIDATES = {
     "base": [],
@@ -164,11 +161,7 @@ def write_outputs(out: Path, rows: list[dict], summary: list[dict]) -> None:
     ax.axhline(0.95, color="grey", lw=0.8, ls="--")
     ax.set(xlabel="best validation macro-F1 (subjects 25 26)", ylabel="test macro-F1 (subjects 27-30)",
            title="one point per seed")  # fmt: skip
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "seed_study.png", dpi=120)
-    plt.close(fig)
+    save_plot(fig, ax, out / "seed_study.png")
 
 
 def main() -> None:
