@@ -1,0 +1,35 @@
+"""The decision rule of simulations/seed_study.py: paired with the base, better only beyond noise."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "simulations"))
+from seed_study import summarize  # noqa: E402
+
+
+def _rows(candidate, val, test):
+    return [{"candidate": candidate, "seed": s, "best_val_macro_f1": v, "test_macro_f1": t}
+            for s, (v, t) in enumerate(zip(val, test))]  # fmt: skip
+
+
+def _verdict(val, base_val=(0.95, 0.96, 0.94, 0.97)):
+    rows = _rows("base", base_val, [0.94] * 4) + _rows("meanpool", val, [0.95] * 4)
+    return next(s for s in summarize(rows, ["base", "meanpool"]) if s["candidate"] == "meanpool")
+
+
+def test_consistent_gain_on_every_seed_is_better():
+    s = _verdict([0.96, 0.97, 0.95, 0.98])
+    assert s["verdict"] == "better" and s["val_vs_base"] == pytest.approx(0.01)
+    assert s["paired_seeds"] == "0 1 2 3" and s["test_vs_base"] == pytest.approx(0.01)
+
+
+def test_a_positive_mean_from_one_lucky_seed_is_noise():
+    assert _verdict([0.95, 0.96, 0.94, 1.0])["verdict"] == "within seed noise"
+
+
+def test_consistent_loss_is_worse_and_unpaired_seeds_are_ignored():
+    rows = _rows("base", [0.95, 0.96], [0.9, 0.9]) + _rows("meanpool", [0.93, 0.945, 0.99], [0.9, 0.9, 0.9])
+    s = summarize(rows, ["base", "meanpool"])[1]
+    assert s["paired_seeds"] == "0 1" and s["verdict"] == "worse" and s["seeds"] == 3
