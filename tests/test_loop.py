@@ -6,7 +6,7 @@ from fedhar.config import ModelConfig, TrainConfig
 from fedhar.errors import ConfigError
 from fedhar.model.har_model import DataSpec, build_model
 from fedhar.model.state import get_trainable_state
-from fedhar.training.loop import WeightAverage, evaluate, evaluate_by, fit, lr_factor
+from fedhar.training.loop import WeightAverage, evaluate, fit, lr_factor
 
 FAST = dict(batch_size=16, lr=3e-3, patience=0, warmup_fraction=0.1, device="cpu")
 
@@ -73,15 +73,16 @@ def test_empty_training_set_is_an_error(tiny_windows):
 def test_evaluate_by_subject_splits_the_pooled_score(tiny_windows):
     model = _model(tiny_windows)
     fit(model, tiny_windows, None, TrainConfig(epochs=2, **FAST), seed=0)
-    pooled = evaluate(model, tiny_windows)
-    groups = evaluate_by(model, tiny_windows, "subject")
+    pooled = evaluate(model, tiny_windows, by="subject")
+    groups = pooled.pop("by_subject")
     assert list(groups) == ["1", "2", "3", "4"]
     assert sum(g["num_windows"] for g in groups.values()) == pooled["num_windows"]
     correct = sum(g["accuracy"] * g["num_windows"] for g in groups.values())
     assert correct / pooled["num_windows"] == pytest.approx(pooled["accuracy"])
     assert groups["2"] == evaluate(model, tiny_windows.where(subject="2"))
+    assert pooled == evaluate(model, tiny_windows)
     with pytest.raises(ConfigError, match="cannot group by `user`"):
-        evaluate_by(model, tiny_windows, "user")
+        evaluate(model, tiny_windows, by="user")
 
 
 def test_weight_average_tracks_and_swaps():

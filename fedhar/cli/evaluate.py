@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from fedhar.cli.common import console, dump_json, print_metrics
+from fedhar.data.windows import META_FIELDS
 
 
 def print_breakdown(tag: str, groups: dict[str, dict], label_names: list[str]) -> None:
@@ -31,7 +32,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", default="auto", help="loader name (default: detect)")
     p.add_argument("--subjects", nargs="*", help="only these subjects")
     p.add_argument("--label-map", nargs="*", default=[], metavar="FROM=TO", help="rename data labels to the model's")
-    p.add_argument("--by", choices=["subject", "device", "placement", "session", "dataset"],
+    p.add_argument("--by", choices=META_FIELDS,
                    help="also score each subject (device, ...) on its own")  # fmt: skip
     p.add_argument("--json", dest="json_out", help="also write the metrics to this JSON file")
     p.set_defaults(handler=run)
@@ -42,17 +43,16 @@ def run(args: argparse.Namespace) -> int:
 
     from fedhar.inference import windows_for_model
     from fedhar.model.state import load_checkpoint
-    from fedhar.training.loop import evaluate, evaluate_by
+    from fedhar.training.loop import evaluate
 
     model = load_checkpoint(args.checkpoint)
     label_map = dict(item.split("=", 1) for item in args.label_map)
     ws = windows_for_model(model.data, args.data, args.dataset, label_map or None)
     if args.subjects:
         ws = ws.where(subject=[str(s) for s in args.subjects])
-    metrics = evaluate(model, ws)
+    metrics = evaluate(model, ws, by=args.by)
     print_metrics(f"{Path(args.checkpoint).name} on {args.data}", metrics)
     if args.by:
-        metrics[f"by_{args.by}"] = evaluate_by(model, ws, args.by)
         print_breakdown(args.by, metrics[f"by_{args.by}"], model.data.label_names)
     if args.json_out:
         Path(args.json_out).write_text(dump_json(metrics))

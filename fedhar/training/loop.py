@@ -210,19 +210,21 @@ class WeightAverage:
                     p.copy_(saved)
 
 
-def evaluate(model: nn.Module, ws: WindowSet, batch_size: int = 256) -> dict:
-    """Loss and classification metrics of ``model`` on ``ws``."""
-    return _metrics(predict_logits(model, ws.x, batch_size), ws.y, ws.label_names)
+def evaluate(model: nn.Module, ws: WindowSet, batch_size: int = 256, by: str | None = None) -> dict:
+    """Loss and classification metrics of ``model`` on ``ws``.
 
-
-def evaluate_by(model: nn.Module, ws: WindowSet, tag: str, batch_size: int = 256) -> dict[str, dict]:
-    """Metrics per value of a window tag (subject, device, ...): which subject a pooled score loses on."""
-    if tag not in META_FIELDS:
-        raise ConfigError(f"cannot group by `{tag}`; window tags: {list(META_FIELDS)}")
+    ``by`` (a window tag: subject, device, ...) adds ``by_<tag>``: the same metrics per value, from
+    the same forward pass -- which subject a pooled score loses on.
+    """
+    if by is not None and by not in META_FIELDS:
+        raise ConfigError(f"cannot group by `{by}`; window tags: {list(META_FIELDS)}")
     logits = predict_logits(model, ws.x, batch_size)
-    values = getattr(ws, tag)
-    return {v: _metrics(logits[values == v], ws.y[values == v], ws.label_names)
-            for v in sorted(set(values.tolist()), key=natural_key)}  # fmt: skip
+    metrics = _metrics(logits, ws.y, ws.label_names)
+    if by is not None:
+        values = getattr(ws, by)
+        metrics[f"by_{by}"] = {v: _metrics(logits[values == v], ws.y[values == v], ws.label_names)
+                               for v in sorted(set(values.tolist()), key=natural_key)}  # fmt: skip
+    return metrics
 
 
 def _metrics(logits: np.ndarray, y: np.ndarray, label_names: list[str]) -> dict:
