@@ -107,6 +107,7 @@ class ModelConfig:
     kernel_size: int = 5
     stats_token: bool = False  # add a leading token of per-channel window mean/std (posture, intensity)
     pooling: str = "auto"  # mean | last | auto (last for causal decoders, mean for encoders)
+    head_cues: bool = False  # the head also reads raw-window gravity direction + log sway (llm kind)
     dropout: float = 0.1
     lora: LoraConfig = field(default_factory=LoraConfig)
     # baselines
@@ -123,6 +124,8 @@ class ModelConfig:
             raise ConfigError(f"{path}.pooling must be mean, last or auto, got `{self.pooling}`")
         if self.tokens < 1:
             raise ConfigError(f"{path}.tokens must be >= 1, got {self.tokens}")
+        if self.head_cues and self.kind != "llm":
+            raise ConfigError(f"{path}.head_cues is an option of kind llm; set it false for kind `{self.kind}`")
         if self.num_layers is not None and self.num_layers < 1:
             raise ConfigError(f"{path}.num_layers must be >= 1 or null, got {self.num_layers}")
 

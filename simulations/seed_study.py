@@ -38,6 +38,8 @@ CANDIDATES = {
     "ema": ["train.ema_decay=0.995"],
     "ema-meanpool": ["train.ema_decay=0.995", "model.pooling=mean"],
     "regularized": ["model.dropout=0.3", "train.weight_decay=0.1"],
+    "cues": ["model.head_cues=true"],
+    "cues-augment": ["model.head_cues=true", "train.augment.rotation_degrees=10", "train.augment.scale_std=0.1"],
 }
 FOCUS = ("SITTING", "STANDING")  # the confused pair on a waist phone
 

@@ -39,11 +39,12 @@ def test_unknown_key_suggests_fix():
         ("train.augment.rotation_degrees=-5", "train.augment.rotation_degrees must be in"),
         ("train.augment.scale_std=1.5", "train.augment.scale_std must be in"),
         ("train.ema_decay=1", "train.ema_decay must be in"),
+        ("model.kind=deepconvlstm model.head_cues=true", "head_cues is an option of kind llm"),
     ],
 )
 def test_bad_values_name_key_and_allowed_values(override, message):
     with pytest.raises(ConfigError, match=message):
-        load_config(None, [override])
+        load_config(None, override.split())
 
 
 def test_bad_override_syntax():

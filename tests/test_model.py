@@ -99,3 +99,35 @@ def test_stats_token_adds_one_leading_token(spec, tiny_windows):
     assert plain(x).shape == (3, 8, 16) and with_stats(x).shape == (3, 9, 16)
     model = build_model(ModelConfig(backbone="tiny-llama", num_layers=2, tokens=8, stats_token=True), spec)
     assert model(x).shape == (3, 3)
+
+
+def test_window_cues_read_gravity_direction_and_log_sway(spec):
+    from fedhar.model.frontend import WindowCues
+
+    cues = WindowCues(spec.layout.group_dict)
+    t = torch.arange(64, dtype=torch.float32)
+    x = torch.zeros(2, 6, 64)
+    x[0, 1] = -0.98  # still phone, gravity along -y
+    x[1, 2] = 0.98 + 0.1 * torch.sin(t)  # gravity along z, swaying on z only
+    x[1, 3] = 0.05 * torch.sin(t)  # and turning about the gyro's x axis
+    c = cues.cues(x)
+    assert c.shape == (2, 3 + 6)
+    torch.testing.assert_close(c[0, :3], torch.tensor([0.0, -1.0, 0.0]))
+    torch.testing.assert_close(c[1, :3], torch.tensor([0.0, 0.0, 1.0]), atol=1e-2, rtol=0)
+    sway = torch.exp(c[:, 3:]) - cues.eps
+    torch.testing.assert_close(sway[0], torch.zeros(6), atol=1e-6, rtol=0)
+    torch.testing.assert_close(sway[1], x[1].std(dim=1))
+    assert cues(x).shape == (2, cues.width)
+
+
+def test_head_cues_reach_the_head_and_train(spec, tiny_windows):
+    plain = build_model(ModelConfig(backbone="tiny-llama", num_layers=2, tokens=8), spec, seed=0)
+    model = build_model(ModelConfig(backbone="tiny-llama", num_layers=2, tokens=8, head_cues=True), spec, seed=0)
+    x = torch.from_numpy(tiny_windows.x[:4])
+    assert model(x).shape == (4, 3)
+    assert model.head.in_features == plain.head.in_features + model.cues.width
+    assert any(n.startswith("cues.") for n in trainable_names(model))
+    model.eval()
+    tilted = x.clone()
+    tilted[:, :3] += torch.tensor([0.0, 0.0, 1.0]).view(1, 3, 1)  # gravity added on z: a different posture
+    assert not torch.allclose(model(x), model(tilted))

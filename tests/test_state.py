@@ -64,6 +64,17 @@ def test_checkpoint_roundtrip_predicts_the_same(model, tiny_windows, tmp_path):
         torch.testing.assert_close(model(x), loaded.eval()(x))
 
 
+def test_checkpoint_with_head_cues_roundtrips(tiny_windows, tmp_path):
+    cfg = ModelConfig(backbone="tiny-llama", num_layers=2, tokens=8, head_cues=True)
+    model = build_model(cfg, DataSpec.from_windows(tiny_windows)).eval()
+    save_checkpoint(model, tmp_path / "ckpt")
+    loaded = load_checkpoint(tmp_path / "ckpt").eval()
+    assert loaded.cues is not None
+    x = torch.from_numpy(tiny_windows.x[:8])
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), loaded(x))
+
+
 def test_checkpoint_errors(model, tmp_path):
     with pytest.raises(CheckpointError, match="not a fedhar checkpoint"):
         load_checkpoint(tmp_path)

@@ -82,5 +82,36 @@ class ConvProjection(nn.Module):
         return self.dropout(tokens + self.position)
 
 
+class WindowCues(nn.Module):
+    """Whole-window physics cues for the head: gravity direction in the device frame and log sway.
+
+    On a waist phone sitting and standing differ by tilt and postural sway. Read from the raw
+    window (g, rad/s), so training-set normalisation cannot hide absolute sway, and on a log
+    scale, so a still phone and a walking one both land in range. A small layer maps them to
+    ``width`` features that the head reads beside the pooled backbone output.
+    """
+
+    def __init__(self, groups: dict[str, list[int]], width: int = 32, eps: float = 1e-4):
+        super().__init__()
+        acc = groups.get("acc")
+        self.acc_index = list(acc) if acc is not None and len(acc) == 3 else None
+        self.eps = eps
+        num_cues = sum(len(idx) for idx in groups.values()) + (3 if self.acc_index else 0)
+        self.net = nn.Sequential(nn.Linear(num_cues, width), nn.LayerNorm(width), nn.GELU())
+        self.width = width
+
+    def cues(self, x: torch.Tensor) -> torch.Tensor:
+        """x [B, C, T] raw → [B, num_cues]: unit mean acceleration (if 3-axis acc) and log std per channel."""
+        sway = torch.log(x.std(dim=2) + self.eps)
+        if self.acc_index is None:
+            return sway
+        gravity = x[:, self.acc_index].mean(dim=2)
+        tilt = gravity / gravity.norm(dim=1, keepdim=True).clamp_min(self.eps)
+        return torch.cat([tilt, sway], dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(self.cues(x))
+
+
 def _divisor_near(n: int, k: int) -> int:
     return min((d for d in range(1, n + 1) if n % d == 0), key=lambda d: abs(d - k))

@@ -16,7 +16,7 @@ from fedhar.data.recording import SensorLayout
 from fedhar.data.windows import WindowSet
 from fedhar.errors import ConfigError
 from fedhar.model.backbones import Backbone, load_backbone
-from fedhar.model.frontend import ConvProjection
+from fedhar.model.frontend import ConvProjection, WindowCues
 
 
 @dataclass
@@ -97,14 +97,18 @@ class LLMHARModel(HARNet):
         if self.pooling == "auto":
             self.pooling = "last" if backbone.is_causal else "mean"
         self.norm = nn.LayerNorm(backbone.hidden_size)
-        self.head = nn.Linear(backbone.hidden_size, len(data.label_names))
+        self.cues = WindowCues(data.layout.group_dict) if model_cfg.head_cues else None
+        cue_width = self.cues.width if self.cues is not None else 0
+        self.head = nn.Linear(backbone.hidden_size + cue_width, len(data.label_names))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tokens = self.frontend(self.normalize(x))
         mask = torch.ones(tokens.shape[:2], dtype=torch.long, device=tokens.device)
         hidden = self.backbone(inputs_embeds=tokens, attention_mask=mask).last_hidden_state
-        pooled = hidden[:, -1] if self.pooling == "last" else hidden.mean(dim=1)
-        return self.head(self.norm(pooled))
+        pooled = self.norm(hidden[:, -1] if self.pooling == "last" else hidden.mean(dim=1))
+        if self.cues is not None:
+            pooled = torch.cat([pooled, self.cues(x)], dim=1)
+        return self.head(pooled)
 
     def train(self, mode: bool = True) -> "LLMHARModel":
         super().train(mode)
