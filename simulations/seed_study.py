@@ -9,6 +9,14 @@ differences (verdict ``better``) -- the test subjects are reported, never used t
 
     python simulations/seed_study.py --out runs/seed-study --candidates base augment --seeds 0 1 2 3
 
+``--folds K`` is the tie-breaker when two validation subjects cannot tell candidates apart: each
+seed runs K times, fold k validating on every K-th training subject (sorted) and training on the
+rest, and scoring on the configured validation subjects in place of the test subjects -- so the
+test subjects are never touched. Pairs are then (seed, fold) and the verdict is on the held-out
+training subjects of each fold:
+
+    python simulations/seed_study.py --out runs/subject-cv --candidates base cues --seeds 0 --folds 3
+
 ``--no-run`` tabulates what is there without training. Finished runs (``<out>/<candidate>-s<seed>/metrics.json``) are reused, so an interrupted study
 resumes. Writes seed_study_runs.csv (one row per run), seed_study.csv/.json/.md (mean and sd per
 candidate) and seed_study.png.
@@ -28,6 +36,9 @@ from pathlib import Path
 
 from bench_common import plt, save_plot
 
+from fedhar.config import load_config
+from fedhar.data.recording import natural_key
+
 CANDIDATES = {
     "base": [],
     "label-smoothing": ["train.label_smoothing=0.1"],
@@ -44,31 +55,54 @@ CANDIDATES = {
 FOCUS = ("SITTING", "STANDING")  # the confused pair on a waist phone
 
 
-def _finished(out: Path, candidate: str, seed: int) -> Path | None:
+def run_name(candidate: str, seed: int, fold: int | None) -> str:
+    return f"{candidate}-s{seed}" + ("" if fold is None else f"-f{fold}")
+
+
+def fold_splits(train: list, val: list, folds: int) -> list[dict[str, list]]:
+    """K subject folds over the training subjects; the validation subjects take the test role."""
+    if not 2 <= folds <= len(train):
+        raise SystemExit(f"--folds must be between 2 and the {len(train)} training subjects, got {folds}")
+    if not val:
+        raise SystemExit("--folds needs validation subjects in the config (data.split.val) to score each fold")
+    ordered = sorted((str(x) for x in train), key=natural_key)
+    parts = [ordered[k::folds] for k in range(folds)]
+    return [{"train": [x for x in ordered if x not in part], "val": part, "test": [str(x) for x in val]}
+            for part in parts]  # fmt: skip
+
+
+def _finished(out: Path, candidate: str, seed: int, fold: int | None = None) -> Path | None:
     """The run's metrics.json; after a failed try `fedhar train` wrote the retry to ``<name>-2`` etc."""
-    name = f"{candidate}-s{seed}"
+    name = run_name(candidate, seed, fold)
     found = [p for p in [out / name / "metrics.json", *out.glob(f"{name}-[0-9]*/metrics.json")] if p.is_file()]
     return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
 
-def _command(args: argparse.Namespace, candidate: str, seed: int, threads: int) -> list[str]:
+def _command(args: argparse.Namespace, candidate: str, seed: int, fold: int | None, threads: int) -> list[str]:
+    split = [] if fold is None else [f"data.split.{role}=[{', '.join(subjects)}]"
+                                     for role, subjects in args.fold_splits[fold].items()]  # fmt: skip
     return [sys.executable, "-m", "fedhar.cli.main", "train", "--config", args.config, "--quiet",
-            f"name={candidate}-s{seed}", f"output_dir={args.out}", f"seed={seed}", f"train.num_threads={threads}",
-            *CANDIDATES[candidate], *args.overrides]  # fmt: skip
+            f"name={run_name(candidate, seed, fold)}", f"output_dir={args.out}", f"seed={seed}",
+            f"train.num_threads={threads}", *CANDIDATES[candidate], *args.overrides, *split]  # fmt: skip
+
+
+def _jobs(args: argparse.Namespace) -> list[tuple[str, int, int | None]]:
+    folds = range(len(args.fold_splits)) if args.fold_splits else [None]
+    return [(c, s, f) for s in args.seeds for f in folds for c in args.candidates]  # pairs finish together
 
 
 def run_all(args: argparse.Namespace) -> None:
     """Start the missing runs, ``--parallel`` at a time; a failed run stops the study with its log's path."""
-    todo = [(c, s) for c in args.candidates for s in args.seeds if _finished(args.out, c, s) is None]
+    todo = [job for job in _jobs(args) if _finished(args.out, *job) is None]
     threads = max(1, (os.cpu_count() or 1) // args.parallel)
     running: list[tuple[subprocess.Popen, Path, float]] = []
     print(f"{len(todo)} runs to do, {args.parallel} at a time with {threads} threads each", flush=True)
     while todo or running:
         while todo and len(running) < args.parallel:
-            candidate, seed = todo.pop(0)
-            log = args.out / f"{candidate}-s{seed}.log"
-            cmd = _command(args, candidate, seed, threads)
-            print(f"start {candidate} seed {seed}: {' '.join(cmd[2:])}", flush=True)
+            candidate, seed, fold = todo.pop(0)
+            log = args.out / f"{run_name(candidate, seed, fold)}.log"
+            cmd = _command(args, candidate, seed, fold, threads)
+            print(f"start {log.stem}: {' '.join(cmd[2:])}", flush=True)
             running.append((subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT), log, time.time()))
         time.sleep(5)
         for item in list(running):
@@ -83,12 +117,13 @@ def run_all(args: argparse.Namespace) -> None:
             print(f"done {log.stem} in {time.time() - t0:.0f} s", flush=True)
 
 
-def run_row(out: Path, candidate: str, seed: int) -> dict:
-    m = json.loads(_finished(out, candidate, seed).read_text())
+def run_row(out: Path, candidate: str, seed: int, fold: int | None = None) -> dict:
+    m = json.loads(_finished(out, candidate, seed, fold).read_text())
     per_class = m["test"]["per_class_f1"]
     return {
         "candidate": candidate,
         "seed": seed,
+        "fold": fold,
         "best_val_macro_f1": round(m["best_val_macro_f1"], 4),
         "best_epoch": m["best_epoch"],
         "test_macro_f1": round(m["test"]["macro_f1"], 4),
@@ -120,10 +155,10 @@ def summarize(rows: list[dict], candidates: list[str]) -> list[dict]:
 
 
 def _paired_with_base(rows: list[dict], candidate: str) -> dict:
-    """Mean difference to the base on the seeds both ran: seed effects are large, so compare like with like."""
-    base = {r["seed"]: r for r in rows if r["candidate"] == "base"}
-    mine = {r["seed"]: r for r in rows if r["candidate"] == candidate}
-    common = sorted(set(base) & set(mine))
+    """Mean difference to the base on the (seed, fold)s both ran: seed effects are large, so compare like with like."""
+    base = {_unit(r): r for r in rows if r["candidate"] == "base"}
+    mine = {_unit(r): r for r in rows if r["candidate"] == candidate}
+    common = sorted(set(base) & set(mine), key=lambda u: (u[0], -1 if u[1] is None else u[1]))
     if candidate == "base" or not common:
         return {"paired_seeds": None, "val_vs_base": None, "val_vs_base_se": None, "verdict": None, "test_vs_base": None}
     val = [mine[s]["best_val_macro_f1"] - base[s]["best_val_macro_f1"] for s in common]
@@ -135,12 +170,17 @@ def _paired_with_base(rows: list[dict], candidate: str) -> dict:
         verdict = "within seed noise"
     else:
         verdict = "better" if statistics.mean(val) > 0 else "worse"
-    return {"paired_seeds": " ".join(map(str, common)), "val_vs_base": round(statistics.mean(val), 4),
+    paired = " ".join(str(seed) if fold is None else f"{seed}/f{fold}" for seed, fold in common)
+    return {"paired_seeds": paired, "val_vs_base": round(statistics.mean(val), 4),
             "val_vs_base_se": None if se is None else round(se, 4), "verdict": verdict,
             "test_vs_base": round(statistics.mean(test), 4)}  # fmt: skip
 
 
-def write_outputs(out: Path, rows: list[dict], summary: list[dict]) -> None:
+def _unit(row: dict) -> tuple[int, int | None]:
+    return row["seed"], row.get("fold")
+
+
+def write_outputs(out: Path, rows: list[dict], summary: list[dict], roles: tuple[str, str]) -> None:
     with (out / "seed_study_runs.csv").open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
@@ -161,8 +201,8 @@ def write_outputs(out: Path, rows: list[dict], summary: list[dict]) -> None:
         mine = [r for r in rows if r["candidate"] == s["candidate"]]
         ax.scatter([r["best_val_macro_f1"] for r in mine], [r["test_macro_f1"] for r in mine], label=s["candidate"])
     ax.axhline(0.95, color="grey", lw=0.8, ls="--")
-    ax.set(xlabel="best validation macro-F1 (subjects 25 26)", ylabel="test macro-F1 (subjects 27-30)",
-           title="one point per seed")  # fmt: skip
+    ax.set(xlabel=f"best validation macro-F1 ({roles[0]})", ylabel=f"test macro-F1 ({roles[1]})",
+           title="one point per run")  # fmt: skip
     save_plot(fig, ax, out / "seed_study.png")
 
 
@@ -172,24 +212,31 @@ def main() -> None:
     p.add_argument("--config", default="configs/hapt.yaml")
     p.add_argument("--candidates", nargs="+", default=["base"], choices=sorted(CANDIDATES))
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3])
+    p.add_argument("--folds", type=int, default=0,
+                   help="cross-validate over the training subjects in this many folds (0: the config's split)")
     p.add_argument("--parallel", type=int, default=2, help="runs at a time (the CPU threads are split)")
     p.add_argument("--no-run", action="store_true", help="only tabulate the runs already finished")
     p.add_argument("overrides", nargs="*", help="key=value overrides for every run")
     args = p.parse_args()
     if args.parallel < 1:
         p.error("--parallel must be >= 1")
+    split = load_config(args.config, args.overrides).data.split
+    args.fold_splits = fold_splits(split.train or [], split.val or [], args.folds) if args.folds else []
+    roles = ("each fold's held-out training subjects", "configured validation subjects") if args.folds else (
+        "validation subjects", "test subjects")
     args.out.mkdir(parents=True, exist_ok=True)
     if not args.no_run:
         run_all(args)
-    rows = [run_row(args.out, c, s) for c in args.candidates for s in args.seeds if _finished(args.out, c, s)]
+    rows = [run_row(args.out, *job) for job in _jobs(args) if _finished(args.out, *job)]
     if not rows:
         raise SystemExit(f"no finished runs of {args.candidates} under {args.out}")
     summary = summarize(rows, [c for c in args.candidates if any(r["candidate"] == c for r in rows)])
-    write_outputs(args.out, rows, summary)
+    write_outputs(args.out, rows, summary, roles)
     for s in summary:
         if s["verdict"] is not None:
-            print(f"{s['candidate']} vs base on validation, seeds {s['paired_seeds']}: {s['val_vs_base']:+.4f} "
-                  f"(se {s['val_vs_base_se']}) -> {s['verdict']}; test {s['test_vs_base']:+.4f} (reported, not used to choose)")
+            print(f"{s['candidate']} vs base on {roles[0]}, runs {s['paired_seeds']}: {s['val_vs_base']:+.4f} "
+                  f"(se {s['val_vs_base_se']}) -> {s['verdict']}; on {roles[1]} {s['test_vs_base']:+.4f} "
+                  "(reported, not used to choose)")
 
 
 if __name__ == "__main__":

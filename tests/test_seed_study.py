@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "simulations"))
-from seed_study import summarize  # noqa: E402
+from seed_study import fold_splits, summarize  # noqa: E402
 
 
 def _rows(candidate, val, test):
@@ -33,3 +33,25 @@ def test_consistent_loss_is_worse_and_unpaired_seeds_are_ignored():
     rows = _rows("base", [0.95, 0.96], [0.9, 0.9]) + _rows("meanpool", [0.93, 0.945, 0.99], [0.9, 0.9, 0.9])
     s = summarize(rows, ["base", "meanpool"])[1]
     assert s["paired_seeds"] == "0 1" and s["verdict"] == "worse" and s["seeds"] == 3
+
+
+def test_folds_pair_on_seed_and_fold():
+    rows = [{"candidate": c, "seed": 0, "fold": f, "best_val_macro_f1": v, "test_macro_f1": 0.9}
+            for c, vals in (("base", (0.90, 0.92, 0.94)), ("cues", (0.92, 0.94, 0.96))) for f, v in enumerate(vals)]
+    s = summarize(rows, ["base", "cues"])[1]
+    assert s["paired_seeds"] == "0/f0 0/f1 0/f2" and s["val_vs_base"] == pytest.approx(0.02)
+    assert s["verdict"] == "better"  # the same gain on every fold: zero spread
+
+
+def test_fold_splits_cover_training_subjects_once_and_never_the_test_subjects():
+    train = ["1", "3", "5", "6", "7", "8", "11"]
+    folds = fold_splits(train, ["25", "26"], 3)
+    assert sorted((x for f in folds for x in f["val"]), key=int) == train
+    for f in folds:
+        assert set(f["train"]) | set(f["val"]) == set(train) and not set(f["train"]) & set(f["val"])
+        assert f["test"] == ["25", "26"]
+    assert folds[0]["val"] == ["1", "6", "11"]  # every third subject in natural order, not "11" < "3"
+    with pytest.raises(SystemExit, match="between 2 and the 7"):
+        fold_splits(train, ["25"], 8)
+    with pytest.raises(SystemExit, match="needs validation subjects"):
+        fold_splits(train, [], 3)
