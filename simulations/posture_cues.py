@@ -21,22 +21,22 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from fedhar.config import load_config
 from fedhar.data.pipeline import load_windows
 from fedhar.data.recording import natural_key
+from fedhar.model.frontend import WindowCues
 
 POSTURES = ("SITTING", "STANDING")
 
 
 def cues(x: np.ndarray, layout) -> dict[str, np.ndarray]:
-    """Per window: unit gravity direction (mean acceleration) and log sway (std of acc and gyro axes)."""
-    groups = layout.group_dict
-    acc, gyro = x[:, groups["acc"]], x[:, groups["gyro"]]
-    gravity = acc.mean(axis=2)
-    tilt = gravity / np.linalg.norm(gravity, axis=1, keepdims=True)
-    sway = np.log(np.concatenate([acc.std(axis=2), gyro.std(axis=2)], axis=1) + 1e-6)
-    return {"tilt": tilt, "sway": sway, "tilt+sway": np.concatenate([tilt, sway], axis=1)}
+    """Per window, the cues ``model.head_cues`` feeds the head: unit gravity direction and log sway."""
+    both = WindowCues(layout.group_dict).cues(torch.from_numpy(x)).numpy()
+    if both.shape[1] != 3 + x.shape[1]:
+        raise SystemExit("posture cues need a 3-axis `acc` sensor group in the data")
+    return {"tilt": both[:, :3], "sway": both[:, 3:], "tilt+sway": both}
 
 
 def fit_logistic(x: np.ndarray, y: np.ndarray, steps: int = 3000, lr: float = 0.1, l2: float = 1e-3):
@@ -62,6 +62,7 @@ def main() -> None:
     keep = np.isin(ws.y, classes)
     x, y, subject = ws.x[keep], (ws.y[keep] == classes[1]).astype(int), ws.subject[keep]
     features = cues(x, ws.layout)
+    groups = ws.layout.group_dict
     train = np.isin(subject, cfg.data.split.train)
     held_out = [s for s in sorted(set(subject.tolist()), key=natural_key) if s not in set(cfg.data.split.train)]
 
@@ -69,12 +70,12 @@ def main() -> None:
     for s in sorted(set(subject.tolist()), key=natural_key):
         for k, posture in enumerate(POSTURES):
             m = (subject == s) & (y == k)
-            tilt, sway = features["tilt"][m].mean(0), np.exp(features["sway"][m]).mean(0)
+            tilt, sway = features["tilt"][m].mean(0), x[m].std(axis=2).mean(0)
             rows.append({"subject": s, "role": "train" if s in cfg.data.split.train else "held out",
                          "posture": posture, "windows": int(m.sum()),
                          **{f"gravity_{a}": round(float(v), 3) for a, v in zip("xyz", tilt)},
-                         "acc_sway_g": round(float(sway[:3].mean()), 4),
-                         "gyro_sway_rad_s": round(float(sway[3:].mean()), 4)})  # fmt: skip
+                         "acc_sway_g": round(float(sway[groups["acc"]].mean()), 4),
+                         "gyro_sway_rad_s": round(float(sway[groups["gyro"]].mean()), 4)})  # fmt: skip
     linear = {}
     for name, f in features.items():
         predict = fit_logistic(f[train], y[train])
