@@ -1,0 +1,144 @@
+"""How much of a confused pair's error is where the boundary sits, and how much is the ranking itself.
+
+Every error of the HAPT default is SITTING <-> STANDING. If the model ranks the windows well but
+puts the boundary in the wrong place for the test subjects, adding a bias ``b`` to one class's
+logit fixes it; if not, no threshold does. For each trained run this recipe sweeps ``b`` and
+reports the held-out macro-F1 at ``b = 0`` (the model as trained), at the ``b`` that is best on
+the validation subjects (a legitimate recalibration), and at the ``b`` that is best on the test
+subjects themselves (an oracle: the ceiling of any recalibration, never a result). Each run is
+scored on the validation and test subjects of its own resolved config (so subject cross-validation
+runs of seed_study.py --folds are scored on their fold).
+
+    python simulations/boundary_shift.py --out runs/boundary-shift runs/seed-study/base-s0 ...
+
+Writes boundary_shift.csv (one row per run), boundary_shift.json (with the sweep curves,
+versions and git revision) and boundary_shift.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import re
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from fedhar.config import load_config  # noqa: E402
+from fedhar.metrics import classification_metrics  # noqa: E402
+
+SHIFTS = np.round(np.linspace(-8, 8, 161), 2)
+
+
+def shift_curve(logits: np.ndarray, y: np.ndarray, label_names: list[str], favoured: str,
+                shifts: np.ndarray = SHIFTS) -> np.ndarray:
+    """Macro-F1 of ``argmax(logits + b * onehot(favoured))`` for every ``b`` in ``shifts``."""
+    k = label_names.index(favoured)
+    curve = []
+    for b in shifts:
+        shifted = logits.copy()
+        shifted[:, k] += b
+        curve.append(classification_metrics(y, shifted.argmax(axis=1), label_names)["macro_f1"])
+    return np.asarray(curve)
+
+
+def summarize(val_curve: np.ndarray, test_curve: np.ndarray, shifts: np.ndarray = SHIFTS) -> dict:
+    """Test macro-F1 as trained, after the validation-chosen shift, and at the test-oracle shift."""
+    zero, by_val, oracle = int(np.argmin(np.abs(shifts))), int(np.argmax(val_curve)), int(np.argmax(test_curve))
+    return {"test_as_trained": round(float(test_curve[zero]), 4), "val_as_trained": round(float(val_curve[zero]), 4),
+            "val_chosen_shift": float(shifts[by_val]), "test_at_val_chosen_shift": round(float(test_curve[by_val]), 4),
+            "oracle_shift": float(shifts[oracle]), "test_oracle_ceiling": round(float(test_curve[oracle]), 4)}  # fmt: skip
+
+
+def group_means(rows: list[dict]) -> dict[str, dict]:
+    """Mean of every figure per candidate: runs named ``<candidate>-s<seed>[-f<fold>]`` (seed_study.py) group together."""
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(re.sub(r"-s\d+(-f\d+)?$", "", r["run"]), []).append(r)
+    return {g: {"runs": len(rs), **{k: round(float(np.mean([r[k] for r in rs])), 4) for k, v in rs[0].items()
+                                        if isinstance(v, (int, float))}}
+            for g, rs in groups.items()}  # fmt: skip
+
+
+def _held_out_logits(run: Path, data_path: str, dataset: str, val: list, test: list) -> dict:
+    """Logits, labels and class names of the run's checkpoint on the validation and the test subjects."""
+    from fedhar.inference import windows_for_model
+    from fedhar.model.har_model import predict_logits
+    from fedhar.model.state import load_checkpoint
+
+    model = load_checkpoint(run / "checkpoint")
+    ws = windows_for_model(model.data, data_path, dataset, None)
+    out = {"names": list(ws.label_names)}
+    for role, subjects in (("val", val), ("test", test)):
+        part = ws.where(subject=[str(s) for s in subjects])
+        out[role] = (predict_logits(model, part.x), part.y)
+    return out
+
+
+def main() -> None:
+    from fedhar.results.run import git_revision, versions
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("runs", nargs="+", type=Path,
+                   help="run folders of `fedhar train`: each is scored on its own config's val and test subjects")  # fmt: skip
+    p.add_argument("--out", type=Path, default=Path("runs/boundary-shift"))
+    p.add_argument("--favour", default="STANDING", help="the class whose logit is shifted (one side of the pair)")
+    p.add_argument("overrides", nargs="*", default=[],
+                   help="key=value overrides of every run's config (e.g. data.path=... when the data moved)")  # fmt: skip
+    args = p.parse_args()
+    missing = [str(r) for r in args.runs if not (r / "checkpoint").is_dir() or not (r / "config.yaml").is_file()]
+    if missing:
+        raise SystemExit(f"no checkpoint/ or config.yaml in {', '.join(missing)}: pass run folders of `fedhar train`")
+
+    rows, curves = [], {}
+    for run in args.runs:
+        cfg = load_config(run / "config.yaml", args.overrides)
+        split = cfg.data.split
+        if not split.val or not split.test:
+            raise SystemExit(f"{run}/config.yaml needs validation and test subjects (data.split.val, data.split.test)")
+        held_out = _held_out_logits(run, cfg.data.path, cfg.data.dataset, split.val, split.test)
+        names = held_out["names"]
+        if args.favour not in names:
+            raise SystemExit(f"--favour {args.favour} is not a class of {run}: {names}")
+        val_curve = shift_curve(*held_out["val"], names, args.favour)
+        test_curve = shift_curve(*held_out["test"], names, args.favour)
+        rows.append({"run": run.name, "val_subjects": " ".join(map(str, split.val)),
+                     "test_subjects": " ".join(map(str, split.test)), **summarize(val_curve, test_curve)})  # fmt: skip
+        curves[run.name] = {"val": val_curve.round(4).tolist(), "test": test_curve.round(4).tolist()}
+        print("  ".join(f"{k} {v}" for k, v in rows[-1].items()), flush=True)
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    with (args.out / "boundary_shift.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    means = group_means(rows)
+    record = {"favoured_class": args.favour, "shifts": SHIFTS.tolist(), "overrides": args.overrides,
+              "per_run": rows, "mean_per_candidate": means, "curves": curves, "versions": versions(), "git": git_revision()}  # fmt: skip
+    (args.out / "boundary_shift.json").write_text(json.dumps(record, indent=2, default=str))
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, (name, c) in enumerate(curves.items()):
+        color = f"C{i % 10}"
+        ax.plot(SHIFTS, c["test"], color=color, label=f"{name} test")
+        ax.plot(SHIFTS, c["val"], color=color, ls=":", label=f"{name} val")
+    ax.axvline(0, color="k", lw=0.5)
+    ax.set(xlabel=f"bias added to the {args.favour} logit", ylabel="macro-F1", ylim=(0.85, 1.0),
+           title="held-out macro-F1 against a class-bias shift")  # fmt: skip
+    if len(curves) <= 12:  # beyond that a legend hides the curves
+        ax.legend(fontsize=6, ncol=2)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(args.out / "boundary_shift.png", dpi=120)
+    for group, m in means.items():
+        print(f"mean of {group}: " + "  ".join(f"{k} {v}" for k, v in m.items()))
+    print(f"written to {args.out}/boundary_shift.csv, .json and .png")
+
+
+if __name__ == "__main__":
+    main()
