@@ -51,6 +51,8 @@ CANDIDATES = {
     "regularized": ["model.dropout=0.3", "train.weight_decay=0.1"],
     "cues": ["model.head_cues=true"],
     "cues-augment": ["model.head_cues=true", "train.augment.rotation_degrees=10", "train.augment.scale_std=0.1"],
+    "lr3e-4": ["train.lr=0.0003"],
+    "lr2e-3": ["train.lr=0.002"],
 }
 FOCUS = ("SITTING", "STANDING")  # the confused pair on a waist phone
 
