@@ -26,8 +26,10 @@ def print_breakdown(tag: str, groups: dict[str, dict], label_names: list[str]) -
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("evaluate", help="score a checkpoint on labelled data")
-    p.add_argument("checkpoint", help="checkpoint folder (runs/<name>/checkpoint)")
+    p = sub.add_parser("evaluate", help="score a checkpoint (or an ensemble of several) on labelled data")
+    p.add_argument("checkpoint", nargs="+",
+                   help="checkpoint folder (runs/<name>/checkpoint); several are scored as one ensemble "
+                        "(mean class probabilities), e.g. the runs of several seeds")  # fmt: skip
     p.add_argument("--data", required=True, help="dataset folder (any supported layout) or .npz window set")
     p.add_argument("--dataset", default="auto", help="loader name (default: detect)")
     p.add_argument("--subjects", nargs="*", help="only these subjects")
@@ -42,19 +44,20 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from fedhar.inference import windows_for_model
-    from fedhar.model.state import load_checkpoint
+    from fedhar.model.ensemble import load_model
     from fedhar.training.loop import evaluate
 
-    model = load_checkpoint(args.checkpoint)
+    model = load_model(args.checkpoint)
     label_map = dict(item.split("=", 1) for item in args.label_map)
     ws = windows_for_model(model.data, args.data, args.dataset, label_map or None)
     if args.subjects:
         ws = ws.where(subject=[str(s) for s in args.subjects])
     metrics = evaluate(model, ws, by=args.by)
-    print_metrics(f"{Path(args.checkpoint).name} on {args.data}", metrics)
+    what = Path(args.checkpoint[0]).name if len(args.checkpoint) == 1 else f"ensemble of {len(args.checkpoint)}"
+    print_metrics(f"{what} on {args.data}", metrics)
     if args.by:
         print_breakdown(args.by, metrics[f"by_{args.by}"], model.data.label_names)
     if args.json_out:
-        Path(args.json_out).write_text(dump_json(metrics))
+        Path(args.json_out).write_text(dump_json({"checkpoints": args.checkpoint, **metrics}))
         console.print(f"metrics written to {args.json_out}")
     return 0
