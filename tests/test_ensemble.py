@@ -49,3 +49,13 @@ def test_evaluate_scores_several_checkpoints_as_one_ensemble(tiny_windows, tmp_p
         x = torch.from_numpy(tiny_windows.x)
         pred = ((a(x).softmax(-1) + b(x).softmax(-1)) / 2).argmax(-1).numpy()
     assert two["accuracy"] == pytest.approx(float(np.mean(pred == tiny_windows.y)))
+
+
+def test_evaluate_refuses_an_ensemble_across_tasks_in_one_line(tiny_windows, tmp_path, capsys):
+    tiny_windows.save(tmp_path / "w.npz")
+    other = dataclasses.replace(tiny_windows, label_names=["a", "b", "c"])
+    first = save_checkpoint(_model(tiny_windows, 0), tmp_path / "first")
+    second = save_checkpoint(_model(other, 0), tmp_path / "second")
+    assert main(["evaluate", str(first), str(second), "--data", str(tmp_path / "w.npz")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "does not match" in err[0] and "classes" in err[0]
