@@ -9,6 +9,11 @@ subjects themselves (an oracle: the ceiling of any recalibration, never a result
 scored on the validation and test subjects of its own resolved config (so subject cross-validation
 runs of seed_study.py --folds are scored on their fold).
 
+Per subject (what a client could do on its own device): the ceiling when every test subject gets
+its own best bias (an oracle again, with its labels), and an unsupervised per-subject threshold
+that needs no labels: Otsu's split of the subject's logit gap between the two classes, over the
+windows predicted as either (it assumes each subject holds windows of both postures).
+
     python simulations/boundary_shift.py --out runs/boundary-shift runs/seed-study/base-s0 ...
 
 Writes boundary_shift.csv (one row per run), boundary_shift.json (with the sweep curves,
@@ -55,6 +60,56 @@ def summarize(val_curve: np.ndarray, test_curve: np.ndarray, shifts: np.ndarray 
             "oracle_shift": float(shifts[oracle]), "test_oracle_ceiling": round(float(test_curve[oracle]), 4)}  # fmt: skip
 
 
+def _macro_f1(logits: np.ndarray, y: np.ndarray, label_names: list[str]) -> float:
+    return classification_metrics(y, logits.argmax(axis=1), label_names)["macro_f1"]
+
+
+def per_subject_oracle(logits: np.ndarray, y: np.ndarray, subject: np.ndarray, label_names: list[str],
+                       favoured: str, shifts: np.ndarray = SHIFTS) -> float:
+    """Macro-F1 when each subject gets the shift that is best on its own labels (ties: the smallest)."""
+    k = label_names.index(favoured)
+    adjusted = logits.copy()
+    for s in np.unique(subject):
+        m = subject == s
+        accuracy = np.array([np.mean(np.argmax(logits[m] + b * np.eye(len(label_names))[k], axis=1) == y[m])
+                             for b in shifts])  # fmt: skip
+        best = np.flatnonzero(accuracy == accuracy.max())
+        adjusted[m, k] += shifts[best[np.argmin(np.abs(shifts[best]))]]
+    return _macro_f1(adjusted, y, label_names)
+
+
+def otsu_threshold(values: np.ndarray, bins: int = 64) -> float:
+    """The cut that maximises the between-class variance of a 1-D histogram (Otsu 1979).
+
+    Every cut inside an empty stretch between two clusters scores the same; the middle of that
+    stretch is taken, the widest margin to both clusters.
+    """
+    counts, edges = np.histogram(values, bins=bins)
+    centres = (edges[:-1] + edges[1:]) / 2
+    between = np.zeros(bins + 1)
+    for i in range(1, bins):
+        w0, w1 = counts[:i].sum(), counts[i:].sum()
+        if w0 and w1:
+            m0, m1 = (counts[:i] * centres[:i]).sum() / w0, (counts[i:] * centres[i:]).sum() / w1
+            between[i] = w0 * w1 * (m0 - m1) ** 2
+    best = np.flatnonzero(np.isclose(between, between.max()))
+    return float((edges[best[0]] + edges[best[-1]]) / 2)
+
+
+def per_subject_unsupervised(logits: np.ndarray, subject: np.ndarray, label_names: list[str], favoured: str,
+                             rival: str) -> np.ndarray:
+    """Logits with each subject's boundary moved to Otsu's split of its own (favoured - rival) logit gap."""
+    f, r = label_names.index(favoured), label_names.index(rival)
+    adjusted = logits.copy()
+    for s in np.unique(subject):
+        rows = np.flatnonzero(subject == s)
+        pair = rows[np.isin(logits[rows].argmax(axis=1), [f, r])]
+        if len(pair) < 2:
+            continue  # nothing to split: the subject's boundary stays where training put it
+        adjusted[rows, f] -= otsu_threshold(logits[pair, f] - logits[pair, r])
+    return adjusted
+
+
 def group_means(rows: list[dict]) -> dict[str, dict]:
     """Mean of every figure per candidate: runs named ``<candidate>-s<seed>[-f<fold>]`` (seed_study.py) group together."""
     groups: dict[str, list[dict]] = {}
@@ -76,7 +131,7 @@ def _held_out_logits(run: Path, data_path: str, dataset: str, val: list, test: l
     out = {"names": list(ws.label_names)}
     for role, subjects in (("val", val), ("test", test)):
         part = ws.where(subject=[str(s) for s in subjects])
-        out[role] = (predict_logits(model, part.x), part.y)
+        out[role] = (predict_logits(model, part.x), part.y, part.subject)
     return out
 
 
@@ -88,6 +143,7 @@ def main() -> None:
                    help="run folders of `fedhar train`: each is scored on its own config's val and test subjects")  # fmt: skip
     p.add_argument("--out", type=Path, default=Path("runs/boundary-shift"))
     p.add_argument("--favour", default="STANDING", help="the class whose logit is shifted (one side of the pair)")
+    p.add_argument("--against", default="SITTING", help="the other side of the confused pair")
     p.add_argument("overrides", nargs="*", default=[],
                    help="key=value overrides of every run's config (e.g. data.path=... when the data moved)")  # fmt: skip
     args = p.parse_args()
@@ -103,12 +159,23 @@ def main() -> None:
             raise SystemExit(f"{run}/config.yaml needs validation and test subjects (data.split.val, data.split.test)")
         held_out = _held_out_logits(run, cfg.data.path, cfg.data.dataset, split.val, split.test)
         names = held_out["names"]
-        if args.favour not in names:
-            raise SystemExit(f"--favour {args.favour} is not a class of {run}: {names}")
-        val_curve = shift_curve(*held_out["val"], names, args.favour)
-        test_curve = shift_curve(*held_out["test"], names, args.favour)
+        for cls in (args.favour, args.against):
+            if cls not in names:
+                raise SystemExit(f"{cls} (--favour/--against) is not a class of {run}: {names}")
+        (val_logits, val_y, val_subject), (test_logits, test_y, test_subject) = held_out["val"], held_out["test"]
+        val_curve = shift_curve(val_logits, val_y, names, args.favour)
+        test_curve = shift_curve(test_logits, test_y, names, args.favour)
+        unsupervised = {}
+        for role in ("val", "test"):
+            logits, y, subject = held_out[role]
+            adjusted = per_subject_unsupervised(logits, subject, names, args.favour, args.against)
+            unsupervised[role] = round(_macro_f1(adjusted, y, names), 4)
         rows.append({"run": run.name, "val_subjects": " ".join(map(str, split.val)),
-                     "test_subjects": " ".join(map(str, split.test)), **summarize(val_curve, test_curve)})  # fmt: skip
+                     "test_subjects": " ".join(map(str, split.test)), **summarize(val_curve, test_curve),
+                     "test_per_subject_oracle": round(per_subject_oracle(test_logits, test_y, test_subject, names,
+                                                                         args.favour), 4),
+                     "val_per_subject_unsupervised": unsupervised["val"],
+                     "test_per_subject_unsupervised": unsupervised["test"]})  # fmt: skip
         curves[run.name] = {"val": val_curve.round(4).tolist(), "test": test_curve.round(4).tolist()}
         print("  ".join(f"{k} {v}" for k, v in rows[-1].items()), flush=True)
 

@@ -4,9 +4,17 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "simulations"))
-from boundary_shift import group_means, shift_curve, summarize  # noqa: E402
+from boundary_shift import (  # noqa: E402
+    group_means,
+    otsu_threshold,
+    per_subject_oracle,
+    per_subject_unsupervised,
+    shift_curve,
+    summarize,
+)
 
 NAMES = ["SITTING", "STANDING", "LAYING"]
 
@@ -39,3 +47,50 @@ def test_summary_reports_test_at_the_validation_choice_not_the_oracle():
 def test_group_means_pool_seeds_and_folds_of_one_candidate():
     rows = [{"run": "base-s0", "x": 1.0}, {"run": "base-s1", "x": 3.0}, {"run": "cues-s0-f1", "x": 5.0}]
     assert group_means(rows) == {"base": {"runs": 2, "x": 2.0}, "cues": {"runs": 1, "x": 5.0}}
+
+
+def test_per_subject_oracle_fixes_opposite_biases_that_no_global_shift_can():
+    # subject a's standing reads as sitting (needs +1.5), subject b's sitting as standing (needs -1.5)
+    logits = np.array([[2.0, 1.0, 0], [0.0, 2.0, 0], [2.0, 0.0, 0], [1.0, 2.0, 0]])
+    y, subject = np.array([1, 1, 0, 0]), np.array(["a", "a", "b", "b"])
+    assert max(shift_curve(logits, y, NAMES, "STANDING")) < 1.0
+    assert per_subject_oracle(logits, y, subject, NAMES, "STANDING") == 1.0
+
+
+def test_unsupervised_threshold_splits_a_subjects_two_clusters_without_labels():
+    rng = np.random.default_rng(0)
+    gap = np.r_[rng.normal(2.0, 0.3, 20), rng.normal(6.0, 0.3, 20)]  # all read as standing, two clusters
+    logits = np.c_[np.zeros(40), gap, np.full(40, -9.0)]
+    assert otsu_threshold(gap) == pytest.approx(4.0, abs=0.5)
+    adjusted = per_subject_unsupervised(logits, np.full(40, "a"), NAMES, "STANDING", "SITTING")
+    assert (adjusted[:20].argmax(1) == 0).all() and (adjusted[20:].argmax(1) == 1).all()
+    lone = per_subject_unsupervised(logits[:1], np.array(["b"]), NAMES, "STANDING", "SITTING")
+    assert np.array_equal(lone, logits[:1])  # one window: nothing to split, left as trained
+
+
+def test_recipe_scores_each_run_on_its_own_split(tiny_windows, tmp_path, monkeypatch):
+    import dataclasses
+    import json
+
+    import boundary_shift
+
+    from fedhar.config import ExperimentConfig, ModelConfig, save_config
+    from fedhar.model.har_model import DataSpec, build_model
+    from fedhar.model.state import save_checkpoint
+
+    ws = dataclasses.replace(tiny_windows, label_names=["SITTING", "STANDING", "LAYING"])
+    ws.save(tmp_path / "w.npz")
+    run = tmp_path / "base-s0"
+    save_checkpoint(build_model(ModelConfig(kind="deepconvlstm", hidden=16), DataSpec.from_windows(ws)), run / "checkpoint")
+    cfg = ExperimentConfig()
+    cfg.data.path, cfg.data.split.val, cfg.data.split.test = str(tmp_path / "w.npz"), ["1"], ["2", "3"]
+    save_config(cfg, run / "config.yaml")
+    monkeypatch.setattr("sys.argv", ["boundary_shift.py", str(run), "--out", str(tmp_path / "out")])
+    boundary_shift.main()
+    record = json.loads((tmp_path / "out" / "boundary_shift.json").read_text())
+    row = record["per_run"][0]
+    assert row["val_subjects"] == "1" and row["test_subjects"] == "2 3"
+    assert row["test_oracle_ceiling"] >= row["test_as_trained"]  # the sweep includes no shift at all
+    assert all(0 <= row[k] <= 1 for k in ("test_per_subject_oracle", "val_per_subject_unsupervised"))
+    assert record["mean_per_candidate"]["base"]["runs"] == 1
+    assert (tmp_path / "out" / "boundary_shift.png").is_file() and (tmp_path / "out" / "boundary_shift.csv").is_file()
