@@ -34,6 +34,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from fedhar.calibration import otsu_threshold  # noqa: E402
 from fedhar.config import load_config  # noqa: E402
 from fedhar.metrics import classification_metrics  # noqa: E402
 
@@ -76,24 +77,6 @@ def per_subject_oracle(logits: np.ndarray, y: np.ndarray, subject: np.ndarray, l
         best = np.flatnonzero(accuracy == accuracy.max())
         adjusted[m, k] += shifts[best[np.argmin(np.abs(shifts[best]))]]
     return _macro_f1(adjusted, y, label_names)
-
-
-def otsu_threshold(values: np.ndarray, bins: int = 64) -> float:
-    """The cut that maximises the between-class variance of a 1-D histogram (Otsu 1979).
-
-    Every cut inside an empty stretch between two clusters scores the same; the middle of that
-    stretch is taken, the widest margin to both clusters.
-    """
-    counts, edges = np.histogram(values, bins=bins)
-    centres = (edges[:-1] + edges[1:]) / 2
-    between = np.zeros(bins + 1)
-    for i in range(1, bins):
-        w0, w1 = counts[:i].sum(), counts[i:].sum()
-        if w0 and w1:
-            m0, m1 = (counts[:i] * centres[:i]).sum() / w0, (counts[i:] * centres[i:]).sum() / w1
-            between[i] = w0 * w1 * (m0 - m1) ** 2
-    best = np.flatnonzero(np.isclose(between, between.max()))
-    return float((edges[best[0]] + edges[best[-1]]) / 2)
 
 
 def per_subject_unsupervised(logits: np.ndarray, subject: np.ndarray, label_names: list[str], favoured: str,

@@ -6,10 +6,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fedhar.calibration import otsu_threshold
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "simulations"))
 from boundary_shift import (  # noqa: E402
     group_means,
-    otsu_threshold,
     per_subject_oracle,
     per_subject_unsupervised,
     shift_curve,

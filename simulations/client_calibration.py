@@ -1,0 +1,165 @@
+"""Per-client posture calibration: each subject splits its own sitting/standing windows, without labels.
+
+The default's last errors are whole subjects whose sitting looks like other people's standing
+(posture_cues.py): shifted, not scrambled (boundary_shift.py: a per-subject bias would lift the
+test macro-F1 from 0.946 to 0.966). A client holds many unlabelled windows of its one wearer, so
+it can place that boundary itself. This recipe tests the simplest such rule:
+
+1. on the training subjects (labelled), fit one direction in posture-cue space (the gravity
+   direction and log sway of every channel, ``WindowCues.cues``) that separates the pair --
+   Fisher's linear discriminant, closed form, nine numbers;
+2. per held-out subject, take the windows the trained model calls either class, project their
+   cues on that direction and split them at Otsu's threshold of the subject's own projections
+   (no labels: it assumes the subject holds windows of both postures, and leaves the model's
+   labels alone when the model or the split gives one side under ``--min-share`` of them);
+3. score the model's labels as trained and after the split, on validation and test subjects;
+4. stress the assumption: each test subject again with one posture's windows removed (a client
+   that only ever sat, or only stood), reporting the pair windows' accuracy before and after.
+
+Each run is scored on the split of its own resolved config (subject-CV runs on their fold). This
+is transductive over a subject's windows: a different protocol from per-window classification,
+reported beside it.
+
+    python simulations/client_calibration.py --out runs/client-calibration runs/seed-study/base-s0 ...
+
+Writes client_calibration.csv (one row per run), .json (per subject, versions, git revision) and .png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from boundary_shift import group_means  # noqa: E402
+
+from fedhar.calibration import fisher_direction, split_per_subject  # noqa: E402
+from fedhar.config import load_config  # noqa: E402
+from fedhar.metrics import classification_metrics  # noqa: E402
+
+
+def _score_run(run: Path, overrides: list[str], pair: tuple[str, str], min_share: float) -> tuple[dict, dict]:
+    from fedhar.inference import windows_for_model
+    from fedhar.model.frontend import WindowCues
+    from fedhar.model.har_model import predict_logits
+    from fedhar.model.state import load_checkpoint
+
+    cfg = load_config(run / "config.yaml", overrides)
+    split = cfg.data.split
+    if not split.train or not split.val or not split.test:
+        raise SystemExit(f"{run}/config.yaml needs train, validation and test subjects (data.split)")
+    model = load_checkpoint(run / "checkpoint")
+    ws = windows_for_model(model.data, cfg.data.path, cfg.data.dataset, None)
+    names = list(ws.label_names)
+    missing = [c for c in pair if c not in names]
+    if missing:
+        raise SystemExit(f"{', '.join(missing)} (--pair) not among the classes of {run}: {names}")
+    first, second = names.index(pair[0]), names.index(pair[1])
+    cue_net = WindowCues(ws.layout.group_dict)
+    if cue_net.acc_index is None:
+        raise SystemExit("posture calibration needs a 3-axis `acc` sensor group in the data")
+
+    train = ws.where(subject=[str(s) for s in split.train])
+    in_pair = np.isin(train.y, [first, second])
+    train_cues = cue_net.cues(torch.from_numpy(train.x[in_pair])).numpy()
+    try:
+        direction = fisher_direction(train_cues, train.y[in_pair] == second)
+    except ValueError as e:
+        raise SystemExit(f"{run}: training subjects {split.train}: {e}") from e
+
+    row, detail = {"run": run.name, "val_subjects": " ".join(map(str, split.val)),
+                   "test_subjects": " ".join(map(str, split.test))}, {}  # fmt: skip
+    for role, subjects in (("val", split.val), ("test", split.test)):
+        part = ws.where(subject=[str(s) for s in subjects])
+        pred = predict_logits(model, part.x).argmax(axis=1)
+        cues = cue_net.cues(torch.from_numpy(part.x)).numpy()
+        calibrated, report = split_per_subject(pred, cues, part.subject, direction, first, second, min_share)
+        row[f"{role}_as_trained"] = round(classification_metrics(part.y, pred, names)["macro_f1"], 4)
+        row[f"{role}_calibrated"] = round(classification_metrics(part.y, calibrated, names)["macro_f1"], 4)
+        for s, r in report.items():
+            m = part.subject == s
+            r["accuracy_as_trained"] = round(float((pred[m] == part.y[m]).mean()), 4)
+            r["accuracy_calibrated"] = round(float((calibrated[m] == part.y[m]).mean()), 4)
+        detail[role] = report
+        if role == "test":
+            row.update(_one_posture_stress(part, pred, cues, direction, first, second, min_share))
+    return row, {"direction": direction.round(5).tolist(), "per_subject": detail}
+
+
+def _one_posture_stress(part, pred, cues, direction, first: int, second: int, min_share: float) -> dict:
+    """Pair-window accuracy of clients that hold one posture only: each test subject minus the other posture."""
+    before, after, applied = [], [], 0
+    for s in np.unique(part.subject):
+        for keep in (first, second):
+            m = (part.subject == s) & (part.y != (second if keep == first else first))
+            calibrated, report = split_per_subject(pred[m], cues[m], part.subject[m], direction, first, second,
+                                                   min_share)  # fmt: skip
+            held = part.y[m] == keep
+            before.append(float((pred[m][held] == keep).mean()))
+            after.append(float((calibrated[held] == keep).mean()))
+            applied += int(report[str(s)]["applied"])
+    return {"one_posture_accuracy_as_trained": round(float(np.mean(before)), 4),
+            "one_posture_accuracy_calibrated": round(float(np.mean(after)), 4),
+            "one_posture_clients_split": f"{applied}/{len(before)}"}  # fmt: skip
+
+
+def main() -> None:
+    from fedhar.results.run import git_revision, versions
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("runs", nargs="+", type=Path, help="run folders of `fedhar train` (checkpoint/ and config.yaml)")
+    p.add_argument("--out", type=Path, default=Path("runs/client-calibration"))
+    p.add_argument("--pair", nargs=2, default=["SITTING", "STANDING"], metavar=("FIRST", "SECOND"),
+                   help="the confused pair each client re-splits")  # fmt: skip
+    p.add_argument("--min-share", type=float, default=0.2,
+                   help="leave a subject as trained when the model or the split gives one side less than this share")  # fmt: skip
+    p.add_argument("overrides", nargs="*", default=[], help="key=value overrides of every run's config")
+    args = p.parse_args()
+    if not 0 <= args.min_share < 0.5:
+        raise SystemExit(f"--min-share must be in [0, 0.5), got {args.min_share}")
+    missing = [str(r) for r in args.runs if not (r / "checkpoint").is_dir() or not (r / "config.yaml").is_file()]
+    if missing:
+        raise SystemExit(f"no checkpoint/ or config.yaml in {', '.join(missing)}: pass run folders of `fedhar train`")
+
+    rows, details = [], {}
+    for run in args.runs:
+        row, details[run.name] = _score_run(run, args.overrides, tuple(args.pair), args.min_share)
+        rows.append(row)
+        print("  ".join(f"{k} {v}" for k, v in row.items()), flush=True)
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    with (args.out / "client_calibration.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    means = group_means(rows)
+    record = {"pair": args.pair, "min_share": args.min_share, "overrides": args.overrides, "per_run": rows,
+              "mean_per_candidate": means, "runs": details, "versions": versions(), "git": git_revision()}  # fmt: skip
+    (args.out / "client_calibration.json").write_text(json.dumps(record, indent=2, default=str))
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    x = np.arange(len(rows))
+    for ax, role in zip(axes, ("val", "test")):
+        ax.bar(x - 0.2, [r[f"{role}_as_trained"] for r in rows], 0.4, label="as trained")
+        ax.bar(x + 0.2, [r[f"{role}_calibrated"] for r in rows], 0.4, label="per-client calibrated")
+        ax.set(title=f"{role} subjects", xticks=x, ylim=(0.8, 1.0))
+        ax.set_xticklabels([r["run"] for r in rows], rotation=60, ha="right", fontsize=7)
+        ax.grid(alpha=0.3, axis="y")
+    axes[0].set_ylabel("macro-F1")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(args.out / "client_calibration.png", dpi=120)
+    for group, m in means.items():
+        print(f"mean of {group}: " + "  ".join(f"{k} {v}" for k, v in m.items()))
+    print(f"written to {args.out}/client_calibration.csv, .json and .png")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""Per-client calibration: a shifted subject is re-split without labels; one-posture clients are left alone."""
+
+import numpy as np
+import pytest
+
+from fedhar.calibration import fisher_direction, otsu_threshold, split_per_subject
+
+SIT, STAND, LAY = 0, 1, 2
+
+
+def test_otsu_cuts_in_the_middle_of_the_gap_between_two_clusters():
+    rng = np.random.default_rng(0)
+    values = np.r_[rng.normal(2.0, 0.3, 20), rng.normal(6.0, 0.3, 20)]
+    assert otsu_threshold(values) == pytest.approx(4.0, abs=0.5)
+
+
+def test_fisher_direction_points_from_the_first_class_to_the_second():
+    rng = np.random.default_rng(0)
+    cues = np.r_[rng.normal([0, 0], 0.1, (50, 2)), rng.normal([0, 1], 0.1, (50, 2))]
+    w = fisher_direction(cues, np.r_[np.zeros(50, bool), np.ones(50, bool)])
+    assert w[1] > 0 and abs(w[0]) < 0.2 * abs(w[1])
+    with pytest.raises(ValueError, match="two windows of each class"):
+        fisher_direction(cues[:51], np.r_[np.zeros(50, bool), np.ones(1, bool)])
+
+
+def _shifted_subject(offset, n=40, seed=0):
+    """A subject whose sitting sits at offset and standing at offset + 1 along the cue; the model's
+    global boundary (0.5) mislabels it whenever the offset is large."""
+    rng = np.random.default_rng(seed)
+    y = np.r_[np.full(n, SIT), np.full(n, STAND)]
+    cue = np.r_[rng.normal(offset, 0.1, n), rng.normal(offset + 1, 0.1, n)][:, None]
+    pred = np.where(cue[:, 0] > 0.5, STAND, SIT)
+    return y, cue, pred
+
+
+def test_a_shifted_subject_is_re_split_without_labels_and_other_classes_are_untouched():
+    y, cue, pred = _shifted_subject(-0.45)  # a third of its standing reads as sitting
+    y, cue, pred = np.r_[y, [LAY]], np.r_[cue, [[9.0]]], np.r_[pred, [LAY]]
+    assert (pred == y).mean() < 0.9
+    out, report = split_per_subject(pred, cue, np.full(len(y), "a"), np.array([1.0]), SIT, STAND)
+    assert report["a"]["applied"] and (out == y).all()
+    assert out[-1] == LAY  # windows the model puts outside the pair keep its label
+
+
+def test_a_client_the_model_sees_with_one_posture_keeps_its_labels():
+    rng = np.random.default_rng(1)
+    cue = rng.normal(0.0, 0.1, (40, 1))  # sitting only; the projections alone look splittable
+    pred = np.full(40, SIT)
+    out, report = split_per_subject(pred, cue, np.full(40, "b"), np.array([1.0]), SIT, STAND)
+    assert not report["b"]["applied"] and (out == pred).all()
+    with pytest.raises(ValueError, match="min_share"):
+        split_per_subject(pred, cue, np.full(40, "b"), np.array([1.0]), SIT, STAND, min_share=0.5)
