@@ -99,12 +99,16 @@ def _one_posture_stress(part, pred, cues, direction, first: int, second: int, mi
     for s in np.unique(part.subject):
         for keep in (first, second):
             m = (part.subject == s) & (part.y != (second if keep == first else first))
+            if not (part.y[m] == keep).any():
+                continue  # the subject never held this posture
             calibrated, report = split_per_subject(pred[m], cues[m], part.subject[m], direction, first, second,
                                                    min_share)  # fmt: skip
             held = part.y[m] == keep
             before.append(float((pred[m][held] == keep).mean()))
             after.append(float((calibrated[held] == keep).mean()))
             applied += int(report[str(s)]["applied"])
+    if not before:
+        return {}
     return {"one_posture_accuracy_as_trained": round(float(np.mean(before)), 4),
             "one_posture_accuracy_calibrated": round(float(np.mean(after)), 4),
             "one_posture_clients_split": f"{applied}/{len(before)}"}  # fmt: skip
