@@ -98,9 +98,11 @@ def group_means(rows: list[dict]) -> dict[str, dict]:
     groups: dict[str, list[dict]] = {}
     for r in rows:
         groups.setdefault(re.sub(r"-s\d+(-f\d+)?$", "", r["run"]), []).append(r)
-    return {g: {"runs": len(rs), **{k: round(float(np.mean([r[k] for r in rs])), 4) for k, v in rs[0].items()
-                                        if isinstance(v, (int, float))}}
-            for g, rs in groups.items()}  # fmt: skip
+    means = {}
+    for g, rs in groups.items():
+        keys = dict.fromkeys(k for r in rs for k, v in r.items() if isinstance(v, (int, float)))
+        means[g] = {"runs": len(rs), **{k: round(float(np.mean([r[k] for r in rs if k in r])), 4) for k in keys}}
+    return means
 
 
 def _held_out_logits(run: Path, data_path: str, dataset: str, val: list, test: list) -> dict:

@@ -140,7 +140,7 @@ def main() -> None:
 
     args.out.mkdir(parents=True, exist_ok=True)
     with (args.out / "client_calibration.csv").open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
         w.writeheader()
         w.writerows(rows)
     means = group_means(rows)
