@@ -12,7 +12,13 @@ almost empty is refused.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
+import torch
+
+from fedhar.data.windows import WindowSet
+from fedhar.errors import ConfigError, DataError
 
 
 def otsu_threshold(values: np.ndarray, bins: int = 64) -> float:
@@ -68,3 +74,44 @@ def split_per_subject(pred: np.ndarray, cues: np.ndarray, subject: np.ndarray, d
                           "split_share_second": round(split_share, 3), "applied": applied,
                           "changed": int((out[rows] != pred[rows]).sum())}  # fmt: skip
     return out, report
+
+
+@dataclass
+class PairCalibration:
+    """What a client needs to re-split a pair on its own: the pair and the cue direction (fitted once)."""
+
+    first: str
+    second: str
+    direction: np.ndarray
+    min_share: float = 0.2
+
+    @classmethod
+    def fit(cls, ws: WindowSet, pair: tuple[str, str], min_share: float = 0.2) -> "PairCalibration":
+        """Fisher's direction between the pair in posture-cue space, from labelled (training) windows."""
+        first, second = _pair_indices(ws.label_names, pair)
+        in_pair = np.isin(ws.y, [first, second])
+        direction = fisher_direction(posture_cues(ws, ws.x[in_pair]), ws.y[in_pair] == second)
+        return cls(pair[0], pair[1], direction, min_share)
+
+    def apply(self, ws: WindowSet, pred: np.ndarray) -> tuple[np.ndarray, dict]:
+        """``pred`` (the model's labels of ``ws``) with every subject's pair windows re-split on its own."""
+        first, second = _pair_indices(ws.label_names, (self.first, self.second))
+        return split_per_subject(pred, posture_cues(ws, ws.x), ws.subject, self.direction, first, second,
+                                 self.min_share)  # fmt: skip
+
+
+def posture_cues(ws: WindowSet, x: np.ndarray) -> np.ndarray:
+    """Gravity direction and log sway of raw windows ``x`` of ``ws``'s layout (``WindowCues.cues``)."""
+    from fedhar.model.frontend import WindowCues
+
+    cue_net = WindowCues(ws.layout.group_dict)
+    if cue_net.acc_index is None:
+        raise DataError("posture calibration needs a 3-axis `acc` sensor group in the data")
+    return cue_net.cues(torch.from_numpy(np.ascontiguousarray(x))).numpy()
+
+
+def _pair_indices(label_names: list[str], pair: tuple[str, str]) -> tuple[int, int]:
+    missing = [c for c in pair if c not in label_names]
+    if missing or pair[0] == pair[1]:
+        raise ConfigError(f"calibration pair {list(pair)} must be two different classes of {list(label_names)}")
+    return label_names.index(pair[0]), label_names.index(pair[1])

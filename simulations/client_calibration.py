@@ -37,17 +37,16 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 from boundary_shift import group_means  # noqa: E402
 
-from fedhar.calibration import fisher_direction, split_per_subject  # noqa: E402
+from fedhar.calibration import PairCalibration, posture_cues, split_per_subject  # noqa: E402
 from fedhar.config import load_config  # noqa: E402
+from fedhar.errors import FedharError  # noqa: E402
 from fedhar.metrics import classification_metrics  # noqa: E402
 
 
 def _score_run(run: Path, overrides: list[str], pair: tuple[str, str], min_share: float) -> tuple[dict, dict]:
     from fedhar.inference import windows_for_model
-    from fedhar.model.frontend import WindowCues
     from fedhar.model.har_model import predict_logits
     from fedhar.model.state import load_checkpoint
 
@@ -58,29 +57,20 @@ def _score_run(run: Path, overrides: list[str], pair: tuple[str, str], min_share
     model = load_checkpoint(run / "checkpoint")
     ws = windows_for_model(model.data, cfg.data.path, cfg.data.dataset, None)
     names = list(ws.label_names)
-    missing = [c for c in pair if c not in names]
-    if missing:
-        raise SystemExit(f"{', '.join(missing)} (--pair) not among the classes of {run}: {names}")
-    first, second = names.index(pair[0]), names.index(pair[1])
-    cue_net = WindowCues(ws.layout.group_dict)
-    if cue_net.acc_index is None:
-        raise SystemExit("posture calibration needs a 3-axis `acc` sensor group in the data")
-
-    train = ws.where(subject=[str(s) for s in split.train])
-    in_pair = np.isin(train.y, [first, second])
-    train_cues = cue_net.cues(torch.from_numpy(train.x[in_pair])).numpy()
     try:
-        direction = fisher_direction(train_cues, train.y[in_pair] == second)
-    except ValueError as e:
+        calibration = PairCalibration.fit(ws.where(subject=[str(s) for s in split.train]), pair, min_share)
+    except (ValueError, FedharError) as e:
         raise SystemExit(f"{run}: training subjects {split.train}: {e}") from e
+    first, second = names.index(pair[0]), names.index(pair[1])
+    direction = calibration.direction
 
     row, detail = {"run": run.name, "val_subjects": " ".join(map(str, split.val)),
                    "test_subjects": " ".join(map(str, split.test))}, {}  # fmt: skip
     for role, subjects in (("val", split.val), ("test", split.test)):
         part = ws.where(subject=[str(s) for s in subjects])
         pred = predict_logits(model, part.x).argmax(axis=1)
-        cues = cue_net.cues(torch.from_numpy(part.x)).numpy()
-        calibrated, report = split_per_subject(pred, cues, part.subject, direction, first, second, min_share)
+        cues = posture_cues(part, part.x)
+        calibrated, report = calibration.apply(part, pred)
         row[f"{role}_as_trained"] = round(classification_metrics(part.y, pred, names)["macro_f1"], 4)
         row[f"{role}_calibrated"] = round(classification_metrics(part.y, calibrated, names)["macro_f1"], 4)
         for s, r in report.items():

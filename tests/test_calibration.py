@@ -50,3 +50,50 @@ def test_a_client_the_model_sees_with_one_posture_keeps_its_labels():
     assert not report["b"]["applied"] and (out == pred).all()
     with pytest.raises(ValueError, match="min_share"):
         split_per_subject(pred, cue, np.full(40, "b"), np.array([1.0]), SIT, STAND, min_share=0.5)
+
+
+def _tiny_posture_checkpoint(tiny_windows, tmp_path):
+    import dataclasses
+
+    from fedhar.config import ModelConfig
+    from fedhar.model.har_model import DataSpec, build_model
+    from fedhar.model.state import save_checkpoint
+
+    ws = dataclasses.replace(tiny_windows, label_names=["SITTING", "STANDING", "LAYING"])
+    ws.save(tmp_path / "w.npz")
+    model = build_model(ModelConfig(kind="deepconvlstm", hidden=16), DataSpec.from_windows(ws))
+    return str(save_checkpoint(model, tmp_path / "ckpt")), str(tmp_path / "w.npz")
+
+
+def test_evaluate_scores_per_client_calibration_beside_the_model(tiny_windows, tmp_path):
+    import json
+
+    from fedhar.cli.main import main
+
+    ckpt, data = _tiny_posture_checkpoint(tiny_windows, tmp_path)
+    out = tmp_path / "eval.json"
+    assert main(["evaluate", ckpt, "--data", data, "--subjects", "3", "4", "--calibrate", "SITTING", "STANDING",
+                 "--calibrate-from", "1", "2", "--json", str(out)]) == 0  # fmt: skip
+    report = json.loads(out.read_text())
+    calibrated = report["calibrated"]
+    assert calibrated["fitted_on"] == ["1", "2"] and set(calibrated["per_subject"]) == {"3", "4"}
+    assert calibrated["metrics"]["num_windows"] == report["num_windows"]
+    assert len(calibrated["direction"]) == 3 + 6
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--calibrate", "SITTING", "STANDING"], "go together"),
+        (["--calibrate", "SITTING", "STANDING", "--calibrate-from", "3"], "also evaluated"),
+        (["--calibrate", "SITTING", "WALKING", "--calibrate-from", "1"], "two different classes"),
+        (["--calibrate", "SITTING", "STANDING", "--calibrate-from", "99"], "no windows"),
+    ],
+)
+def test_evaluate_calibration_errors_are_one_line(tiny_windows, tmp_path, capsys, extra, message):
+    from fedhar.cli.main import main
+
+    ckpt, data = _tiny_posture_checkpoint(tiny_windows, tmp_path)
+    assert main(["evaluate", ckpt, "--data", data, "--subjects", "3", *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]

@@ -6,6 +6,7 @@ import argparse
 
 from fedhar.cli.common import console, dump_json, print_metrics
 from fedhar.data.windows import META_FIELDS
+from fedhar.errors import ConfigError
 
 
 def print_breakdown(tag: str, groups: dict[str, dict], label_names: list[str]) -> None:
@@ -36,8 +37,44 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--label-map", nargs="*", default=[], metavar="FROM=TO", help="rename data labels to the model's")
     p.add_argument("--by", choices=META_FIELDS,
                    help="also score each subject (device, ...) on its own")  # fmt: skip
+    p.add_argument("--calibrate", nargs=2, metavar=("FIRST", "SECOND"),
+                   help="also score per-client calibration of this confused pair (e.g. SITTING STANDING): each "
+                        "subject re-splits the windows the model gives either class from its own unlabelled "
+                        "windows (fedhar/calibration.py); needs --calibrate-from")  # fmt: skip
+    p.add_argument("--calibrate-from", nargs="+", metavar="SUBJECT",
+                   help="labelled subjects of --data that fit the calibration direction (the training subjects)")
+    p.add_argument("--min-share", type=float, default=0.2,
+                   help="calibration leaves a subject as the model saw it when the model or the split gives "
+                        "one side of the pair less than this share (default 0.2)")  # fmt: skip
     p.add_argument("--json", dest="json_out", help="also write the metrics to this JSON file")
     p.set_defaults(handler=run)
+
+
+def _calibrated(model, all_windows, ws, args: argparse.Namespace) -> dict:
+    """Metrics after each evaluated subject re-splits the pair on its own (direction from --calibrate-from)."""
+    from fedhar.calibration import PairCalibration
+    from fedhar.metrics import classification_metrics
+    from fedhar.model.har_model import predict_logits
+
+    fit_subjects = [str(s) for s in args.calibrate_from]
+    overlap = sorted(set(fit_subjects) & set(ws.subject.tolist()))
+    if overlap:
+        raise ConfigError(f"--calibrate-from subjects {overlap} are also evaluated: fit the direction on other "
+                          "(training) subjects")  # fmt: skip
+    fit_windows = all_windows.where(subject=fit_subjects)
+    if len(fit_windows) == 0:
+        raise ConfigError(f"--calibrate-from subjects {fit_subjects} have no windows in {args.data}")
+    if not 0 <= args.min_share < 0.5:
+        raise ConfigError(f"--min-share must be in [0, 0.5), got {args.min_share}")
+    try:
+        calibration = PairCalibration.fit(fit_windows, tuple(args.calibrate), args.min_share)
+    except ValueError as e:
+        raise ConfigError(f"--calibrate-from subjects {fit_subjects}: {e}") from e
+    pred = predict_logits(model, ws.x).argmax(axis=1)
+    calibrated, per_subject = calibration.apply(ws, pred)
+    return {"pair": list(args.calibrate), "fitted_on": fit_subjects, "min_share": args.min_share,
+            "direction": calibration.direction.round(6).tolist(),
+            "metrics": classification_metrics(ws.y, calibrated, list(ws.label_names)), "per_subject": per_subject}  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
@@ -47,16 +84,25 @@ def run(args: argparse.Namespace) -> int:
     from fedhar.model.ensemble import load_model
     from fedhar.training.loop import evaluate
 
+    if bool(args.calibrate) != bool(args.calibrate_from):
+        raise ConfigError("--calibrate and --calibrate-from go together: the pair to re-split and the labelled "
+                          "subjects that fit its direction (e.g. --calibrate SITTING STANDING --calibrate-from 1 3 5)")
     model = load_model(args.checkpoint)
     label_map = dict(item.split("=", 1) for item in args.label_map)
-    ws = windows_for_model(model.data, args.data, args.dataset, label_map or None)
-    if args.subjects:
-        ws = ws.where(subject=[str(s) for s in args.subjects])
+    all_windows = windows_for_model(model.data, args.data, args.dataset, label_map or None)
+    ws = all_windows.where(subject=[str(s) for s in args.subjects]) if args.subjects else all_windows
     metrics = evaluate(model, ws, by=args.by)
+    if args.calibrate:
+        metrics["calibrated"] = _calibrated(model, all_windows, ws, args)
     what = Path(args.checkpoint[0]).name if len(args.checkpoint) == 1 else f"ensemble of {len(args.checkpoint)}"
     print_metrics(f"{what} on {args.data}", metrics)
     if args.by:
         print_breakdown(args.by, metrics[f"by_{args.by}"], model.data.label_names)
+    if args.calibrate:
+        calibrated = metrics["calibrated"]
+        print_metrics(f"with per-client calibration of {' / '.join(args.calibrate)}", calibrated["metrics"])
+        applied = sum(r["applied"] for r in calibrated["per_subject"].values())
+        console.print(f"calibration re-split {applied} of {len(calibrated['per_subject'])} subjects")
     if args.json_out:
         Path(args.json_out).write_text(dump_json({"checkpoints": args.checkpoint, **metrics}))
         console.print(f"metrics written to {args.json_out}")
