@@ -6,8 +6,8 @@ carries, but within one person the two postures still separate. A client holds m
 windows of its one wearer, so it can place that boundary itself: project the windows the model
 assigns to the pair onto a direction fitted once on labelled training subjects, and split the
 client's own projections where they separate (Otsu's threshold). No labels and no data leave the
-client. It assumes the client holds windows of both classes; a split that would leave one side
-almost empty is refused.
+client. It assumes the client holds windows of both classes, which the projections alone cannot
+tell; a subject that the model or the split puts almost all on one side keeps the model's labels.
 """
 
 from __future__ import annotations
