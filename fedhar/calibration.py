@@ -100,6 +100,28 @@ class PairCalibration:
                                  self.min_share)  # fmt: skip
 
 
+    def score(self, model, ws: WindowSet, batch_size: int = 256) -> dict:
+        """Metrics of ``model`` on ``ws`` after every subject re-splits the pair, with the per-subject report."""
+        from fedhar.metrics import classification_metrics
+        from fedhar.model.har_model import predict_logits
+
+        calibrated, per_subject = self.apply(ws, predict_logits(model, ws.x, batch_size).argmax(axis=1))
+        return {**classification_metrics(ws.y, calibrated, list(ws.label_names)), "per_subject": per_subject}
+
+    def to_json(self) -> dict:
+        return {"pair": [self.first, self.second], "direction": [float(v) for v in self.direction],
+                "min_share": self.min_share}  # fmt: skip
+
+    @classmethod
+    def from_json(cls, d: dict) -> "PairCalibration":
+        return cls(d["pair"][0], d["pair"][1], np.asarray(d["direction"], dtype=np.float64), float(d["min_share"]))
+
+
+def check_pair(label_names: list[str], pair: list[str] | tuple[str, str]) -> None:
+    """Fail early (before training) when the pair is not two classes of the data."""
+    _pair_indices(list(label_names), tuple(pair))
+
+
 def posture_cues(ws: WindowSet, x: np.ndarray) -> np.ndarray:
     """Gravity direction and log sway of raw windows ``x`` of ``ws``'s layout (``WindowCues.cues``)."""
     from fedhar.model.frontend import WindowCues

@@ -167,8 +167,15 @@ class TrainConfig:
     max_steps_per_epoch: int | None = None
     device: str = "auto"  # auto (cuda when available) | cpu | cuda
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    # [FIRST, SECOND]: also fit per-client calibration of this confused pair on the training windows
+    # (fedhar/calibration.py), report it beside the per-window figures and store it with the checkpoint
+    client_calibration: list[str] = field(default_factory=list)
 
     def validate(self, path: str) -> None:
+        if self.client_calibration and (len(self.client_calibration) != 2
+                                        or self.client_calibration[0] == self.client_calibration[1]):  # fmt: skip
+            raise ConfigError(f"{path}.client_calibration must be two different class names (e.g. "
+                              f"[SITTING, STANDING]) or empty, got {self.client_calibration}")  # fmt: skip
         if self.epochs < 1:
             raise ConfigError(f"{path}.epochs must be >= 1, got {self.epochs}")
         if self.batch_size < 1:

@@ -84,7 +84,8 @@ def test_evaluate_scores_per_client_calibration_beside_the_model(tiny_windows, t
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--calibrate", "SITTING", "STANDING"], "go together"),
+        (["--calibrate", "SITTING", "STANDING"], "stores no client calibration"),
+        (["--calibrate-from", "1", "2"], "needs --calibrate"),
         (["--calibrate", "SITTING", "STANDING", "--calibrate-from", "3"], "also evaluated"),
         (["--calibrate", "SITTING", "WALKING", "--calibrate-from", "1"], "two different classes"),
         (["--calibrate", "SITTING", "STANDING", "--calibrate-from", "99"], "no windows"),
@@ -97,3 +98,47 @@ def test_evaluate_calibration_errors_are_one_line(tiny_windows, tmp_path, capsys
     assert main(["evaluate", ckpt, "--data", data, "--subjects", "3", *extra]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
+
+
+def test_train_fits_stores_and_reports_the_calibration_and_evaluate_reuses_it(tmp_path):
+    import json
+
+    from fedhar.cli.main import main
+
+    base = ["--quiet", f"output_dir={tmp_path}", "data.dataset=synthetic", "model.kind=deepconvlstm", "model.hidden=16",
+            "train.epochs=1", "train.device=cpu"]  # fmt: skip
+    assert main(["train", *base, "name=cal", "train.client_calibration=[SITTING, STANDING]"]) == 0
+    metrics = json.loads((tmp_path / "cal" / "metrics.json").read_text())
+    test = metrics["client_calibrated"]["test"]
+    assert test["num_windows"] == metrics["test"]["num_windows"] and set(test["per_subject"]) == set(metrics["subjects"]["test"])
+    stored = json.loads((tmp_path / "cal" / "checkpoint" / "model.json").read_text())["client_calibration"]
+    assert stored["pair"] == ["SITTING", "STANDING"] and len(stored["direction"]) == 3 + 6
+
+    # evaluate with the stored direction reproduces the run's calibrated test figure
+    report = tmp_path / "eval.json"
+    assert main(["evaluate", str(tmp_path / "cal" / "checkpoint"), "--data", str(_synthetic_npz(tmp_path)),
+                 "--subjects", *metrics["subjects"]["test"], "--calibrate", "SITTING", "STANDING",
+                 "--json", str(report)]) == 0  # fmt: skip
+    assert json.loads(report.read_text())["calibrated"]["metrics"]["macro_f1"] == pytest.approx(test["macro_f1"])
+
+
+def _synthetic_npz(tmp_path):
+    """The default synthetic windows (what the run trained on) as an .npz: synthetic data has no folder."""
+    from fedhar.config import load_config
+    from fedhar.data.pipeline import load_windows
+
+    cfg = load_config(None, ["data.dataset=synthetic"])
+    path = tmp_path / "synthetic.npz"
+    load_windows(cfg.data, cfg.seed).save(path)
+    return path
+
+
+def test_a_bad_calibration_pair_fails_before_training(tmp_path, capsys):
+    from fedhar.cli.main import main
+
+    base = ["--quiet", f"output_dir={tmp_path}", "data.dataset=synthetic", "model.kind=deepconvlstm", "train.epochs=1"]
+    assert main(["train", *base, "train.client_calibration=[SITTING]"]) == 2
+    assert "two different class names" in capsys.readouterr().err
+    assert main(["train", *base, "train.client_calibration=[SITTING, FLYING]"]) == 2
+    assert "two different classes" in capsys.readouterr().err
+    assert not any(tmp_path.rglob("metrics.json"))

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from fedhar.cli.common import console, dump_json, print_metrics
 from fedhar.data.windows import META_FIELDS
 from fedhar.errors import ConfigError
+
+if TYPE_CHECKING:
+    from fedhar.calibration import PairCalibration
 
 
 def print_breakdown(tag: str, groups: dict[str, dict], label_names: list[str]) -> None:
@@ -40,7 +44,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--calibrate", nargs=2, metavar=("FIRST", "SECOND"),
                    help="also score per-client calibration of this confused pair (e.g. SITTING STANDING): each "
                         "subject re-splits the windows the model gives either class from its own unlabelled "
-                        "windows (fedhar/calibration.py); needs --calibrate-from")  # fmt: skip
+                        "windows (fedhar/calibration.py), with the direction stored in the checkpoint "
+                        "(train.client_calibration) or fitted on --calibrate-from")  # fmt: skip
     p.add_argument("--calibrate-from", nargs="+", metavar="SUBJECT",
                    help="labelled subjects of --data that fit the calibration direction (the training subjects)")
     p.add_argument("--min-share", type=float, default=0.2,
@@ -51,30 +56,52 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _calibrated(model, all_windows, ws, args: argparse.Namespace) -> dict:
-    """Metrics after each evaluated subject re-splits the pair on its own (direction from --calibrate-from)."""
-    from fedhar.calibration import PairCalibration
-    from fedhar.metrics import classification_metrics
-    from fedhar.model.har_model import predict_logits
+    """Metrics after each evaluated subject re-splits the pair on its own (direction fitted on --calibrate-from,
+    or the one the checkpoint stores)."""
+    from fedhar.calibration import PairCalibration, check_pair
 
-    fit_subjects = [str(s) for s in args.calibrate_from]
-    overlap = sorted(set(fit_subjects) & set(ws.subject.tolist()))
-    if overlap:
-        raise ConfigError(f"--calibrate-from subjects {overlap} are also evaluated: fit the direction on other "
-                          "(training) subjects")  # fmt: skip
-    fit_windows = all_windows.where(subject=fit_subjects)
-    if len(fit_windows) == 0:
-        raise ConfigError(f"--calibrate-from subjects {fit_subjects} have no windows in {args.data}")
     if not 0 <= args.min_share < 0.5:
         raise ConfigError(f"--min-share must be in [0, 0.5), got {args.min_share}")
-    try:
-        calibration = PairCalibration.fit(fit_windows, tuple(args.calibrate), args.min_share)
-    except ValueError as e:
-        raise ConfigError(f"--calibrate-from subjects {fit_subjects}: {e}") from e
-    pred = predict_logits(model, ws.x).argmax(axis=1)
-    calibrated, per_subject = calibration.apply(ws, pred)
-    return {"pair": list(args.calibrate), "fitted_on": fit_subjects, "min_share": args.min_share,
-            "direction": calibration.direction.round(6).tolist(),
-            "metrics": classification_metrics(ws.y, calibrated, list(ws.label_names)), "per_subject": per_subject}  # fmt: skip
+    check_pair(ws.label_names, args.calibrate)
+    if args.calibrate_from:
+        fit_subjects = [str(s) for s in args.calibrate_from]
+        overlap = sorted(set(fit_subjects) & set(ws.subject.tolist()))
+        if overlap:
+            raise ConfigError(f"--calibrate-from subjects {overlap} are also evaluated: fit the direction on other "
+                              "(training) subjects")  # fmt: skip
+        fit_windows = all_windows.where(subject=fit_subjects)
+        if len(fit_windows) == 0:
+            raise ConfigError(f"--calibrate-from subjects {fit_subjects} have no windows in {args.data}")
+        try:
+            calibration = PairCalibration.fit(fit_windows, tuple(args.calibrate), args.min_share)
+        except ValueError as e:
+            raise ConfigError(f"--calibrate-from subjects {fit_subjects}: {e}") from e
+        fitted_on: list[str] | str = fit_subjects
+    else:
+        calibration = _stored_calibration(args)
+        calibration.min_share = args.min_share
+        fitted_on = "the training subjects of the checkpoint's run"
+    scored = calibration.score(model, ws)
+    per_subject = scored.pop("per_subject")
+    return {"pair": list(args.calibrate), "fitted_on": fitted_on, "min_share": args.min_share,
+            "direction": calibration.direction.round(6).tolist(), "metrics": scored, "per_subject": per_subject}
+
+
+def _stored_calibration(args: argparse.Namespace) -> PairCalibration:
+    from fedhar.calibration import PairCalibration
+    from fedhar.model.state import read_checkpoint
+
+    hint = ("pass --calibrate-from SUBJECTS (the labelled training subjects) or train with "
+            "train.client_calibration=[FIRST,SECOND]")  # fmt: skip
+    if len(args.checkpoint) > 1:
+        raise ConfigError(f"an ensemble has no stored calibration: {hint}")
+    stored = read_checkpoint(args.checkpoint[0])[0].get("client_calibration")
+    if stored is None:
+        raise ConfigError(f"{args.checkpoint[0]} stores no client calibration: {hint}")
+    if list(stored["pair"]) != list(args.calibrate):
+        raise ConfigError(f"{args.checkpoint[0]} stores a calibration of {stored['pair']}, not {args.calibrate}: "
+                          f"ask for that pair or {hint}")  # fmt: skip
+    return PairCalibration.from_json(stored)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -84,9 +111,8 @@ def run(args: argparse.Namespace) -> int:
     from fedhar.model.ensemble import load_model
     from fedhar.training.loop import evaluate
 
-    if bool(args.calibrate) != bool(args.calibrate_from):
-        raise ConfigError("--calibrate and --calibrate-from go together: the pair to re-split and the labelled "
-                          "subjects that fit its direction (e.g. --calibrate SITTING STANDING --calibrate-from 1 3 5)")
+    if args.calibrate_from and not args.calibrate:
+        raise ConfigError("--calibrate-from needs --calibrate FIRST SECOND: the pair its subjects fit a direction for")
     model = load_model(args.checkpoint)
     label_map = dict(item.split("=", 1) for item in args.label_map)
     all_windows = windows_for_model(model.data, args.data, args.dataset, label_map or None)

@@ -7,6 +7,7 @@ import time
 
 import torch
 
+from fedhar.calibration import PairCalibration, check_pair
 from fedhar.config import ExperimentConfig
 from fedhar.data.pipeline import load_windows
 from fedhar.data.splits import low_label, split_by_subject
@@ -48,6 +49,8 @@ def train_centralized(
     train, val, test = split_by_subject(ws, cfg.data.split, cfg.seed)
     if cfg.data.labelled_per_class is not None or cfg.data.labelled_percent is not None:
         train = low_label(train, cfg.seed, cfg.data.labelled_per_class, cfg.data.labelled_percent)
+    if cfg.train.client_calibration:
+        check_pair(train.label_names, cfg.train.client_calibration)
     spec = DataSpec.from_windows(train, normalize=cfg.data.normalize)
     t_model = time.perf_counter()
     model = build_model(cfg.model, spec, cfg.seed, backbone=backbone)
@@ -87,6 +90,12 @@ def train_centralized(
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "device": _device_name(next(model.parameters()).device),  # figures differ a little between devices
     }
+    extra = {"run": cfg.name, "seed": cfg.seed}
+    if cfg.train.client_calibration:  # a client-side step: reported beside the per-window figures
+        calibration = PairCalibration.fit(train, tuple(cfg.train.client_calibration))
+        summary["client_calibrated"] = {role: calibration.score(model, part, cfg.train.eval_batch_size)
+                                        for role, part in (("val", val), ("test", test)) if len(part)}  # fmt: skip
+        extra["client_calibration"] = calibration.to_json()
     if model.backbone_pretrained is False:
         summary["warning"] = "UNTRAINED test backbone: these figures say nothing about pretrained models"
     if ws.synthetic:
@@ -97,7 +106,7 @@ def train_centralized(
         if test_metrics:
             plot_confusion_matrix(test_metrics["confusion_matrix"], spec.label_names, run.file("confusion_matrix.png"),
                                   title=f"{summary['model']}: test subjects")  # fmt: skip
-        save_checkpoint(model, run.file("checkpoint"), extra={"run": cfg.name, "seed": cfg.seed})
+        save_checkpoint(model, run.file("checkpoint"), extra=extra)
     return summary
 
 
