@@ -105,6 +105,25 @@ def group_means(rows: list[dict]) -> dict[str, dict]:
     return means
 
 
+def write_results(out: Path, stem: str, rows: list[dict], fig, record: dict) -> None:
+    """``<stem>.csv`` (one row per run), ``.json`` (record, rows, means per candidate, versions, git) and ``.png``."""
+    from fedhar.results.run import git_revision, versions
+
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / f"{stem}.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
+        w.writeheader()
+        w.writerows(rows)
+    means = group_means(rows)
+    record = {**record, "per_run": rows, "mean_per_candidate": means, "versions": versions(), "git": git_revision()}
+    (out / f"{stem}.json").write_text(json.dumps(record, indent=2, default=str))
+    fig.tight_layout()
+    fig.savefig(out / f"{stem}.png", dpi=120)
+    for group, m in means.items():
+        print(f"mean of {group}: " + "  ".join(f"{k} {v}" for k, v in m.items()))
+    print(f"written to {out}/{stem}.csv, .json and .png")
+
+
 def _held_out_logits(run: Path, data_path: str, dataset: str, val: list, test: list) -> dict:
     """Logits, labels and class names of the run's checkpoint on the validation and the test subjects."""
     from fedhar.inference import windows_for_model
@@ -121,8 +140,6 @@ def _held_out_logits(run: Path, data_path: str, dataset: str, val: list, test: l
 
 
 def main() -> None:
-    from fedhar.results.run import git_revision, versions
-
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("runs", nargs="+", type=Path,
                    help="run folders of `fedhar train`: each is scored on its own config's val and test subjects")  # fmt: skip
@@ -164,16 +181,6 @@ def main() -> None:
         curves[run.name] = {"val": val_curve.round(4).tolist(), "test": test_curve.round(4).tolist()}
         print("  ".join(f"{k} {v}" for k, v in rows[-1].items()), flush=True)
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    with (args.out / "boundary_shift.csv").open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    means = group_means(rows)
-    record = {"favoured_class": args.favour, "shifts": SHIFTS.tolist(), "overrides": args.overrides,
-              "per_run": rows, "mean_per_candidate": means, "curves": curves, "versions": versions(), "git": git_revision()}  # fmt: skip
-    (args.out / "boundary_shift.json").write_text(json.dumps(record, indent=2, default=str))
-
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for i, (name, c) in enumerate(curves.items()):
         color = f"C{i % 10}"
@@ -185,12 +192,8 @@ def main() -> None:
     if len(curves) <= 12:  # beyond that a legend hides the curves
         ax.legend(fontsize=6, ncol=2)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(args.out / "boundary_shift.png", dpi=120)
-    for group, m in means.items():
-        print(f"mean of {group}: " + "  ".join(f"{k} {v}" for k, v in m.items()))
-    print(f"written to {args.out}/boundary_shift.csv, .json and .png")
-
+    write_results(args.out, "boundary_shift", rows, fig,
+                  {"favoured_class": args.favour, "shifts": SHIFTS.tolist(), "overrides": args.overrides, "curves": curves})  # fmt: skip
 
 if __name__ == "__main__":
     main()

@@ -28,8 +28,6 @@ Writes client_calibration.csv (one row per run), .json (per subject, versions, g
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 from pathlib import Path
 
 import matplotlib
@@ -37,7 +35,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from boundary_shift import group_means  # noqa: E402
+from boundary_shift import write_results  # noqa: E402
 
 from fedhar.calibration import PairCalibration, posture_cues, split_per_subject  # noqa: E402
 from fedhar.config import load_config  # noqa: E402
@@ -105,8 +103,6 @@ def _one_posture_stress(part, pred, cues, direction, first: int, second: int, mi
 
 
 def main() -> None:
-    from fedhar.results.run import git_revision, versions
-
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("runs", nargs="+", type=Path, help="run folders of `fedhar train` (checkpoint/ and config.yaml)")
     p.add_argument("--out", type=Path, default=Path("runs/client-calibration"))
@@ -128,16 +124,6 @@ def main() -> None:
         rows.append(row)
         print("  ".join(f"{k} {v}" for k, v in row.items()), flush=True)
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    with (args.out / "client_calibration.csv").open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
-        w.writeheader()
-        w.writerows(rows)
-    means = group_means(rows)
-    record = {"pair": args.pair, "min_share": args.min_share, "overrides": args.overrides, "per_run": rows,
-              "mean_per_candidate": means, "runs": details, "versions": versions(), "git": git_revision()}  # fmt: skip
-    (args.out / "client_calibration.json").write_text(json.dumps(record, indent=2, default=str))
-
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     x = np.arange(len(rows))
     for ax, role in zip(axes, ("val", "test")):
@@ -148,11 +134,8 @@ def main() -> None:
         ax.grid(alpha=0.3, axis="y")
     axes[0].set_ylabel("macro-F1")
     axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(args.out / "client_calibration.png", dpi=120)
-    for group, m in means.items():
-        print(f"mean of {group}: " + "  ".join(f"{k} {v}" for k, v in m.items()))
-    print(f"written to {args.out}/client_calibration.csv, .json and .png")
+    write_results(args.out, "client_calibration", rows, fig,
+                  {"pair": args.pair, "min_share": args.min_share, "overrides": args.overrides, "runs": details})
 
 
 if __name__ == "__main__":

@@ -42,3 +42,24 @@ def tiny_windows():
         subject=subject, dataset=np.full(n, "toy"), device=np.full(n, "dev"), placement=np.full(n, "waist"),
         session=subject, start_s=np.zeros(n),
     )
+
+
+@pytest.fixture
+def posture_run(tiny_windows, tmp_path):
+    """A `fedhar train`-like run folder (untrained DeepConvLSTM checkpoint + config.yaml) whose classes
+    include SITTING and STANDING; data in an .npz, subjects 1 2 train, 3 validates, 4 tests."""
+    import dataclasses
+
+    from fedhar.config import ExperimentConfig, ModelConfig, save_config
+    from fedhar.model.har_model import DataSpec, build_model
+    from fedhar.model.state import save_checkpoint
+
+    ws = dataclasses.replace(tiny_windows, label_names=["SITTING", "STANDING", "LAYING"])
+    ws.save(tmp_path / "w.npz")
+    run = tmp_path / "base-s0"
+    save_checkpoint(build_model(ModelConfig(kind="deepconvlstm", hidden=16), DataSpec.from_windows(ws)), run / "checkpoint")
+    cfg = ExperimentConfig()
+    cfg.data.path = str(tmp_path / "w.npz")
+    cfg.data.split.train, cfg.data.split.val, cfg.data.split.test = ["1", "2"], ["3"], ["4"]
+    save_config(cfg, run / "config.yaml")
+    return run

@@ -69,28 +69,16 @@ def test_unsupervised_threshold_splits_a_subjects_two_clusters_without_labels():
     assert np.array_equal(lone, logits[:1])  # one window: nothing to split, left as trained
 
 
-def test_recipe_scores_each_run_on_its_own_split(tiny_windows, tmp_path, monkeypatch):
-    import dataclasses
+def test_recipe_scores_each_run_on_its_own_split(posture_run, tmp_path, monkeypatch):
     import json
 
     import boundary_shift
 
-    from fedhar.config import ExperimentConfig, ModelConfig, save_config
-    from fedhar.model.har_model import DataSpec, build_model
-    from fedhar.model.state import save_checkpoint
-
-    ws = dataclasses.replace(tiny_windows, label_names=["SITTING", "STANDING", "LAYING"])
-    ws.save(tmp_path / "w.npz")
-    run = tmp_path / "base-s0"
-    save_checkpoint(build_model(ModelConfig(kind="deepconvlstm", hidden=16), DataSpec.from_windows(ws)), run / "checkpoint")
-    cfg = ExperimentConfig()
-    cfg.data.path, cfg.data.split.val, cfg.data.split.test = str(tmp_path / "w.npz"), ["1"], ["2", "3"]
-    save_config(cfg, run / "config.yaml")
-    monkeypatch.setattr("sys.argv", ["boundary_shift.py", str(run), "--out", str(tmp_path / "out")])
+    monkeypatch.setattr("sys.argv", ["boundary_shift.py", str(posture_run), "--out", str(tmp_path / "out")])
     boundary_shift.main()
     record = json.loads((tmp_path / "out" / "boundary_shift.json").read_text())
     row = record["per_run"][0]
-    assert row["val_subjects"] == "1" and row["test_subjects"] == "2 3"
+    assert row["val_subjects"] == "3" and row["test_subjects"] == "4"
     assert row["test_oracle_ceiling"] >= row["test_as_trained"]  # the sweep includes no shift at all
     assert all(0 <= row[k] <= 1 for k in ("test_per_subject_oracle", "val_per_subject_unsupervised"))
     assert record["mean_per_candidate"]["base"]["runs"] == 1

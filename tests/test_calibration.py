@@ -52,25 +52,12 @@ def test_a_client_the_model_sees_with_one_posture_keeps_its_labels():
         split_per_subject(pred, cue, np.full(40, "b"), np.array([1.0]), SIT, STAND, min_share=0.5)
 
 
-def _tiny_posture_checkpoint(tiny_windows, tmp_path):
-    import dataclasses
-
-    from fedhar.config import ModelConfig
-    from fedhar.model.har_model import DataSpec, build_model
-    from fedhar.model.state import save_checkpoint
-
-    ws = dataclasses.replace(tiny_windows, label_names=["SITTING", "STANDING", "LAYING"])
-    ws.save(tmp_path / "w.npz")
-    model = build_model(ModelConfig(kind="deepconvlstm", hidden=16), DataSpec.from_windows(ws))
-    return str(save_checkpoint(model, tmp_path / "ckpt")), str(tmp_path / "w.npz")
-
-
-def test_evaluate_scores_per_client_calibration_beside_the_model(tiny_windows, tmp_path):
+def test_evaluate_scores_per_client_calibration_beside_the_model(posture_run, tmp_path):
     import json
 
     from fedhar.cli.main import main
 
-    ckpt, data = _tiny_posture_checkpoint(tiny_windows, tmp_path)
+    ckpt, data = str(posture_run / "checkpoint"), str(tmp_path / "w.npz")
     out = tmp_path / "eval.json"
     assert main(["evaluate", ckpt, "--data", data, "--subjects", "3", "4", "--calibrate", "SITTING", "STANDING",
                  "--calibrate-from", "1", "2", "--json", str(out)]) == 0  # fmt: skip
@@ -91,10 +78,10 @@ def test_evaluate_scores_per_client_calibration_beside_the_model(tiny_windows, t
         (["--calibrate", "SITTING", "STANDING", "--calibrate-from", "99"], "no windows"),
     ],
 )
-def test_evaluate_calibration_errors_are_one_line(tiny_windows, tmp_path, capsys, extra, message):
+def test_evaluate_calibration_errors_are_one_line(posture_run, tmp_path, capsys, extra, message):
     from fedhar.cli.main import main
 
-    ckpt, data = _tiny_posture_checkpoint(tiny_windows, tmp_path)
+    ckpt, data = str(posture_run / "checkpoint"), str(tmp_path / "w.npz")
     assert main(["evaluate", ckpt, "--data", data, "--subjects", "3", *extra]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
