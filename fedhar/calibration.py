@@ -13,10 +13,12 @@ tell; a subject that the model or the split puts almost all on one side keeps th
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from fedhar.data.recording import SensorLayout
 from fedhar.data.windows import WindowSet
 from fedhar.errors import ConfigError, DataError
 
@@ -90,15 +92,19 @@ class PairCalibration:
         """Fisher's direction between the pair in posture-cue space, from labelled (training) windows."""
         first, second = _pair_indices(ws.label_names, pair)
         in_pair = np.isin(ws.y, [first, second])
-        direction = fisher_direction(posture_cues(ws, ws.x[in_pair]), ws.y[in_pair] == second)
+        direction = fisher_direction(posture_cues(ws.layout, ws.x[in_pair]), ws.y[in_pair] == second)
         return cls(pair[0], pair[1], direction, min_share)
 
     def apply(self, ws: WindowSet, pred: np.ndarray) -> tuple[np.ndarray, dict]:
         """``pred`` (the model's labels of ``ws``) with every subject's pair windows re-split on its own."""
-        first, second = _pair_indices(ws.label_names, (self.first, self.second))
-        return split_per_subject(pred, posture_cues(ws, ws.x), ws.subject, self.direction, first, second,
-                                 self.min_share)  # fmt: skip
+        return self.apply_to(ws.x, pred, ws.subject, list(ws.label_names), ws.layout)
 
+    def apply_to(self, x: np.ndarray, pred: np.ndarray, subject: np.ndarray, label_names: list[str],
+                 layout: SensorLayout) -> tuple[np.ndarray, dict]:  # fmt: skip
+        """The same on raw windows ``x`` [N, C, T] of ``layout`` (e.g. one recording: one subject)."""
+        first, second = _pair_indices(label_names, (self.first, self.second))
+        return split_per_subject(pred, posture_cues(layout, x), subject, self.direction, first, second,
+                                 self.min_share)  # fmt: skip
 
     def score(self, model, ws: WindowSet, batch_size: int = 256) -> dict:
         """Metrics of ``model`` on ``ws`` after every subject re-splits the pair, with the per-subject report."""
@@ -117,16 +123,28 @@ class PairCalibration:
         return cls(d["pair"][0], d["pair"][1], np.asarray(d["direction"], dtype=np.float64), float(d["min_share"]))
 
 
+def stored_calibration(checkpoint: str | Path) -> PairCalibration | None:
+    """The calibration a checkpoint stores (``train.client_calibration``), if any."""
+    from fedhar.model.state import read_checkpoint
+
+    stored = read_checkpoint(checkpoint)[0].get("client_calibration")
+    return None if stored is None else PairCalibration.from_json(stored)
+
+
+#: what to do when a checkpoint stores no calibration
+NO_STORED_CALIBRATION = "train with train.client_calibration=[FIRST,SECOND] to store one"
+
+
 def check_pair(label_names: list[str], pair: list[str] | tuple[str, str]) -> None:
     """Fail early (before training) when the pair is not two classes of the data."""
     _pair_indices(list(label_names), tuple(pair))
 
 
-def posture_cues(ws: WindowSet, x: np.ndarray) -> np.ndarray:
-    """Gravity direction and log sway of raw windows ``x`` of ``ws``'s layout (``WindowCues.cues``)."""
+def posture_cues(layout: SensorLayout, x: np.ndarray) -> np.ndarray:
+    """Gravity direction and log sway of raw windows ``x`` [N, C, T] of ``layout`` (``WindowCues.cues``)."""
     from fedhar.model.frontend import WindowCues
 
-    cue_net = WindowCues(ws.layout.group_dict)
+    cue_net = WindowCues(layout.group_dict)
     if cue_net.acc_index is None:
         raise DataError("posture calibration needs a 3-axis `acc` sensor group in the data")
     return cue_net.cues(torch.from_numpy(np.ascontiguousarray(x))).numpy()

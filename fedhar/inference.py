@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from fedhar.calibration import PairCalibration
 from fedhar.config import DataConfig
 from fedhar.data.pipeline import load_windows
 from fedhar.data.windows import WindowSet
@@ -44,8 +45,13 @@ def check_compatible(spec: DataSpec, ws: WindowSet, where: str) -> None:
 
 
 def predict_recording(model, path: str | Path, overlap: float = 0.5, units: str | None = None,
-                      sample_rate: float | None = None) -> list[dict]:  # fmt: skip
-    """Activity per window of a CSV of raw samples: start/end time (s from the first sample), label, confidence."""
+                      sample_rate: float | None = None, calibration: PairCalibration | None = None) -> list[dict]:  # fmt: skip
+    """Activity per window of a CSV of raw samples: start/end time (s from the first sample), label, confidence.
+
+    With ``calibration`` the recording is one client: the windows the model gives either class of
+    the pair are re-split on the recording's own posture cues (confidence stays the model's
+    probability of the label written, so a re-split window shows how much the model disagreed).
+    """
     import numpy as np
     import torch
 
@@ -74,11 +80,15 @@ def predict_recording(model, path: str | Path, overlap: float = 0.5, units: str 
     finite = np.isfinite(x).all(axis=(1, 2))
     logits = predict_logits(model, x[finite])
     probs = torch.softmax(torch.from_numpy(logits), dim=1).numpy()
+    labels = probs.argmax(axis=1)
+    if calibration is not None and len(labels):
+        labels, _ = calibration.apply_to(x[finite], labels, np.zeros(len(labels), dtype=str), spec.label_names,
+                                         spec.layout)  # fmt: skip
     rows, j = [], 0
     for i, s in enumerate(starts):
         row = {"start_s": round(s / spec.sample_rate, 3), "end_s": round((s + length) / spec.sample_rate, 3)}
         if finite[i]:
-            k = int(probs[j].argmax())
+            k = int(labels[j])
             row.update(activity=spec.label_names[k], confidence=round(float(probs[j, k]), 4))
             j += 1
         else:

@@ -88,20 +88,18 @@ def _calibrated(model, all_windows, ws, args: argparse.Namespace) -> dict:
 
 
 def _stored_calibration(args: argparse.Namespace) -> PairCalibration:
-    from fedhar.calibration import PairCalibration
-    from fedhar.model.state import read_checkpoint
+    from fedhar.calibration import NO_STORED_CALIBRATION, stored_calibration
 
-    hint = ("pass --calibrate-from SUBJECTS (the labelled training subjects) or train with "
-            "train.client_calibration=[FIRST,SECOND]")  # fmt: skip
+    hint = f"pass --calibrate-from SUBJECTS (the labelled training subjects) or {NO_STORED_CALIBRATION}"
     if len(args.checkpoint) > 1:
         raise ConfigError(f"an ensemble has no stored calibration: {hint}")
-    stored = read_checkpoint(args.checkpoint[0])[0].get("client_calibration")
-    if stored is None:
+    calibration = stored_calibration(args.checkpoint[0])
+    if calibration is None:
         raise ConfigError(f"{args.checkpoint[0]} stores no client calibration: {hint}")
-    if list(stored["pair"]) != list(args.calibrate):
-        raise ConfigError(f"{args.checkpoint[0]} stores a calibration of {stored['pair']}, not {args.calibrate}: "
-                          f"ask for that pair or {hint}")  # fmt: skip
-    return PairCalibration.from_json(stored)
+    if [calibration.first, calibration.second] != list(args.calibrate):
+        raise ConfigError(f"{args.checkpoint[0]} stores a calibration of {[calibration.first, calibration.second]}, "
+                          f"not {args.calibrate}: ask for that pair or {hint}")  # fmt: skip
+    return calibration
 
 
 def run(args: argparse.Namespace) -> int:

@@ -15,6 +15,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overlap", type=float, default=0.5, help="window overlap in [0, 1) (default 0.5)")
     p.add_argument("--units", help="units when the header has none, e.g. acc=m/s^2,gyro=deg/s")
     p.add_argument("--sample-rate", type=float, help="rate in Hz when the file has no timestamp column")
+    p.add_argument("--calibrate", action="store_true",
+                   help="treat the recording as one client and apply the per-client calibration the checkpoint "
+                        "stores (train.client_calibration): re-split its confused pair on its own windows")  # fmt: skip
     p.set_defaults(handler=run)
 
 
@@ -23,12 +26,19 @@ def run(args: argparse.Namespace) -> int:
     import sys
     import time
 
+    from fedhar.calibration import NO_STORED_CALIBRATION, stored_calibration
+    from fedhar.errors import ConfigError
     from fedhar.inference import predict_recording
     from fedhar.model.state import load_checkpoint
 
+    calibration = None
+    if args.calibrate:
+        calibration = stored_calibration(args.checkpoint)
+        if calibration is None:
+            raise ConfigError(f"{args.checkpoint} stores no client calibration: {NO_STORED_CALIBRATION}")
     model = load_checkpoint(args.checkpoint)
     t0 = time.perf_counter()
-    rows = predict_recording(model, args.recording, args.overlap, args.units, args.sample_rate)
+    rows = predict_recording(model, args.recording, args.overlap, args.units, args.sample_rate, calibration)
     seconds = time.perf_counter() - t0
     target = open(args.out, "w", newline="") if args.out else sys.stdout
     try:
