@@ -106,12 +106,12 @@ class PairCalibration:
         return split_per_subject(pred, posture_cues(layout, x), subject, self.direction, first, second,
                                  self.min_share)  # fmt: skip
 
-    def score(self, model, ws: WindowSet, batch_size: int = 256) -> dict:
-        """Metrics of ``model`` on ``ws`` after every subject re-splits the pair, with the per-subject report."""
+    def score(self, ws: WindowSet, pred: np.ndarray) -> dict:
+        """Metrics on ``ws`` of the model's labels ``pred`` after every subject re-splits the pair, with the
+        per-subject report."""
         from fedhar.metrics import classification_metrics
-        from fedhar.model.har_model import predict_logits
 
-        calibrated, per_subject = self.apply(ws, predict_logits(model, ws.x, batch_size).argmax(axis=1))
+        calibrated, per_subject = self.apply(ws, pred)
         return {**classification_metrics(ws.y, calibrated, list(ws.label_names)), "per_subject": per_subject}
 
     def to_json(self) -> dict:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from fedhar.calibration import PairCalibration
 from fedhar.config import DataConfig
 from fedhar.data.pipeline import load_windows
 from fedhar.data.windows import WindowSet
 from fedhar.errors import DataError
 from fedhar.model.har_model import DataSpec
+
+if TYPE_CHECKING:
+    from fedhar.calibration import PairCalibration
 
 
 def windows_for_model(spec: DataSpec, path: str | Path, dataset: str = "auto",

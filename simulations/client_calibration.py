@@ -68,7 +68,7 @@ def _score_run(run: Path, overrides: list[str], pair: tuple[str, str], min_share
         part = ws.where(subject=[str(s) for s in subjects])
         pred = predict_logits(model, part.x).argmax(axis=1)
         cues = posture_cues(part.layout, part.x)
-        calibrated, report = calibration.apply(part, pred)
+        calibrated, report = split_per_subject(pred, cues, part.subject, direction, first, second, min_share)
         row[f"{role}_as_trained"] = round(classification_metrics(part.y, pred, names)["macro_f1"], 4)
         row[f"{role}_calibrated"] = round(classification_metrics(part.y, calibrated, names)["macro_f1"], 4)
         for s, r in report.items():

@@ -55,7 +55,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=run)
 
 
-def _calibrated(model, all_windows, ws, args: argparse.Namespace) -> dict:
+def _calibrated(pred, all_windows, ws, args: argparse.Namespace) -> dict:
     """Metrics after each evaluated subject re-splits the pair on its own (direction fitted on --calibrate-from,
     or the one the checkpoint stores)."""
     from fedhar.calibration import PairCalibration, check_pair
@@ -81,7 +81,7 @@ def _calibrated(model, all_windows, ws, args: argparse.Namespace) -> dict:
         calibration = _stored_calibration(args)
         calibration.min_share = args.min_share
         fitted_on = "the training subjects of the checkpoint's run"
-    scored = calibration.score(model, ws)
+    scored = calibration.score(ws, pred)
     per_subject = scored.pop("per_subject")
     return {"pair": list(args.calibrate), "fitted_on": fitted_on, "min_share": args.min_share,
             "direction": calibration.direction.round(6).tolist(), "metrics": scored, "per_subject": per_subject}
@@ -107,7 +107,8 @@ def run(args: argparse.Namespace) -> int:
 
     from fedhar.inference import windows_for_model
     from fedhar.model.ensemble import load_model
-    from fedhar.training.loop import evaluate
+    from fedhar.model.har_model import predict_logits
+    from fedhar.training.loop import metrics_from_logits
 
     if args.calibrate_from and not args.calibrate:
         raise ConfigError("--calibrate-from needs --calibrate FIRST SECOND: the pair its subjects fit a direction for")
@@ -115,9 +116,10 @@ def run(args: argparse.Namespace) -> int:
     label_map = dict(item.split("=", 1) for item in args.label_map)
     all_windows = windows_for_model(model.data, args.data, args.dataset, label_map or None)
     ws = all_windows.where(subject=[str(s) for s in args.subjects]) if args.subjects else all_windows
-    metrics = evaluate(model, ws, by=args.by)
+    logits = predict_logits(model, ws.x)  # one forward pass for the model's figures and the calibration
+    metrics = metrics_from_logits(logits, ws, by=args.by)
     if args.calibrate:
-        metrics["calibrated"] = _calibrated(model, all_windows, ws, args)
+        metrics["calibrated"] = _calibrated(logits.argmax(axis=1), all_windows, ws, args)
     what = Path(args.checkpoint[0]).name if len(args.checkpoint) == 1 else f"ensemble of {len(args.checkpoint)}"
     print_metrics(f"{what} on {args.data}", metrics)
     if args.by:

@@ -12,11 +12,11 @@ from fedhar.config import ExperimentConfig
 from fedhar.data.pipeline import load_windows
 from fedhar.data.splits import low_label, split_by_subject
 from fedhar.model.backbones import Backbone
-from fedhar.model.har_model import DataSpec, build_model, parameter_counts
+from fedhar.model.har_model import DataSpec, build_model, parameter_counts, predict_logits
 from fedhar.model.state import save_checkpoint
 from fedhar.results.plots import plot_confusion_matrix, plot_learning_curves
 from fedhar.results.run import RunDir
-from fedhar.training.loop import evaluate, fit
+from fedhar.training.loop import fit, metrics_from_logits
 
 
 def peak_rss_mb() -> float:
@@ -65,8 +65,10 @@ def train_centralized(
             run.write_csv("epochs.csv", history)
 
     result = fit(model, train, val if len(val) else None, cfg.train, cfg.seed, progress=progress, on_epoch=on_epoch)
-    test_metrics = evaluate(model, test, cfg.train.eval_batch_size) if len(test) else None
-    val_metrics = evaluate(model, val, cfg.train.eval_batch_size) if len(val) else None
+    logits = {role: predict_logits(model, part.x, cfg.train.eval_batch_size)
+              for role, part in (("val", val), ("test", test)) if len(part)}  # fmt: skip
+    test_metrics = metrics_from_logits(logits["test"], test) if "test" in logits else None
+    val_metrics = metrics_from_logits(logits["val"], val) if "val" in logits else None
     summary = {
         "name": cfg.name,
         "model": cfg.model.kind if cfg.model.kind != "llm" else f"{cfg.model.backbone}+{cfg.model.finetune}",
@@ -93,8 +95,8 @@ def train_centralized(
     extra = {"run": cfg.name, "seed": cfg.seed}
     if cfg.train.client_calibration:  # a client-side step: reported beside the per-window figures
         calibration = PairCalibration.fit(train, tuple(cfg.train.client_calibration))
-        summary["client_calibrated"] = {role: calibration.score(model, part, cfg.train.eval_batch_size)
-                                        for role, part in (("val", val), ("test", test)) if len(part)}  # fmt: skip
+        summary["client_calibrated"] = {role: calibration.score(part, logits[role].argmax(axis=1))
+                                        for role, part in (("val", val), ("test", test)) if role in logits}  # fmt: skip
         extra["client_calibration"] = calibration.to_json()
     if model.backbone_pretrained is False:
         summary["warning"] = "UNTRAINED test backbone: these figures say nothing about pretrained models"

@@ -216,9 +216,13 @@ def evaluate(model: nn.Module, ws: WindowSet, batch_size: int = 256, by: str | N
     ``by`` (a window tag: subject, device, ...) adds ``by_<tag>``: the same metrics per value, from
     the same forward pass -- which subject a pooled score loses on.
     """
+    return metrics_from_logits(predict_logits(model, ws.x, batch_size), ws, by)
+
+
+def metrics_from_logits(logits: np.ndarray, ws: WindowSet, by: str | None = None) -> dict:
+    """What :func:`evaluate` reports, from logits already computed for ``ws`` (one forward pass, several uses)."""
     if by is not None and by not in META_FIELDS:
         raise ConfigError(f"cannot group by `{by}`; window tags: {list(META_FIELDS)}")
-    logits = predict_logits(model, ws.x, batch_size)
     metrics = _metrics(logits, ws.y, ws.label_names)
     if by is not None:
         values = getattr(ws, by)
