@@ -46,6 +46,9 @@ class DataConfig:
     sample_rate: float | None = 50.0  # resample to this rate (Hz); null keeps the native rate
     window: int = 128  # samples per window
     overlap: float = 0.5
+    # training subjects' windows cut at this overlap instead (denser: more, time-shifted training windows);
+    # validation and test windows keep `overlap`, so the figures stay comparable. null: `overlap`
+    train_overlap: float | None = None
     label_rule: str = "inside"  # inside | majority
     classes: list[str] | None = None  # keep these classes, in this order (null: all)
     label_map: dict[str, str] | None = None  # rename labels (applied after common_labels)
@@ -64,6 +67,8 @@ class DataConfig:
             raise ConfigError(f"{path}.window must be at least 8 samples, got {self.window}")
         if not 0 <= self.overlap < 1:
             raise ConfigError(f"{path}.overlap must be in [0, 1), got {self.overlap}")
+        if self.train_overlap is not None and not 0 <= self.train_overlap < 1:
+            raise ConfigError(f"{path}.train_overlap must be in [0, 1) or null, got {self.train_overlap}")
         if self.label_rule not in ("inside", "majority"):
             raise ConfigError(f"{path}.label_rule must be `inside` or `majority`, got `{self.label_rule}`")
         if self.sample_rate is not None and self.sample_rate <= 0:

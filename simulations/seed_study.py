@@ -53,6 +53,7 @@ CANDIDATES = {
     "cues-augment": ["model.head_cues=true", "train.augment.rotation_degrees=10", "train.augment.scale_std=0.1"],
     "lr3e-4": ["train.lr=0.0003"],
     "lr2e-3": ["train.lr=0.002"],
+    "dense": ["data.train_overlap=0.75"],
 }
 FOCUS = ("SITTING", "STANDING")  # the confused pair on a waist phone
 

@@ -32,6 +32,7 @@ def test_unknown_key_suggests_fix():
     [
         ("train.epochs=0", "train.epochs must be >= 1"),
         ("data.overlap=1.5", "overlap must be in"),
+        ("data.train_overlap=1", "train_overlap must be in"),
         ("model.finetune=half", "finetune must be lora, full or frozen"),
         ("federated.strategy=fedmagic", "strategy must be one of"),
         ("train.lr=fast", "train.lr must be a number"),

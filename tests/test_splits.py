@@ -1,6 +1,7 @@
 import pytest
 
-from fedhar.config import SplitConfig
+from fedhar.config import DataConfig, SplitConfig
+from fedhar.data.pipeline import split_windows
 from fedhar.data.splits import kfold_by_subject, leave_one_out, low_label, split_by_subject
 from fedhar.errors import DataError
 
@@ -54,3 +55,13 @@ def test_low_label_protocols(tiny_windows):
     assert list(pct.class_counts()) == [16, 16, 16]
     with pytest.raises(DataError):
         low_label(tiny_windows, 0)
+
+
+def test_train_overlap_densifies_only_the_training_subjects():
+    split = SplitConfig(val_fraction=0.25, test_fraction=0.25)
+    plain = split_windows(DataConfig(split=split), seed=0)
+    dense = split_windows(DataConfig(split=split, train_overlap=0.75), seed=0)
+    assert [set(p.subject) for p in plain] == [set(p.subject) for p in dense]
+    assert 1.8 * len(plain[0]) < len(dense[0]) < 2.2 * len(plain[0])  # step 32 instead of 64 samples
+    for a, b in zip(plain[1:], dense[1:]):  # validation and test windows are untouched
+        assert len(a) == len(b) and (a.x == b.x).all()

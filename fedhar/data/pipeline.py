@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from fedhar.cache import cache_root
@@ -14,13 +15,14 @@ from fedhar.data.activities import common_label_map
 from fedhar.data.loaders import detect_layout, load_recordings
 from fedhar.data.preprocess import relabel, resample_recording, select_sensors
 from fedhar.data.recording import RecordingSet
+from fedhar.data.splits import split_by_subject
 from fedhar.data.windows import WindowSet, make_windows
 from fedhar.errors import DataError
 
 #: Bump when windowing or a loader changes what it produces, so old caches are not reused.
 PIPELINE_VERSION = 1
 #: data settings applied after the cached windows (splits, normalisation, label budgets)
-NOT_CACHED = ("split", "cache_dir", "normalize", "labelled_per_class", "labelled_percent")
+NOT_CACHED = ("split", "train_overlap", "cache_dir", "normalize", "labelled_per_class", "labelled_percent")
 
 
 def read_recordings(cfg: DataConfig, seed: int = 0) -> RecordingSet:
@@ -89,3 +91,13 @@ def load_windows(cfg: DataConfig, seed: int = 0, use_cache: bool = True) -> Wind
         skips_file.write_text(json.dumps(ws.notes["skipped"]))
         ws.save(cached)
     return ws
+
+
+def split_windows(cfg: DataConfig, seed: int = 0) -> tuple[WindowSet, WindowSet, WindowSet]:
+    """Subject-disjoint train / validation / test windows; the training subjects' windows are cut at
+    ``cfg.train_overlap`` when it is set (validation and test always at ``cfg.overlap``)."""
+    train, val, test = split_by_subject(load_windows(cfg, seed), cfg.split, seed)
+    if cfg.train_overlap is not None and cfg.train_overlap != cfg.overlap:
+        dense = load_windows(replace(cfg, overlap=cfg.train_overlap, train_overlap=None), seed)
+        train = dense.where(subject=sorted(set(train.subject.tolist())))
+    return train, val, test

@@ -37,8 +37,7 @@ import numpy as np
 from fedhar.cache import cache_root
 from fedhar.config import ExperimentConfig, SplitConfig
 from fedhar.data.partition import client_names, partition
-from fedhar.data.pipeline import load_windows
-from fedhar.data.splits import split_by_subject
+from fedhar.data.pipeline import load_windows, split_windows
 from fedhar.data.windows import WindowSet
 from fedhar.errors import ConfigError, DataError
 
@@ -69,7 +68,7 @@ def subject_split(cfg: ExperimentConfig) -> tuple[WindowSet, WindowSet, WindowSe
     key = _data_key(cfg)
     if key not in _SPLITS:
         _SPLITS.clear()
-        _SPLITS[key] = split_by_subject(load_windows(cfg.data, cfg.seed), cfg.data.split, cfg.seed)
+        _SPLITS[key] = split_windows(cfg.data, cfg.seed)
     return _SPLITS[key]
 
 
@@ -121,9 +120,11 @@ def device_windows(cfg: ExperimentConfig, node_config: dict) -> tuple[str, Windo
                           "model")  # fmt: skip
     path = Path(str(node_config[DATA_PATH])).expanduser().resolve()
     subjects = [s for s in re.split(r"[,\s]+", str(node_config.get(SUBJECTS, "")).strip()) if s]
+    # a device's windows are all training windows: cut at train_overlap when it is set
     local = dataclasses.replace(
         cfg.data, dataset=str(node_config.get(DATASET, "auto")), path=str(_loadable(path)), classes=None,
         split=SplitConfig(), synthetic={}, cache_dir=None,
+        overlap=cfg.data.overlap if cfg.data.train_overlap is None else cfg.data.train_overlap, train_overlap=None,
     )  # fmt: skip
     key = json.dumps([dataclasses.asdict(local), cfg.data.classes, cfg.seed, subjects,
                       str(node_config.get(CLIENT_NAME, ""))], sort_keys=True, default=str)  # fmt: skip

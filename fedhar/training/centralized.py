@@ -9,8 +9,8 @@ import torch
 
 from fedhar.calibration import PairCalibration, check_pair
 from fedhar.config import ExperimentConfig
-from fedhar.data.pipeline import load_windows
-from fedhar.data.splits import low_label, split_by_subject
+from fedhar.data.pipeline import split_windows
+from fedhar.data.splits import low_label
 from fedhar.model.backbones import Backbone
 from fedhar.model.har_model import DataSpec, build_model, parameter_counts, predict_logits
 from fedhar.model.state import save_checkpoint
@@ -45,8 +45,7 @@ def train_centralized(
 ) -> dict:
     """Train one model as ``cfg`` says; returns (and, with ``run``, writes) its metrics and costs."""
     t_start = time.perf_counter()
-    ws = load_windows(cfg.data, cfg.seed)
-    train, val, test = split_by_subject(ws, cfg.data.split, cfg.seed)
+    train, val, test = split_windows(cfg.data, cfg.seed)
     if cfg.data.labelled_per_class is not None or cfg.data.labelled_percent is not None:
         train = low_label(train, cfg.seed, cfg.data.labelled_per_class, cfg.data.labelled_percent)
     if cfg.train.client_calibration:
@@ -72,7 +71,7 @@ def train_centralized(
     summary = {
         "name": cfg.name,
         "model": cfg.model.kind if cfg.model.kind != "llm" else f"{cfg.model.backbone}+{cfg.model.finetune}",
-        "synthetic_data": ws.synthetic,
+        "synthetic_data": train.synthetic,
         "backbone_pretrained": model.backbone_pretrained,
         "parameters": counts,
         "trainable_percent": round(100 * counts["trainable"] / counts["total"], 3),
@@ -100,7 +99,7 @@ def train_centralized(
         extra["client_calibration"] = calibration.to_json()
     if model.backbone_pretrained is False:
         summary["warning"] = "UNTRAINED test backbone: these figures say nothing about pretrained models"
-    if ws.synthetic:
+    if train.synthetic:
         summary["data_note"] = "SYNTHETIC data: not a real-data result"
     if run is not None:
         run.write_json("metrics.json", summary)
