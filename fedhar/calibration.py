@@ -41,13 +41,32 @@ def otsu_threshold(values: np.ndarray, bins: int = 64) -> float:
     return float((edges[best[0]] + edges[best[-1]]) / 2)
 
 
+def pair_statistics(cues: np.ndarray, is_second: np.ndarray) -> dict[str, np.ndarray]:
+    """Per class of the pair (first, second): window count, cue sums and sums of outer products (float64).
+
+    Sums add up across clients, so a federation fits the same direction as one pooled dataset
+    without any window leaving its client.
+    """
+    c = np.asarray(cues, dtype=np.float64)
+    parts = (c[~is_second], c[is_second])
+    return {"count": np.array([len(p) for p in parts], dtype=np.float64),
+            "sum": np.stack([p.sum(axis=0) for p in parts]),
+            "outer": np.stack([p.T @ p for p in parts])}  # fmt: skip
+
+
+def direction_from_statistics(stats: dict[str, np.ndarray], ridge: float = 1e-4) -> np.ndarray:
+    """Fisher's discriminant direction (pointing to the second class) from summed :func:`pair_statistics`."""
+    n = stats["count"]
+    if (n < 2).any():
+        raise ValueError("fitting the direction needs at least two windows of each class of the pair")
+    mean = stats["sum"] / n[:, None]
+    covs = [(stats["outer"][k] - n[k] * np.outer(mean[k], mean[k])) / (n[k] - 1) for k in (0, 1)]
+    return np.linalg.solve(covs[0] + covs[1] + ridge * np.eye(len(mean[0])), mean[1] - mean[0])
+
+
 def fisher_direction(cues: np.ndarray, is_second: np.ndarray, ridge: float = 1e-4) -> np.ndarray:
     """Fisher's discriminant direction between two classes of cue vectors (pointing to the second)."""
-    a, b = cues[~is_second], cues[is_second]
-    if len(a) < 2 or len(b) < 2:
-        raise ValueError("fitting the direction needs at least two windows of each class of the pair")
-    scatter = np.cov(a.T) + np.cov(b.T) + ridge * np.eye(cues.shape[1])
-    return np.linalg.solve(scatter, b.mean(0) - a.mean(0))
+    return direction_from_statistics(pair_statistics(cues, is_second), ridge)
 
 
 def split_per_subject(pred: np.ndarray, cues: np.ndarray, subject: np.ndarray, direction: np.ndarray,
@@ -90,9 +109,18 @@ class PairCalibration:
     @classmethod
     def fit(cls, ws: WindowSet, pair: tuple[str, str], min_share: float = 0.2) -> "PairCalibration":
         """Fisher's direction between the pair in posture-cue space, from labelled (training) windows."""
-        first, second = _pair_indices(ws.label_names, pair)
-        in_pair = np.isin(ws.y, [first, second])
-        direction = fisher_direction(posture_cues(ws.layout, ws.x[in_pair]), ws.y[in_pair] == second)
+        return cls.from_statistics(labelled_pair_statistics(ws, pair), pair, min_share)
+
+    @classmethod
+    def from_statistics(cls, stats: dict[str, np.ndarray], pair: tuple[str, str] | list[str],
+                        min_share: float = 0.2) -> "PairCalibration":  # fmt: skip
+        """The calibration from :func:`labelled_pair_statistics` summed over clients (federated fit)."""
+        try:
+            direction = direction_from_statistics(stats)
+        except ValueError as e:
+            counts = [int(v) for v in stats["count"]]
+            raise DataError(f"cannot fit the {list(pair)} calibration: the labelled windows hold {counts} of the "
+                            f"pair ({e}); calibrate a pair of classes the training data holds") from None  # fmt: skip
         return cls(pair[0], pair[1], direction, min_share)
 
     def apply(self, ws: WindowSet, pred: np.ndarray) -> tuple[np.ndarray, dict]:
@@ -133,6 +161,21 @@ def stored_calibration(checkpoint: str | Path) -> PairCalibration | None:
 
 #: what to do when a checkpoint stores no calibration
 NO_STORED_CALIBRATION = "train with train.client_calibration=[FIRST,SECOND] to store one"
+
+
+def labelled_pair_statistics(ws: WindowSet, pair: tuple[str, str] | list[str]) -> dict[str, np.ndarray]:
+    """:func:`pair_statistics` of the labelled windows ``ws`` (what a federated client sends once, at setup)."""
+    first, second = _pair_indices(list(ws.label_names), tuple(pair))
+    in_pair = np.isin(ws.y, [first, second])
+    if not in_pair.any():
+        d = num_posture_cues(ws.layout)
+        return {"count": np.zeros(2), "sum": np.zeros((2, d)), "outer": np.zeros((2, d, d))}
+    return pair_statistics(posture_cues(ws.layout, ws.x[in_pair]), ws.y[in_pair] == second)
+
+
+def num_posture_cues(layout: SensorLayout) -> int:
+    """Length of a posture-cue vector: gravity direction (3) and the log sway of every channel."""
+    return layout.num_channels + 3
 
 
 def check_pair(label_names: list[str], pair: list[str] | tuple[str, str]) -> None:

@@ -432,3 +432,63 @@ def test_local_training_keeps_the_loop_settings_but_no_weight_average():
     local = local_train_config(cfg, lr=0.01)
     assert local.ema_decay == 0.0  # it would only damp the update a client sends
     assert local.augment.rotation_degrees == 10 and local.epochs == 2 and local.lr == 0.01
+
+
+# ---- per-client calibration in a federation ----------------------------------------------------
+
+PAIR = "train.client_calibration=[SITTING, STANDING]"
+
+
+def test_calibration_direction_from_client_sums_equals_the_pooled_fit():
+    from fedhar.calibration import PairCalibration, labelled_pair_statistics
+    from fedhar.federated.data import client_data, subject_split
+
+    cfg = tiny_cfg(PAIR)
+    train, _, _ = subject_split(cfg)
+    parts = [labelled_pair_statistics(client_data(cfg, {"partition-id": i}, stage=0).train, ("SITTING", "STANDING"))
+             for i in range(3)]  # fmt: skip
+    summed = {k: sum(p[k] for p in parts) for k in parts[0]}
+    fed = PairCalibration.from_statistics(summed, ["SITTING", "STANDING"])
+    pooled = PairCalibration.fit(train, ("SITTING", "STANDING"))
+    assert np.allclose(fed.direction, pooled.direction, rtol=1e-6, atol=1e-9)
+
+
+def test_round_loop_fits_the_calibration_from_clients_and_scores_each_held_out_subject(tmp_path):
+    from fedhar.calibration import stored_calibration
+    from fedhar.model.state import read_checkpoint
+
+    summary, run = _run_direct(tmp_path, "calibrated", PAIR, "federated.rounds=1")
+    row = json.loads(run.file("rounds.json").read_text())["rounds"][0]
+    assert 0 <= row["test_calibrated_macro_f1"] <= 1 and 0 <= row["val_calibrated_accuracy"] <= 1
+    assert set(summary["client_calibrated"]) == {"val", "test"}
+    assert set(summary["client_calibrated"]["test"]["per_subject"]) == {"5"}
+    assert summary["final"]["test_calibrated_macro_f1"] == summary["client_calibrated"]["test"]["macro_f1"]
+    stored = stored_calibration(run.file("checkpoint"))  # what `fedhar evaluate --calibrate` reuses
+    assert stored is not None and stored.to_json() == summary["client_calibration"]
+    assert read_checkpoint(run.file("state") / "round-0001")[0]["client_calibration"] == summary["client_calibration"]
+
+
+def test_resumed_run_keeps_the_calibration_fitted_at_setup(tmp_path):
+    full, _ = _run_direct(tmp_path, "full", PAIR)
+    _run_direct(tmp_path, "part", PAIR, "federated.rounds=1")
+    resumed, _ = _run_direct(tmp_path, "part", PAIR, "federated.rounds=2", resume=True)
+    assert resumed["client_calibration"] == full["client_calibration"]
+    assert resumed["client_calibrated"]["test"]["macro_f1"] == full["client_calibrated"]["test"]["macro_f1"]
+
+
+def test_impossible_pair_statistics_are_rejected_at_setup(tmp_path, monkeypatch):
+    from fedhar.federated import client
+
+    def lying(ws, pair):
+        return {"count": np.array([-3.0, 5.0]), "sum": np.zeros((2, 9)), "outer": np.zeros((2, 9, 9))}
+
+    monkeypatch.setattr(client, "labelled_pair_statistics", lying)
+    with pytest.raises(FedharError, match=r"every client failed the setup round.*pair statistics are impossible"):
+        _run_direct(tmp_path, "lying", PAIR, "federated.rounds=1")
+
+
+def test_simulate_rejects_a_calibration_pair_the_data_lacks():
+    from fedhar.federated.simulate import preflight
+
+    with pytest.raises(ConfigError, match=r"calibration pair \['SITTING', 'FLYING'\]"):
+        preflight(tiny_cfg("train.client_calibration=[SITTING, FLYING]"))

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
+from fedhar.calibration import labelled_pair_statistics
 from fedhar.config import ExperimentConfig, TrainConfig
 from fedhar.data.preprocess import Normalizer
 from fedhar.data.windows import WindowSet
@@ -31,6 +32,7 @@ from fedhar.training.loop import Regularizer, evaluate, fit
 _MODEL: list[tuple[str, HARNet]] = []
 
 MESSAGE_DESCRIBE = "query.describe"
+PAIR_STATISTICS = "pair-statistics"  # the describe reply's record of calibration-pair cue sums
 NODE_THREADS = "threads"  # optional node config: torch threads for local training on this node
 
 
@@ -125,7 +127,8 @@ def _job_and_data(message: Message, context: Context) -> tuple[RoundJob, ClientD
 
 
 def handle_describe(message: Message, context: Context) -> Message:
-    """Setup query: the client's name, window count and (for the global normaliser) per-channel moments."""
+    """Setup query: the client's name, window count, per-channel moments (for the global normaliser) and,
+    with ``train.client_calibration``, the calibration pair's posture-cue sums (for its direction)."""
     job, data = _job_and_data(message, context)
     if data is None:
         return _reply(message, f"node-{context.node_id}", 0, {})
@@ -135,6 +138,9 @@ def handle_describe(message: Message, context: Context) -> Message:
     reply = _reply(message, data.name, len(data.train), stats)
     if job.cfg.data.normalize:
         reply.content["moments"] = state_to_record(moments(data.train))
+    if job.cfg.train.client_calibration:  # class sums of 9 posture cues, not windows
+        stats = labelled_pair_statistics(data.train, job.cfg.train.client_calibration)
+        reply.content[PAIR_STATISTICS] = state_to_record(stats)
     return reply
 
 

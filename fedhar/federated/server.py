@@ -6,7 +6,9 @@ factory). The round loop talks to clients only through Flower messages on the ``
 * **setup** (``query.describe``, every node): each client answers with its name, its number of
   training windows and per-channel sums / sums of squares of its windows; the server fits the
   global input normaliser from those moments (no raw window leaves a client) and stores it
-  with every checkpoint.
+  with every checkpoint. With ``train.client_calibration`` each client also sends, per class of
+  the pair, its window count and the sums and outer-product sums of the posture cues; the server
+  fits the calibration direction from their totals (the same direction as pooled data gives).
 * **round r** (``train``): a seeded sample of the clients that hold data gets the global
   trainable tensors, the round's learning rate and a per-client seed; replies carry the new
   tensors and the number of examples; the strategy aggregates; the server scores the global
@@ -50,18 +52,19 @@ from flwr.serverapp import Grid, ServerApp
 from safetensors.numpy import load_file, save_file
 
 from fedhar.cli.common import console
+from fedhar.calibration import PairCalibration, num_posture_cues
 from fedhar.config import ExperimentConfig, load_config
 from fedhar.data.preprocess import Normalizer
 from fedhar.errors import CheckpointError, ConfigError, FedharError
-from fedhar.federated.client import MESSAGE_DESCRIBE
+from fedhar.federated.client import MESSAGE_DESCRIBE, PAIR_STATISTICS
 from fedhar.federated.data import stage_of_round, subject_split
 from fedhar.federated.records import RoundJob, record_bytes, record_to_state, state_to_record
 from fedhar.federated.report import plot_rounds, summarize
 from fedhar.federated.strategies import ClientUpdate, Strategy, check_strategy, lora_pairs, make_strategy, product_gap
-from fedhar.model.har_model import DataSpec, HARNet, build_model, parameter_counts
+from fedhar.model.har_model import DataSpec, HARNet, build_model, parameter_counts, predict_logits
 from fedhar.model.state import expected_spec, get_trainable_state, read_checkpoint, save_checkpoint, set_trainable_state
 from fedhar.results.run import RunDir
-from fedhar.training.loop import evaluate
+from fedhar.training.loop import metrics_from_logits
 
 STATE_DIR = "state"
 SERVER_STATE_FILE = "server.safetensors"
@@ -240,6 +243,7 @@ class RoundLoop:
         self.described: set[int] = set()  # nodes asked at the current stage (with or without data)
         self.online: set[int] | None = None  # connected nodes, as of the start of the round
         self.setup_errors: list[str] = []
+        self.calibration: PairCalibration | None = None  # train.client_calibration, fitted at setup
 
     # -- setup ------------------------------------------------------------------------------------
     def describe(self, stage: int, fit_normalizer: bool, late_nodes: list[int] | None = None) -> None:
@@ -255,7 +259,9 @@ class RoundLoop:
         messages = [Message(RecordDict({"config": job.to_record()}), dst_node_id=n, message_type=MESSAGE_DESCRIBE)
                     for n in nodes]  # fmt: skip
         replies = _send(self.grid, messages, fed.round_timeout_s, self.job.stop, self.job.poll_interval_s)
-        clients, errors, totals, answered = [], [], None, set()
+        clients, errors, totals, pair_totals, answered = [], [], None, None, set()
+        with_moments = fit_normalizer and self.cfg.data.normalize
+        with_pair = fit_normalizer and bool(self.cfg.train.client_calibration)
         for node, reply in replies.items():
             if reply is None:
                 errors.append(f"node {node}: no answer within federated.round_timeout_s={fed.round_timeout_s}")
@@ -264,7 +270,7 @@ class RoundLoop:
                 errors.append(f"node {node}: {err}")
                 continue
             try:
-                info, part = self._check_description(node, reply, fit_normalizer and self.cfg.data.normalize)
+                info, part, pair_part = self._check_description(node, reply, with_moments, with_pair)
             except (FedharError, KeyError, TypeError, ValueError) as e:
                 errors.append(f"node {node}: setup answer rejected ({e})")
                 continue
@@ -274,6 +280,9 @@ class RoundLoop:
             clients.append(info)
             if part is not None:
                 totals = part if totals is None else totals + part
+            if pair_part is not None:
+                pair_totals = pair_part if pair_totals is None else {k: v + pair_part[k]
+                                                                     for k, v in pair_totals.items()}  # fmt: skip
         # a node that failed to answer is asked again before the next round (it may have been fixed)
         self.described = (self.described if late_nodes else set()) | answered
         self.setup_errors = errors
@@ -294,27 +303,45 @@ class RoundLoop:
             else:
                 norm = Normalizer.identity(self.model.data.layout.num_channels)
             self.model.set_normalizer(norm)
+            if self.cfg.train.client_calibration:
+                self.calibration = fit_calibration(pair_totals, self.cfg.train.client_calibration)
         self.write_federation()
 
-    def _check_description(self, node: int, reply: Message,
-                           with_moments: bool) -> tuple[ClientInfo | None, np.ndarray | None]:  # fmt: skip
-        """A client's setup answer, checked: (client, [count, sums, sums of squares]); client None: holds no data."""
+    def _check_description(self, node: int, reply: Message, with_moments: bool, with_pair: bool
+                           ) -> tuple[ClientInfo | None, np.ndarray | None, dict[str, np.ndarray] | None]:  # fmt: skip
+        """A client's setup answer, checked: (client, [count, sums, sums of squares], calibration-pair cue sums);
+        client None: holds no data."""
         metrics = reply.content["metrics"]
         n = int(metrics["num-examples"])
         if n < 0:
             raise FedharError(f"reports {n} windows")
         if n == 0:
-            return None, None
+            return None, None, None
         info = ClientInfo(node, str(reply.content["client"]["name"]), n)
+        pair = self._check_pair_statistics(reply, info, n) if with_pair else None
         if not with_moments:
-            return info, None
+            return info, None, pair
         channels = self.model.data.layout.num_channels
         expected = {"sum": ((channels,), np.dtype("float64")), "sum_sq": ((channels,), np.dtype("float64"))}
         m = record_to_state(reply.content["moments"], expected, where=f"client {info.name}'s moments")
         count = float(metrics["num-values"])
         if not count > 0 or (m["sum_sq"] < 0).any():
             raise FedharError(f"client {info.name}'s moments are impossible (count {count}, negative sums of squares)")
-        return info, np.concatenate([[count], m["sum"], m["sum_sq"]])
+        return info, np.concatenate([[count], m["sum"], m["sum_sq"]]), pair
+
+    def _check_pair_statistics(self, reply: Message, info: ClientInfo, windows: int) -> dict[str, np.ndarray]:
+        """The calibration pair's posture-cue sums a client sent at setup, checked before they are summed."""
+        if PAIR_STATISTICS not in reply.content:
+            raise FedharError("sent no calibration-pair statistics although train.client_calibration is set")
+        d = num_posture_cues(self.model.data.layout)
+        f64 = np.dtype("float64")
+        expected = {"count": ((2,), f64), "sum": ((2, d), f64), "outer": ((2, d, d), f64)}
+        stats = record_to_state(reply.content[PAIR_STATISTICS], expected, where=f"client {info.name}'s pair statistics")
+        count = stats["count"]
+        if (count < 0).any() or (count != np.round(count)).any() or count.sum() > windows:
+            raise FedharError(f"client {info.name}'s pair statistics are impossible (counts {count.tolist()} "
+                              f"of {windows} windows)")  # fmt: skip
+        return stats
 
     def _join(self, clients: list[ClientInfo], errors: list[str]) -> None:
         """Late nodes join the federation; a known name on a new node id is that client come back."""
@@ -378,6 +405,8 @@ class RoundLoop:
         info, state = read_checkpoint(folder)
         set_trainable_state(self.model, state, where=str(folder))
         self.model.set_normalizer(Normalizer.from_json(info["data"]["normalizer"]))
+        if "client_calibration" in info:
+            self.calibration = PairCalibration.from_json(info["client_calibration"])
         self.global_state = state
         server_state = folder / SERVER_STATE_FILE
         self.strategy.load_server_state(load_file(str(server_state)) if server_state.is_file() else {})
@@ -389,7 +418,8 @@ class RoundLoop:
         final = root / f"round-{rnd:04d}"
         tmp = root / f".round-{rnd:04d}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        save_checkpoint(self.model, tmp, extra={"run": self.cfg.name, "seed": self.cfg.seed, "round": rnd})
+        save_checkpoint(self.model, tmp, extra={"run": self.cfg.name, "seed": self.cfg.seed, "round": rnd,
+                                                **self.calibration_record()})  # fmt: skip
         server_state = self.strategy.server_state()
         if server_state:
             save_file({k: np.ascontiguousarray(v) for k, v in server_state.items()}, str(tmp / SERVER_STATE_FILE))
@@ -526,16 +556,37 @@ class RoundLoop:
             out[info.name] = result
         return out
 
-    def central_metrics(self) -> dict:
-        """The global model on the held-out subjects, and how long the server took to score it."""
+    def central_metrics(self, detail: bool = False) -> dict:
+        """The global model on the held-out subjects, and how long the server took to score it.
+
+        With a calibration, each held-out subject also re-splits the pair on its own windows, as a
+        client would (``{split}_calibrated_*``); ``detail`` adds the full metrics and per-subject reports.
+        """
         t0 = time.perf_counter()
         out = {}
         for split, ws in (("val", self.val), ("test", self.test)):
             if len(ws):
-                m = evaluate(self.model, ws, self.cfg.train.eval_batch_size)
+                logits = predict_logits(self.model, ws.x, self.cfg.train.eval_batch_size)
+                m = metrics_from_logits(logits, ws)
                 out.update({f"{split}_{k}": m[k] for k in ("accuracy", "macro_f1", "loss")})
+                if self.calibration is not None:
+                    c = self.calibration.score(ws, logits.argmax(axis=1))
+                    out.update({f"{split}_calibrated_{k}": c[k] for k in ("accuracy", "macro_f1")})
+                    if detail:
+                        out[f"{split}_calibrated"] = c
         out["central_eval_seconds"] = round(time.perf_counter() - t0, 3)
         return out
+
+    def calibration_record(self) -> dict:
+        """What a checkpoint stores of the calibration (``fedhar evaluate --calibrate`` reads it back)."""
+        return {} if self.calibration is None else {"client_calibration": self.calibration.to_json()}
+
+
+def fit_calibration(pair_totals: dict[str, np.ndarray] | None, pair: list[str]) -> PairCalibration:
+    """The pair's calibration direction from the clients' summed cue statistics."""
+    if pair_totals is None:
+        raise FedharError(f"no client sent statistics for the {pair} calibration (train.client_calibration)")
+    return PairCalibration.from_statistics(pair_totals, pair)
 
 
 def run_federation(grid: Grid, job: ServerJob) -> dict:
@@ -573,8 +624,14 @@ def run_federation(grid: Grid, job: ServerJob) -> dict:
     set_trainable_state(loop.model, loop.global_state, where="final state")
     save_checkpoint(loop.model, job.run.file("checkpoint"), extra={
         "run": cfg.name, "seed": cfg.seed, "strategy": cfg.federated.strategy, "rounds": cfg.federated.rounds,
+        **loop.calibration_record(),
     })  # fmt: skip
     summary = summarize(cfg, loop.rows, loop.model, loop.federation.clients, time.perf_counter() - t_start)
+    if loop.calibration is not None:  # a client-side step: reported beside the per-window figures
+        final = loop.central_metrics(detail=True)
+        summary["client_calibrated"] = {split: final[f"{split}_calibrated"] for split in ("val", "test")
+                                        if f"{split}_calibrated" in final}  # fmt: skip
+        summary["client_calibration"] = loop.calibration.to_json()
     job.run.write_json("metrics.json", summary)
     if loop.rows:
         plot_rounds(loop.rows, job.run.path, title=f"{cfg.name}: {cfg.federated.strategy}")
@@ -587,6 +644,8 @@ def _progress_line(row: dict, rounds: int) -> str:
     for split in ("val", "test"):
         if f"{split}_macro_f1" in row:
             parts.append(f"{split} F1 {row[f'{split}_macro_f1']:.3f}")
+    if "test_calibrated_macro_f1" in row:
+        parts.append(f"calibrated {row['test_calibrated_macro_f1']:.3f}")
     split = "test" if "test_accuracy" in row else "val"
     parts.append(f"{split} acc {row[f'{split}_accuracy']:.3f}")
     parts.append(f"{row['bytes_total'] / 1e6:.1f} MB")

@@ -19,9 +19,10 @@ import threading
 import time
 import warnings
 
+from fedhar.calibration import check_pair
 from fedhar.config import ExperimentConfig
 from fedhar.errors import ConfigError, FedharError
-from fedhar.federated.data import simulated_partition
+from fedhar.federated.data import simulated_partition, subject_split
 from fedhar.federated.strategies import check_strategy
 from fedhar.results.run import RunDir
 
@@ -63,6 +64,9 @@ def preflight(cfg: ExperimentConfig) -> tuple[ExperimentConfig, list[str]]:
     """Every check that can fail before anything starts: strategy vs model, client count, cluster address."""
     cfg = check_strategy(cfg)
     names = check_federation(cfg)
+    if cfg.train.client_calibration:
+        train, _, _ = subject_split(cfg)
+        check_pair(train.label_names, cfg.train.client_calibration)
     if cfg.federated.ray_address:
         check_reachable(cfg.federated.ray_address)
     return cfg, names
