@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from fedhar.config import DataConfig
 from fedhar.data.pipeline import load_windows
 from fedhar.data.windows import WindowSet
@@ -47,23 +49,14 @@ def check_compatible(spec: DataSpec, ws: WindowSet, where: str) -> None:
         raise DataError(f"{where}: labels {ws.label_names} differ from the model's {spec.label_names}; pass --label-map")
 
 
-def predict_recording(model, path: str | Path, overlap: float = 0.5, units: str | None = None,
-                      sample_rate: float | None = None, calibration: PairCalibration | None = None) -> list[dict]:  # fmt: skip
-    """Activity per window of a CSV of raw samples: start/end time (s from the first sample), label, confidence.
-
-    With ``calibration`` the recording is one client: the windows the model gives either class of
-    the pair are re-split on the recording's own posture cues (confidence stays the model's
-    probability of the label written, so a re-split window shows how much the model disagreed).
-    """
-    import numpy as np
-    import torch
-
+def recording_windows(spec: DataSpec, path: str | Path, overlap: float = 0.5, units: str | None = None,
+                      sample_rate: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+    """A CSV of raw samples cut as the model's data was: (window starts in samples, windows [N, C, T],
+    which windows are wholly finite)."""
     from fedhar.data.loaders.generic import read_signal_csv
     from fedhar.data.preprocess import resample_recording
     from fedhar.data.recording import Recording
-    from fedhar.model.har_model import predict_logits
 
-    spec: DataSpec = model.data
     signal, layout, rate, _ = read_signal_csv(path, units=units, sample_rate=sample_rate)
     missing = [c for c in spec.layout.channels if c not in layout.channels]
     if missing:
@@ -80,21 +73,41 @@ def predict_recording(model, path: str | Path, overlap: float = 0.5, units: str 
     step = max(1, int(round(length * (1 - overlap))))
     starts = np.arange(0, n - length + 1, step)
     x = np.ascontiguousarray(rec.signal[starts[:, None] + np.arange(length)].transpose(0, 2, 1))
-    finite = np.isfinite(x).all(axis=(1, 2))
-    logits = predict_logits(model, x[finite])
-    probs = torch.softmax(torch.from_numpy(logits), dim=1).numpy()
+    return starts, x, np.isfinite(x).all(axis=(1, 2))
+
+
+def predict_recordings(model, paths: list[str | Path], overlap: float = 0.5, units: str | None = None,
+                       sample_rate: float | None = None, calibration: PairCalibration | None = None) -> list[dict]:  # fmt: skip
+    """Activity per window of CSVs of raw samples: recording, start/end time (s from its first sample), label,
+    confidence.
+
+    With ``calibration`` the recordings together are one client (one wearer's history): the windows
+    the model gives either class of the pair are re-split on their own posture cues (confidence
+    stays the model's probability of the label written, so a re-split window shows how much the
+    model disagreed).
+    """
+    import torch
+
+    from fedhar.model.har_model import predict_logits
+
+    spec: DataSpec = model.data
+    cut = [recording_windows(spec, path, overlap, units, sample_rate) for path in paths]
+    x = np.concatenate([w[finite] for _, w, finite in cut])
+    probs = torch.softmax(torch.from_numpy(predict_logits(model, x)), dim=1).numpy()
     labels = probs.argmax(axis=1)
     if calibration is not None and len(labels):
-        labels, _ = calibration.apply_to(x[finite], labels, np.zeros(len(labels), dtype=str), spec.label_names,
+        labels, _ = calibration.apply_to(x, labels, np.zeros(len(labels), dtype=str), spec.label_names,
                                          spec.layout)  # fmt: skip
     rows, j = [], 0
-    for i, s in enumerate(starts):
-        row = {"start_s": round(s / spec.sample_rate, 3), "end_s": round((s + length) / spec.sample_rate, 3)}
-        if finite[i]:
-            k = int(labels[j])
-            row.update(activity=spec.label_names[k], confidence=round(float(probs[j, k]), 4))
-            j += 1
-        else:
-            row.update(activity="", confidence=float("nan"))  # NaN/Inf samples in this window: no prediction
-        rows.append(row)
+    for path, (starts, _, finite) in zip(paths, cut):
+        for i, s in enumerate(starts):
+            row = {"recording": str(path), "start_s": round(s / spec.sample_rate, 3),
+                   "end_s": round((s + spec.window_len) / spec.sample_rate, 3)}  # fmt: skip
+            if finite[i]:
+                k = int(labels[j])
+                row.update(activity=spec.label_names[k], confidence=round(float(probs[j, k]), 4))
+                j += 1
+            else:
+                row.update(activity="", confidence=float("nan"))  # NaN/Inf samples in this window: no prediction
+            rows.append(row)
     return rows

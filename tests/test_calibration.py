@@ -131,11 +131,11 @@ def test_a_bad_calibration_pair_fails_before_training(tmp_path, capsys):
     assert not any(tmp_path.rglob("metrics.json"))
 
 
-def _recording_csv(path, seconds=8.0, rate=50.0, seed=0):
+def _recording_csv(path, seconds=8.0, rate=50.0, seed=0, tilts=(-0.2, 0.2)):
     rng = np.random.default_rng(seed)
     rows = ["timestamp,acc_x,acc_y,acc_z,gyro_x,gyro_y,gyro_z"]
     for i in range(int(seconds * rate)):
-        tilt = 0.2 if (i // 64) % 2 else -0.2  # alternating postures: the pair's cue changes every window
+        tilt = tilts[(i // 64) % len(tilts)]  # alternating postures: the pair's cue changes every window
         rows.append(",".join([f"{i / rate:.3f}", f"{tilt + rng.normal(0, 0.02):.4f}", "0.0", "1.0",
                               *(f"{v:.4f}" for v in rng.normal(0, 0.01, 3))]))  # fmt: skip
     path.write_text("\n".join(rows) + "\n")
@@ -147,7 +147,7 @@ def test_predict_applies_the_stored_calibration_to_a_recording_as_one_client(pos
 
     from fedhar.calibration import PairCalibration
     from fedhar.cli.main import main
-    from fedhar.inference import predict_recording
+    from fedhar.inference import predict_recordings
     from fedhar.model.state import load_checkpoint, save_checkpoint
 
     model = load_checkpoint(posture_run / "checkpoint")
@@ -164,9 +164,31 @@ def test_predict_applies_the_stored_calibration_to_a_recording_as_one_client(pos
     assert main(["predict", str(stored), str(recording), "--calibrate", "--out", str(out)]) == 0
     rows, plain_rows = list(csv.DictReader(out.open())), list(csv.DictReader(plain.open()))
     assert [r["start_s"] for r in rows] == [r["start_s"] for r in plain_rows]
-    expected = predict_recording(model, recording, calibration=calibration)
+    expected = predict_recordings(model, [recording], calibration=calibration)
     assert [r["activity"] for r in rows] == [r["activity"] for r in expected]
     pair = [r for r in plain_rows if r["activity"] in ("SITTING", "STANDING")]
     assert len(pair) >= 2  # the untrained model gives the pair some windows ...
     # ... and the re-split follows the recording's own tilt: both postures appear
     assert len({r["activity"] for r in rows if r["activity"] in ("SITTING", "STANDING")}) == 2
+
+
+def test_several_recordings_of_one_wearer_are_calibrated_as_one_client(posture_run, tmp_path):
+    """One recording per posture: each alone holds one side of the pair, together they hold both."""
+    import csv
+
+    from fedhar.calibration import PairCalibration
+    from fedhar.cli.main import main
+    from fedhar.model.state import load_checkpoint, save_checkpoint
+
+    model = load_checkpoint(posture_run / "checkpoint")
+    sat = _recording_csv(tmp_path / "sat.csv", tilts=(-0.2,))
+    stood = _recording_csv(tmp_path / "stood.csv", seed=1, tilts=(0.2,))
+    calibration = PairCalibration("SITTING", "STANDING", np.r_[1.0, np.zeros(8)], min_share=0.0)
+    stored = save_checkpoint(model, tmp_path / "with-cal", extra={"client_calibration": calibration.to_json()})
+    out = tmp_path / "both.csv"
+    assert main(["predict", str(stored), str(sat), str(stood), "--calibrate", "--out", str(out)]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert {r["recording"] for r in rows} == {str(sat), str(stood)} and len(rows) == 2 * 24  # (400 - 32) // 16 + 1 each
+    pair = {(r["recording"], r["activity"]) for r in rows if r["activity"] in ("SITTING", "STANDING")}
+    assert pair, "the untrained model gives the pair some windows"
+    assert pair == {(str(sat), "SITTING"), (str(stood), "STANDING")}  # split between the recordings, not inside

@@ -8,15 +8,17 @@ from fedhar.cli.common import console
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("predict", help="activity per window of a CSV of raw samples")
+    p = sub.add_parser("predict", help="activity per window of CSVs of raw samples")
     p.add_argument("checkpoint", help="checkpoint folder (runs/<name>/checkpoint)")
-    p.add_argument("recording", help="CSV with a header: timestamp, acc_x..acc_z, gyro_x..gyro_z (label optional)")
+    p.add_argument("recordings", nargs="+", metavar="recording",
+                   help="CSV with a header: timestamp, acc_x..acc_z, gyro_x..gyro_z (label optional); several: "
+                        "one wearer's recordings (a `recording` column says which)")  # fmt: skip
     p.add_argument("--out", help="write the predictions to this CSV (default: print them)")
     p.add_argument("--overlap", type=float, default=0.5, help="window overlap in [0, 1) (default 0.5)")
     p.add_argument("--units", help="units when the header has none, e.g. acc=m/s^2,gyro=deg/s")
     p.add_argument("--sample-rate", type=float, help="rate in Hz when the file has no timestamp column")
     p.add_argument("--calibrate", action="store_true",
-                   help="treat the recording as one client and apply the per-client calibration the checkpoint "
+                   help="treat the recordings as one client and apply the per-client calibration the checkpoint "
                         "stores (train.client_calibration): re-split its confused pair on its own windows")  # fmt: skip
     p.set_defaults(handler=run)
 
@@ -28,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
 
     from fedhar.calibration import NO_STORED_CALIBRATION, stored_calibration
     from fedhar.errors import ConfigError
-    from fedhar.inference import predict_recording
+    from fedhar.inference import predict_recordings
     from fedhar.model.state import load_checkpoint
 
     calibration = None
@@ -38,11 +40,14 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"{args.checkpoint} stores no client calibration: {NO_STORED_CALIBRATION}")
     model = load_checkpoint(args.checkpoint)
     t0 = time.perf_counter()
-    rows = predict_recording(model, args.recording, args.overlap, args.units, args.sample_rate, calibration)
+    rows = predict_recordings(model, args.recordings, args.overlap, args.units, args.sample_rate, calibration)
+    columns = ["start_s", "end_s", "activity", "confidence"]
+    if len(args.recordings) > 1:
+        columns.insert(0, "recording")
     seconds = time.perf_counter() - t0
     target = open(args.out, "w", newline="") if args.out else sys.stdout
     try:
-        w = csv.DictWriter(target, fieldnames=["start_s", "end_s", "activity", "confidence"])
+        w = csv.DictWriter(target, fieldnames=columns, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
     finally:
