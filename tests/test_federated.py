@@ -492,3 +492,14 @@ def test_simulate_rejects_a_calibration_pair_the_data_lacks():
 
     with pytest.raises(ConfigError, match=r"calibration pair \['SITTING', 'FLYING'\]"):
         preflight(tiny_cfg("train.client_calibration=[SITTING, FLYING]"))
+
+
+def test_round_line_shows_the_calibrated_test_score_beside_the_per_window_ones():
+    from fedhar.federated.server import _progress_line
+
+    row = {"round": 3, "val_macro_f1": 0.95, "test_macro_f1": 0.94, "test_accuracy": 0.93, "bytes_total": 3.4e6,
+           "round_seconds": 50.0, "clients_failed": 0, "test_calibrated_macro_f1": 0.988}  # fmt: skip
+    line = _progress_line(row, 20)
+    assert "test F1 0.940" in line and "calibrated 0.988" in line
+    del row["test_calibrated_macro_f1"]
+    assert "calibrated" not in _progress_line(row, 20)
