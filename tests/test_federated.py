@@ -503,3 +503,13 @@ def test_round_line_shows_the_calibrated_test_score_beside_the_per_window_ones()
     assert "test F1 0.940" in line and "calibrated 0.988" in line
     del row["test_calibrated_macro_f1"]
     assert "calibrated" not in _progress_line(row, 20)
+
+
+def test_clients_train_on_denser_windows_when_train_overlap_is_set():
+    from fedhar.federated.data import client_data, subject_split
+
+    plain, dense = tiny_cfg(), tiny_cfg("data.train_overlap=0.75")
+    n_plain = len(client_data(plain, {"partition-id": 0}, stage=0).train)
+    n_dense = len(client_data(dense, {"partition-id": 0}, stage=0).train)
+    assert 1.7 * n_plain < n_dense < 2.3 * n_plain
+    assert [len(p) for p in subject_split(plain)[1:]] == [len(p) for p in subject_split(dense)[1:]]
