@@ -81,6 +81,9 @@ def test_round_job_roundtrip():
     job = RoundJob.from_record(RoundJob(cfg, 3, 1, 0.004, 77, norm).to_record())
     assert (job.round, job.stage, job.lr, job.seed) == (3, 1, 0.004, 77)
     assert job.cfg.to_dict() == cfg.to_dict() and np.array_equal(job.normalizer.mean, norm.mean)
+    assert job.calibration is None
+    calibration = {"pair": ["SITTING", "STANDING"], "direction": [0.5] * 9, "min_share": 0.2}
+    assert RoundJob.from_record(RoundJob(cfg, 3, 1, 0.004, 77, norm, calibration).to_record()).calibration == calibration
 
 
 # ---- strategies ---------------------------------------------------------------------------------
@@ -513,3 +516,13 @@ def test_clients_train_on_denser_windows_when_train_overlap_is_set():
     n_dense = len(client_data(dense, {"partition-id": 0}, stage=0).train)
     assert 1.7 * n_plain < n_dense < 2.3 * n_plain
     assert [len(p) for p in subject_split(plain)[1:]] == [len(p) for p in subject_split(dense)[1:]]
+
+
+def test_clients_apply_the_calibration_to_their_local_evaluation(tmp_path):
+    summary, run = _run_direct(tmp_path, "local", PAIR, "federated.rounds=1", "federated.client_val_fraction=0.5")
+    clients = json.loads(run.file("rounds.json").read_text())["clients"]
+    assert len(clients) == 3
+    for c in clients:
+        assert 0 <= c["client_eval_calibrated_macro_f1"] <= 1 and 0 <= c["client_eval_calibrated_accuracy"] <= 1
+    _, plain = _run_direct(tmp_path, "plain", "federated.rounds=1", "federated.client_val_fraction=0.5")
+    assert not any("calibrated" in k for c in json.loads(plain.file("rounds.json").read_text())["clients"] for k in c)

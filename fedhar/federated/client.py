@@ -17,15 +17,15 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
-from fedhar.calibration import labelled_pair_statistics
+from fedhar.calibration import PairCalibration, labelled_pair_statistics
 from fedhar.config import ExperimentConfig, TrainConfig
 from fedhar.data.preprocess import Normalizer
 from fedhar.data.windows import WindowSet
 from fedhar.federated.data import ClientData, client_data
 from fedhar.federated.records import RoundJob, record_to_state, state_to_record
-from fedhar.model.har_model import DataSpec, HARNet, build_model
+from fedhar.model.har_model import DataSpec, HARNet, build_model, predict_logits
 from fedhar.model.state import expected_spec, get_trainable_state, set_trainable_state
-from fedhar.training.loop import Regularizer, evaluate, fit
+from fedhar.training.loop import Regularizer, evaluate, fit, metrics_from_logits
 
 #: the process's model: (key, model). One entry: a new model layout replaces the old one, because
 #: peft injects LoRA layers into the backbone in place, so one loaded backbone serves one layout.
@@ -101,11 +101,17 @@ def train_client(job: RoundJob, data: ClientData, global_state: dict[str, np.nda
 
 
 def evaluate_client(job: RoundJob, data: ClientData, global_state: dict[str, np.ndarray]) -> dict:
-    """Score the global state on the client's local held-out windows."""
+    """Score the global state on the client's local held-out windows; with the job's calibration, also
+    after the client re-splits the pair on those windows (``calibrated_*``)."""
     model = process_model(job.cfg, data.train, job.normalizer)
     set_trainable_state(model, global_state, where="the server's global state")
-    m = evaluate(model, data.val, job.cfg.train.eval_batch_size)
-    return {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "loss": m["loss"]}
+    logits = predict_logits(model, data.val.x, job.cfg.train.eval_batch_size)
+    m = metrics_from_logits(logits, data.val)
+    out = {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "loss": m["loss"]}
+    if job.calibration is not None:
+        c = PairCalibration.from_json(job.calibration).score(data.val, logits.argmax(axis=1))
+        out.update(calibrated_accuracy=c["accuracy"], calibrated_macro_f1=c["macro_f1"])
+    return out
 
 
 # ---- Flower message handlers (registered by clients/app.py) ------------------------------

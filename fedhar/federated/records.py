@@ -81,6 +81,7 @@ class RoundJob:
     lr: float
     seed: int  # the client's training seed for this round
     normalizer: Normalizer | None  # None in the setup round, before it is fitted
+    calibration: dict | None = None  # PairCalibration.to_json(): clients apply it to their local evaluation
 
     def to_record(self) -> ConfigRecord:
         record = ConfigRecord({
@@ -93,6 +94,8 @@ class RoundJob:
         if self.normalizer is not None:
             record["norm-mean"] = [float(v) for v in self.normalizer.mean]
             record["norm-std"] = [float(v) for v in self.normalizer.std]
+        if self.calibration is not None:
+            record["client-calibration"] = json.dumps(self.calibration)
         return record
 
     @classmethod
@@ -108,4 +111,5 @@ class RoundJob:
             mean, std = (np.asarray(record[k], np.float32) for k in ("norm-mean", "norm-std"))
             normalizer = Normalizer(mean, std)
         rnd, stage, lr, seed = int(record["round"]), int(record["stage"]), float(record["lr"]), int(record["seed"])
-        return cls(cfg, rnd, stage, lr, seed, normalizer)
+        calibration = json.loads(str(record["client-calibration"])) if "client-calibration" in record else None
+        return cls(cfg, rnd, stage, lr, seed, normalizer, calibration)

@@ -537,7 +537,8 @@ class RoundLoop:
     def evaluate_clients(self, rnd: int, chosen: list[ClientInfo], lr: float) -> dict[str, dict]:
         """Client-side evaluation of the new global model on each sampled client's local held-out windows."""
         arrays = state_to_record(self.global_state)
-        job = RoundJob(self.cfg, rnd, self.federation.stage, lr, self.cfg.seed, self.model.data.normalizer)
+        job = RoundJob(self.cfg, rnd, self.federation.stage, lr, self.cfg.seed, self.model.data.normalizer,
+                       self.calibration.to_json() if self.calibration is not None else None)  # fmt: skip
         messages = [Message(RecordDict({"config": job.to_record(), "arrays": arrays}), dst_node_id=c.node_id,
                             message_type="evaluate", group_id=str(rnd)) for c in chosen]  # fmt: skip
         down = {m.metadata.dst_node_id: record_bytes(m) for m in messages}
