@@ -64,11 +64,6 @@ def direction_from_statistics(stats: dict[str, np.ndarray], ridge: float = 1e-4)
     return np.linalg.solve(covs[0] + covs[1] + ridge * np.eye(len(mean[0])), mean[1] - mean[0])
 
 
-def fisher_direction(cues: np.ndarray, is_second: np.ndarray, ridge: float = 1e-4) -> np.ndarray:
-    """Fisher's discriminant direction between two classes of cue vectors (pointing to the second)."""
-    return direction_from_statistics(pair_statistics(cues, is_second), ridge)
-
-
 def split_per_subject(pred: np.ndarray, cues: np.ndarray, subject: np.ndarray, direction: np.ndarray,
                       first: int, second: int, min_share: float = 0.2) -> tuple[np.ndarray, dict]:
     """The model's labels with each subject's pair windows re-split at Otsu's threshold of its own projections.

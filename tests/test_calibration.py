@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from fedhar.calibration import fisher_direction, otsu_threshold, split_per_subject
+from fedhar.calibration import direction_from_statistics, otsu_threshold, pair_statistics, split_per_subject
 
 SIT, STAND, LAY = 0, 1, 2
 
@@ -17,10 +17,10 @@ def test_otsu_cuts_in_the_middle_of_the_gap_between_two_clusters():
 def test_fisher_direction_points_from_the_first_class_to_the_second():
     rng = np.random.default_rng(0)
     cues = np.r_[rng.normal([0, 0], 0.1, (50, 2)), rng.normal([0, 1], 0.1, (50, 2))]
-    w = fisher_direction(cues, np.r_[np.zeros(50, bool), np.ones(50, bool)])
+    w = direction_from_statistics(pair_statistics(cues, np.r_[np.zeros(50, bool), np.ones(50, bool)]))
     assert w[1] > 0 and abs(w[0]) < 0.2 * abs(w[1])
     with pytest.raises(ValueError, match="two windows of each class"):
-        fisher_direction(cues[:51], np.r_[np.zeros(50, bool), np.ones(1, bool)])
+        direction_from_statistics(pair_statistics(cues[:51], np.r_[np.zeros(50, bool), np.ones(1, bool)]))
 
 
 def _shifted_subject(offset, n=40, seed=0):

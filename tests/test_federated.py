@@ -477,6 +477,8 @@ def test_resumed_run_keeps_the_calibration_fitted_at_setup(tmp_path):
     resumed, _ = _run_direct(tmp_path, "part", PAIR, "federated.rounds=2", resume=True)
     assert resumed["client_calibration"] == full["client_calibration"]
     assert resumed["client_calibrated"]["test"]["macro_f1"] == full["client_calibrated"]["test"]["macro_f1"]
+    finished, _ = _run_direct(tmp_path, "full", PAIR, resume=True)  # nothing left to run: scored from the state
+    assert finished["client_calibrated"] == full["client_calibrated"]
 
 
 def test_impossible_pair_statistics_are_rejected_at_setup(tmp_path, monkeypatch):

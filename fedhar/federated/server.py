@@ -51,8 +51,8 @@ from flwr.app import Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 from safetensors.numpy import load_file, save_file
 
-from fedhar.cli.common import console
 from fedhar.calibration import PairCalibration, num_posture_cues
+from fedhar.cli.common import console
 from fedhar.config import ExperimentConfig, load_config
 from fedhar.data.preprocess import Normalizer
 from fedhar.errors import CheckpointError, ConfigError, FedharError
@@ -244,6 +244,7 @@ class RoundLoop:
         self.online: set[int] | None = None  # connected nodes, as of the start of the round
         self.setup_errors: list[str] = []
         self.calibration: PairCalibration | None = None  # train.client_calibration, fitted at setup
+        self.calibrated: dict[str, dict] = {}  # the latest calibrated scores with per-subject reports
 
     # -- setup ------------------------------------------------------------------------------------
     def describe(self, stage: int, fit_normalizer: bool, late_nodes: list[int] | None = None) -> None:
@@ -557,11 +558,11 @@ class RoundLoop:
             out[info.name] = result
         return out
 
-    def central_metrics(self, detail: bool = False) -> dict:
+    def central_metrics(self) -> dict:
         """The global model on the held-out subjects, and how long the server took to score it.
 
         With a calibration, each held-out subject also re-splits the pair on its own windows, as a
-        client would (``{split}_calibrated_*``); ``detail`` adds the full metrics and per-subject reports.
+        client would (``{split}_calibrated_*``; the full scores stay in ``self.calibrated``).
         """
         t0 = time.perf_counter()
         out = {}
@@ -571,10 +572,8 @@ class RoundLoop:
                 m = metrics_from_logits(logits, ws)
                 out.update({f"{split}_{k}": m[k] for k in ("accuracy", "macro_f1", "loss")})
                 if self.calibration is not None:
-                    c = self.calibration.score(ws, logits.argmax(axis=1))
-                    out.update({f"{split}_calibrated_{k}": c[k] for k in ("accuracy", "macro_f1")})
-                    if detail:
-                        out[f"{split}_calibrated"] = c
+                    self.calibrated[split] = self.calibration.score(ws, logits.argmax(axis=1))
+                    out.update({f"{split}_calibrated_{k}": self.calibrated[split][k] for k in ("accuracy", "macro_f1")})
         out["central_eval_seconds"] = round(time.perf_counter() - t0, 3)
         return out
 
@@ -629,9 +628,9 @@ def run_federation(grid: Grid, job: ServerJob) -> dict:
     })  # fmt: skip
     summary = summarize(cfg, loop.rows, loop.model, loop.federation.clients, time.perf_counter() - t_start)
     if loop.calibration is not None:  # a client-side step: reported beside the per-window figures
-        final = loop.central_metrics(detail=True)
-        summary["client_calibrated"] = {split: final[f"{split}_calibrated"] for split in ("val", "test")
-                                        if f"{split}_calibrated" in final}  # fmt: skip
+        if not loop.calibrated:  # resumed after the last round: this process has not scored the model yet
+            loop.central_metrics()
+        summary["client_calibrated"] = loop.calibrated
         summary["client_calibration"] = loop.calibration.to_json()
     job.run.write_json("metrics.json", summary)
     if loop.rows:
