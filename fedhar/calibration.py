@@ -6,8 +6,9 @@ carries, but within one person the two postures still separate. A client holds m
 windows of its one wearer, so it can place that boundary itself: project the windows the model
 assigns to the pair onto a direction fitted once on labelled training subjects, and split the
 client's own projections where they separate (Otsu's threshold). No labels and no data leave the
-client. It assumes the client holds windows of both classes, which the projections alone cannot
-tell; a subject that the model or the split puts almost all on one side keeps the model's labels.
+client. It assumes the client holds windows of both classes, which Otsu's split alone cannot tell
+(it cuts one cluster in two just as readily), so the split is applied only where its two sides lie
+about as far apart as the two postures of a labelled training subject do.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 
 from fedhar.data.recording import SensorLayout
 from fedhar.data.windows import WindowSet
-from fedhar.errors import ConfigError, DataError
+from fedhar.errors import CheckpointError, ConfigError, DataError
 
 
 def otsu_threshold(values: np.ndarray, bins: int = 64) -> float:
@@ -64,16 +65,24 @@ def direction_from_statistics(stats: dict[str, np.ndarray], ridge: float = 1e-4)
     return np.linalg.solve(covs[0] + covs[1] + ridge * np.eye(len(mean[0])), mean[1] - mean[0])
 
 
+def class_gap(stats: dict[str, np.ndarray], direction: np.ndarray) -> float:
+    """Distance along ``direction`` between the two class means of :func:`pair_statistics`."""
+    mean = stats["sum"] / np.maximum(stats["count"], 1)[:, None]
+    return float((mean[1] - mean[0]) @ direction)
+
+
 def split_per_subject(pred: np.ndarray, cues: np.ndarray, subject: np.ndarray, direction: np.ndarray,
-                      first: int, second: int, min_share: float = 0.2) -> tuple[np.ndarray, dict]:
+                      first: int, second: int, typical_gap: float, min_gap: float = 0.7) -> tuple[np.ndarray, dict]:  # fmt: skip
     """The model's labels with each subject's pair windows re-split at Otsu's threshold of its own projections.
 
-    The split is only applied where both the model and the split give each side at least
-    ``min_share`` of the subject's pair windows: a client that holds one posture only (which the
-    projections alone cannot tell) keeps the model's labels as long as the model sees it so.
+    The split is applied only where the means of its two sides lie at least ``min_gap`` times
+    ``typical_gap`` apart (the distance between the labelled training windows' sitting and standing
+    means): two postures. Otsu also cuts the one cluster of a subject that only ever sat, but into
+    halves about a third of that distance apart; such a client keeps the model's labels
+    (simulations/calibration_rules.py chose 0.7 on validation subjects).
     """
-    if not 0 <= min_share < 0.5:
-        raise ValueError(f"min_share must be in [0, 0.5), got {min_share}")
+    if not min_gap >= 0 or not typical_gap > 0:
+        raise ValueError(f"min_gap must be >= 0 and typical_gap > 0, got {min_gap} and {typical_gap}")
     out, report = pred.copy(), {}
     for s in np.unique(subject):
         rows = np.flatnonzero((subject == s) & np.isin(pred, [first, second]))
@@ -82,33 +91,36 @@ def split_per_subject(pred: np.ndarray, cues: np.ndarray, subject: np.ndarray, d
             continue
         score = cues[rows] @ direction
         to_second = score > otsu_threshold(score)
-        model_share, split_share = float((pred[rows] == second).mean()), float(to_second.mean())
-        applied = min(model_share, 1 - model_share) >= min_share and min(split_share, 1 - split_share) >= min_share
+        gap = float(score[to_second].mean() - score[~to_second].mean()) if 0 < to_second.sum() < len(rows) else 0.0
+        applied = gap >= min_gap * typical_gap
         if applied:
             out[rows] = np.where(to_second, second, first)
-        report[str(s)] = {"pair_windows": int(len(rows)), "model_share_second": round(model_share, 3),
-                          "split_share_second": round(split_share, 3), "applied": applied,
+        report[str(s)] = {"pair_windows": int(len(rows)), "model_share_second": round(float((pred[rows] == second).mean()), 3),
+                          "split_share_second": round(float(to_second.mean()), 3),
+                          "gap_ratio": round(gap / typical_gap, 3), "applied": applied,
                           "changed": int((out[rows] != pred[rows]).sum())}  # fmt: skip
     return out, report
 
 
 @dataclass
 class PairCalibration:
-    """What a client needs to re-split a pair on its own: the pair and the cue direction (fitted once)."""
+    """What a client needs to re-split a pair on its own: the pair, the cue direction and the distance between
+    the two classes along it (both fitted once, on labelled windows)."""
 
     first: str
     second: str
     direction: np.ndarray
-    min_share: float = 0.2
+    typical_gap: float
+    min_gap: float = 0.7
 
     @classmethod
-    def fit(cls, ws: WindowSet, pair: tuple[str, str], min_share: float = 0.2) -> "PairCalibration":
+    def fit(cls, ws: WindowSet, pair: tuple[str, str], min_gap: float = 0.7) -> "PairCalibration":
         """Fisher's direction between the pair in posture-cue space, from labelled (training) windows."""
-        return cls.from_statistics(labelled_pair_statistics(ws, pair), pair, min_share)
+        return cls.from_statistics(labelled_pair_statistics(ws, pair), pair, min_gap)
 
     @classmethod
     def from_statistics(cls, stats: dict[str, np.ndarray], pair: tuple[str, str] | list[str],
-                        min_share: float = 0.2) -> "PairCalibration":  # fmt: skip
+                        min_gap: float = 0.7) -> "PairCalibration":  # fmt: skip
         """The calibration from :func:`labelled_pair_statistics` summed over clients (federated fit)."""
         try:
             direction = direction_from_statistics(stats)
@@ -116,7 +128,11 @@ class PairCalibration:
             counts = [int(v) for v in stats["count"]]
             raise DataError(f"cannot fit the {list(pair)} calibration: the labelled windows hold {counts} of the "
                             f"pair ({e}); calibrate a pair of classes the training data holds") from None  # fmt: skip
-        return cls(pair[0], pair[1], direction, min_share)
+        gap = class_gap(stats, direction)
+        if not gap > 0:
+            raise DataError(f"cannot fit the {list(pair)} calibration: its two classes do not separate in the labelled "
+                            f"windows' posture cues (gap {gap:.3g}); calibrate a pair that differs in posture")  # fmt: skip
+        return cls(pair[0], pair[1], direction, gap, min_gap)
 
     def apply(self, ws: WindowSet, pred: np.ndarray) -> tuple[np.ndarray, dict]:
         """``pred`` (the model's labels of ``ws``) with every subject's pair windows re-split on its own."""
@@ -127,7 +143,7 @@ class PairCalibration:
         """The same on raw windows ``x`` [N, C, T] of ``layout`` (e.g. one recording: one subject)."""
         first, second = _pair_indices(label_names, (self.first, self.second))
         return split_per_subject(pred, posture_cues(layout, x), subject, self.direction, first, second,
-                                 self.min_share)  # fmt: skip
+                                 self.typical_gap, self.min_gap)  # fmt: skip
 
     def score(self, ws: WindowSet, pred: np.ndarray) -> dict:
         """Metrics on ``ws`` of the model's labels ``pred`` after every subject re-splits the pair, with the
@@ -139,11 +155,15 @@ class PairCalibration:
 
     def to_json(self) -> dict:
         return {"pair": [self.first, self.second], "direction": [float(v) for v in self.direction],
-                "min_share": self.min_share}  # fmt: skip
+                "typical_gap": self.typical_gap, "min_gap": self.min_gap}  # fmt: skip
 
     @classmethod
     def from_json(cls, d: dict) -> "PairCalibration":
-        return cls(d["pair"][0], d["pair"][1], np.asarray(d["direction"], dtype=np.float64), float(d["min_share"]))
+        if "typical_gap" not in d:
+            raise CheckpointError("the stored calibration has no typical_gap (an older fedhar wrote it, before the gap "
+                                  "guard); refit it with `fedhar evaluate ... --calibrate-from SUBJECTS`")  # fmt: skip
+        return cls(d["pair"][0], d["pair"][1], np.asarray(d["direction"], dtype=np.float64),
+                   float(d["typical_gap"]), float(d["min_gap"]))  # fmt: skip
 
 
 def stored_calibration(checkpoint: str | Path) -> PairCalibration | None:

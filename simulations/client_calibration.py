@@ -11,7 +11,8 @@ it can place that boundary itself. This recipe tests the simplest such rule:
 2. per held-out subject, take the windows the trained model calls either class, project their
    cues on that direction and split them at Otsu's threshold of the subject's own projections
    (no labels: it assumes the subject holds windows of both postures, and leaves the model's
-   labels alone when the model or the split gives one side under ``--min-share`` of them);
+   labels alone when the split's two sides lie closer than ``--min-gap`` times the training
+   windows' sitting-standing distance: one posture cut in two);
 3. score the model's labels as trained and after the split, on validation and test subjects;
 4. stress the assumption: each test subject again with one posture's windows removed (a client
    that only ever sat, or only stood), reporting the pair windows' accuracy before and after.
@@ -43,7 +44,7 @@ from fedhar.errors import FedharError  # noqa: E402
 from fedhar.metrics import classification_metrics  # noqa: E402
 
 
-def _score_run(run: Path, overrides: list[str], pair: tuple[str, str], min_share: float) -> tuple[dict, dict]:
+def _score_run(run: Path, overrides: list[str], pair: tuple[str, str], min_gap: float) -> tuple[dict, dict]:
     from fedhar.inference import windows_for_model
     from fedhar.model.har_model import predict_logits
     from fedhar.model.state import load_checkpoint
@@ -56,11 +57,10 @@ def _score_run(run: Path, overrides: list[str], pair: tuple[str, str], min_share
     ws = windows_for_model(model.data, cfg.data.path, cfg.data.dataset, None)
     names = list(ws.label_names)
     try:
-        calibration = PairCalibration.fit(ws.where(subject=[str(s) for s in split.train]), pair, min_share)
+        calibration = PairCalibration.fit(ws.where(subject=[str(s) for s in split.train]), pair, min_gap)
     except (ValueError, FedharError) as e:
         raise SystemExit(f"{run}: training subjects {split.train}: {e}") from e
     first, second = names.index(pair[0]), names.index(pair[1])
-    direction = calibration.direction
 
     row, detail = {"run": run.name, "val_subjects": " ".join(map(str, split.val)),
                    "test_subjects": " ".join(map(str, split.test))}, {}  # fmt: skip
@@ -68,7 +68,7 @@ def _score_run(run: Path, overrides: list[str], pair: tuple[str, str], min_share
         part = ws.where(subject=[str(s) for s in subjects])
         pred = predict_logits(model, part.x).argmax(axis=1)
         cues = posture_cues(part.layout, part.x)
-        calibrated, report = split_per_subject(pred, cues, part.subject, direction, first, second, min_share)
+        calibrated, report = _split(calibration, pred, cues, part.subject, first, second)
         row[f"{role}_as_trained"] = round(classification_metrics(part.y, pred, names)["macro_f1"], 4)
         row[f"{role}_calibrated"] = round(classification_metrics(part.y, calibrated, names)["macro_f1"], 4)
         for s, r in report.items():
@@ -77,11 +77,17 @@ def _score_run(run: Path, overrides: list[str], pair: tuple[str, str], min_share
             r["accuracy_calibrated"] = round(float((calibrated[m] == part.y[m]).mean()), 4)
         detail[role] = report
         if role == "test":
-            row.update(_one_posture_stress(part, pred, cues, direction, first, second, min_share))
-    return row, {"direction": direction.round(5).tolist(), "per_subject": detail}
+            row.update(_one_posture_stress(part, pred, cues, calibration, first, second))
+    return row, {"direction": calibration.direction.round(5).tolist(), "typical_gap": round(calibration.typical_gap, 5),
+                 "per_subject": detail}  # fmt: skip
 
 
-def _one_posture_stress(part, pred, cues, direction, first: int, second: int, min_share: float) -> dict:
+def _split(calibration: PairCalibration, pred, cues, subject, first: int, second: int):
+    return split_per_subject(pred, cues, subject, calibration.direction, first, second, calibration.typical_gap,
+                             calibration.min_gap)  # fmt: skip
+
+
+def _one_posture_stress(part, pred, cues, calibration: PairCalibration, first: int, second: int) -> dict:
     """Pair-window accuracy of clients that hold one posture only: each test subject minus the other posture."""
     before, after, applied = [], [], 0
     for s in np.unique(part.subject):
@@ -89,8 +95,7 @@ def _one_posture_stress(part, pred, cues, direction, first: int, second: int, mi
             m = (part.subject == s) & (part.y != (second if keep == first else first))
             if not (part.y[m] == keep).any():
                 continue  # the subject never held this posture
-            calibrated, report = split_per_subject(pred[m], cues[m], part.subject[m], direction, first, second,
-                                                   min_share)  # fmt: skip
+            calibrated, report = _split(calibration, pred[m], cues[m], part.subject[m], first, second)
             held = part.y[m] == keep
             before.append(float((pred[m][held] == keep).mean()))
             after.append(float((calibrated[held] == keep).mean()))
@@ -108,19 +113,20 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("runs/client-calibration"))
     p.add_argument("--pair", nargs=2, default=["SITTING", "STANDING"], metavar=("FIRST", "SECOND"),
                    help="the confused pair each client re-splits")  # fmt: skip
-    p.add_argument("--min-share", type=float, default=0.2,
-                   help="leave a subject as trained when the model or the split gives one side less than this share")  # fmt: skip
+    p.add_argument("--min-gap", type=float, default=0.7,
+                   help="leave a subject as trained when its split's two sides lie closer than this share of the "
+                        "training windows' sitting-standing distance")  # fmt: skip
     p.add_argument("overrides", nargs="*", default=[], help="key=value overrides of every run's config")
     args = p.parse_args()
-    if not 0 <= args.min_share < 0.5:
-        raise SystemExit(f"--min-share must be in [0, 0.5), got {args.min_share}")
+    if not args.min_gap >= 0:
+        raise SystemExit(f"--min-gap must be >= 0, got {args.min_gap}")
     missing = [str(r) for r in args.runs if not (r / "checkpoint").is_dir() or not (r / "config.yaml").is_file()]
     if missing:
         raise SystemExit(f"no checkpoint/ or config.yaml in {', '.join(missing)}: pass run folders of `fedhar train`")
 
     rows, details = [], {}
     for run in args.runs:
-        row, details[run.name] = _score_run(run, args.overrides, tuple(args.pair), args.min_share)
+        row, details[run.name] = _score_run(run, args.overrides, tuple(args.pair), args.min_gap)
         rows.append(row)
         print("  ".join(f"{k} {v}" for k, v in row.items()), flush=True)
 
@@ -135,7 +141,7 @@ def main() -> None:
     axes[0].set_ylabel("macro-F1")
     axes[0].legend(fontsize=8)
     write_results(args.out, "client_calibration", rows, fig,
-                  {"pair": args.pair, "min_share": args.min_share, "overrides": args.overrides, "runs": details})
+                  {"pair": args.pair, "min_gap": args.min_gap, "overrides": args.overrides, "runs": details})
 
 
 if __name__ == "__main__":

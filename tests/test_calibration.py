@@ -37,19 +37,45 @@ def test_a_shifted_subject_is_re_split_without_labels_and_other_classes_are_unto
     y, cue, pred = _shifted_subject(-0.45)  # a third of its standing reads as sitting
     y, cue, pred = np.r_[y, [LAY]], np.r_[cue, [[9.0]]], np.r_[pred, [LAY]]
     assert (pred == y).mean() < 0.9
-    out, report = split_per_subject(pred, cue, np.full(len(y), "a"), np.array([1.0]), SIT, STAND)
-    assert report["a"]["applied"] and (out == y).all()
+    out, report = split_per_subject(pred, cue, np.full(len(y), "a"), np.array([1.0]), SIT, STAND, typical_gap=1.0)
+    assert report["a"]["applied"] and (out == y).all() and report["a"]["gap_ratio"] == pytest.approx(1.0, abs=0.1)
     assert out[-1] == LAY  # windows the model puts outside the pair keep its label
 
 
-def test_a_client_the_model_sees_with_one_posture_keeps_its_labels():
+@pytest.mark.parametrize("model_mixes_it_up", [False, True])
+def test_a_one_posture_client_keeps_the_models_labels(model_mixes_it_up):
+    """Otsu cuts one cluster in two as readily as two clusters, but its halves lie far closer together than the
+    typical sitting/standing distance -- whether or not the model already mixed the client up."""
     rng = np.random.default_rng(1)
     cue = rng.normal(0.0, 0.1, (40, 1))  # sitting only; the projections alone look splittable
-    pred = np.full(40, SIT)
-    out, report = split_per_subject(pred, cue, np.full(40, "b"), np.array([1.0]), SIT, STAND)
-    assert not report["b"]["applied"] and (out == pred).all()
-    with pytest.raises(ValueError, match="min_share"):
-        split_per_subject(pred, cue, np.full(40, "b"), np.array([1.0]), SIT, STAND, min_share=0.5)
+    pred = np.where(rng.random(40) < 0.4, STAND, SIT) if model_mixes_it_up else np.full(40, SIT)
+    out, report = split_per_subject(pred, cue, np.full(40, "b"), np.array([1.0]), SIT, STAND, typical_gap=1.0)
+    assert not report["b"]["applied"] and (out == pred).all() and report["b"]["gap_ratio"] < 0.4
+    forced, _ = split_per_subject(pred, cue, np.full(40, "b"), np.array([1.0]), SIT, STAND, 1.0, min_gap=0.0)
+    assert (forced == STAND).any() and (forced == SIT).any()  # without the guard it would have been split
+    with pytest.raises(ValueError, match="typical_gap > 0"):
+        split_per_subject(pred, cue, np.full(40, "b"), np.array([1.0]), SIT, STAND, typical_gap=0.0)
+
+
+def test_the_typical_gap_is_the_distance_between_the_class_means_along_the_direction():
+    from fedhar.calibration import PairCalibration
+
+    rng = np.random.default_rng(0)
+    cues = np.c_[np.r_[rng.normal(0, 0.1, 30), rng.normal(2.0, 0.1, 30)], rng.normal(0, 1, 60)]
+    calibration = PairCalibration.from_statistics(pair_statistics(cues, np.r_[np.zeros(30, bool), np.ones(30, bool)]),
+                                                  ("SITTING", "STANDING"))  # fmt: skip
+    projected = cues @ calibration.direction
+    assert calibration.typical_gap == pytest.approx(projected[30:].mean() - projected[:30].mean())
+    assert calibration.typical_gap > 0 and calibration.min_gap == 0.7
+
+
+def test_a_calibration_without_the_typical_gap_is_refused_with_the_fix():
+    from fedhar.calibration import PairCalibration
+    from fedhar.errors import CheckpointError
+
+    old = {"pair": ["SITTING", "STANDING"], "direction": [1.0] * 9, "min_share": 0.2}
+    with pytest.raises(CheckpointError, match="--calibrate-from"):
+        PairCalibration.from_json(old)
 
 
 def test_evaluate_scores_per_client_calibration_beside_the_model(posture_run, tmp_path):
@@ -157,8 +183,8 @@ def test_predict_applies_the_stored_calibration_to_a_recording_as_one_client(pos
     assert main(["predict", str(posture_run / "checkpoint"), str(recording), "--calibrate"]) == 2
     assert "stores no client calibration" in capsys.readouterr().err
 
-    # acc_x separates the pair in this toy direction; min_share 0 re-splits whatever the model says
-    calibration = PairCalibration("SITTING", "STANDING", np.r_[1.0, np.zeros(8)], min_share=0.0)
+    # acc_x separates the pair in this toy direction; min_gap 0 re-splits whatever the model says
+    calibration = PairCalibration("SITTING", "STANDING", np.r_[1.0, np.zeros(8)], typical_gap=0.4, min_gap=0.0)
     stored = save_checkpoint(model, tmp_path / "with-cal", extra={"client_calibration": calibration.to_json()})
     out = tmp_path / "cal.csv"
     assert main(["predict", str(stored), str(recording), "--calibrate", "--out", str(out)]) == 0
@@ -183,7 +209,7 @@ def test_several_recordings_of_one_wearer_are_calibrated_as_one_client(posture_r
     model = load_checkpoint(posture_run / "checkpoint")
     sat = _recording_csv(tmp_path / "sat.csv", tilts=(-0.2,))
     stood = _recording_csv(tmp_path / "stood.csv", seed=1, tilts=(0.2,))
-    calibration = PairCalibration("SITTING", "STANDING", np.r_[1.0, np.zeros(8)], min_share=0.0)
+    calibration = PairCalibration("SITTING", "STANDING", np.r_[1.0, np.zeros(8)], typical_gap=0.4)
     stored = save_checkpoint(model, tmp_path / "with-cal", extra={"client_calibration": calibration.to_json()})
     out = tmp_path / "both.csv"
     assert main(["predict", str(stored), str(sat), str(stood), "--calibrate", "--out", str(out)]) == 0

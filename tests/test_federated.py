@@ -82,7 +82,7 @@ def test_round_job_roundtrip():
     assert (job.round, job.stage, job.lr, job.seed) == (3, 1, 0.004, 77)
     assert job.cfg.to_dict() == cfg.to_dict() and np.array_equal(job.normalizer.mean, norm.mean)
     assert job.calibration is None
-    calibration = {"pair": ["SITTING", "STANDING"], "direction": [0.5] * 9, "min_share": 0.2}
+    calibration = {"pair": ["SITTING", "STANDING"], "direction": [0.5] * 9, "typical_gap": 0.3, "min_gap": 0.7}
     assert RoundJob.from_record(RoundJob(cfg, 3, 1, 0.004, 77, norm, calibration).to_record()).calibration == calibration
 
 
@@ -442,7 +442,7 @@ def test_local_training_keeps_the_loop_settings_but_no_weight_average():
 PAIR = "train.client_calibration=[SITTING, STANDING]"
 
 
-def test_calibration_direction_from_client_sums_equals_the_pooled_fit():
+def test_calibration_from_client_statistics_equals_the_pooled_fit():
     from fedhar.calibration import PairCalibration, labelled_pair_statistics
     from fedhar.federated.data import client_data, subject_split
 
@@ -454,6 +454,7 @@ def test_calibration_direction_from_client_sums_equals_the_pooled_fit():
     fed = PairCalibration.from_statistics(summed, ["SITTING", "STANDING"])
     pooled = PairCalibration.fit(train, ("SITTING", "STANDING"))
     assert np.allclose(fed.direction, pooled.direction, rtol=1e-6, atol=1e-9)
+    assert fed.typical_gap == pytest.approx(pooled.typical_gap, rel=1e-6)
 
 
 def test_round_loop_fits_the_calibration_from_clients_and_scores_each_held_out_subject(tmp_path):

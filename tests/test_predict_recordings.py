@@ -23,7 +23,7 @@ def test_recipe_scores_the_labelled_windows_of_whole_recordings(tmp_path, monkey
 
     spec = DataSpec(IMU6, 128, 50.0, list(BASIC6), Normalizer.identity(6))
     run = tmp_path / "tiny"
-    calibration = PairCalibration("SITTING", "STANDING", np.r_[1.0, np.zeros(8)])
+    calibration = PairCalibration("SITTING", "STANDING", np.r_[1.0, np.zeros(8)], typical_gap=0.3)
     save_checkpoint(build_model(ModelConfig(kind="deepconvlstm", hidden=16), spec), run / "checkpoint",
                     extra={"client_calibration": calibration.to_json()})  # fmt: skip
     save_config(ExperimentConfig(), run / "config.yaml")

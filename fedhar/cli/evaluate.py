@@ -48,9 +48,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "(train.client_calibration) or fitted on --calibrate-from")  # fmt: skip
     p.add_argument("--calibrate-from", nargs="+", metavar="SUBJECT",
                    help="labelled subjects of --data that fit the calibration direction (the training subjects)")
-    p.add_argument("--min-share", type=float, default=0.2,
-                   help="calibration leaves a subject as the model saw it when the model or the split gives "
-                        "one side of the pair less than this share (default 0.2)")  # fmt: skip
+    p.add_argument("--min-gap", type=float, default=0.7,
+                   help="calibration leaves a subject as the model saw it unless the two sides of its split lie "
+                        "at least this share of the training subjects' typical sitting/standing distance apart "
+                        "(default 0.7; 0 splits every subject)")  # fmt: skip
     p.add_argument("--json", dest="json_out", help="also write the metrics to this JSON file")
     p.set_defaults(handler=run)
 
@@ -60,8 +61,8 @@ def _calibrated(pred, all_windows, ws, args: argparse.Namespace) -> dict:
     or the one the checkpoint stores)."""
     from fedhar.calibration import PairCalibration, check_pair
 
-    if not 0 <= args.min_share < 0.5:
-        raise ConfigError(f"--min-share must be in [0, 0.5), got {args.min_share}")
+    if not args.min_gap >= 0:
+        raise ConfigError(f"--min-gap must be >= 0, got {args.min_gap}")
     check_pair(ws.label_names, args.calibrate)
     if args.calibrate_from:
         fit_subjects = [str(s) for s in args.calibrate_from]
@@ -73,18 +74,19 @@ def _calibrated(pred, all_windows, ws, args: argparse.Namespace) -> dict:
         if len(fit_windows) == 0:
             raise ConfigError(f"--calibrate-from subjects {fit_subjects} have no windows in {args.data}")
         try:
-            calibration = PairCalibration.fit(fit_windows, tuple(args.calibrate), args.min_share)
+            calibration = PairCalibration.fit(fit_windows, tuple(args.calibrate), args.min_gap)
         except ValueError as e:
             raise ConfigError(f"--calibrate-from subjects {fit_subjects}: {e}") from e
         fitted_on: list[str] | str = fit_subjects
     else:
         calibration = _stored_calibration(args)
-        calibration.min_share = args.min_share
+        calibration.min_gap = args.min_gap
         fitted_on = "the training subjects of the checkpoint's run"
     scored = calibration.score(ws, pred)
     per_subject = scored.pop("per_subject")
-    return {"pair": list(args.calibrate), "fitted_on": fitted_on, "min_share": args.min_share,
-            "direction": calibration.direction.round(6).tolist(), "metrics": scored, "per_subject": per_subject}
+    return {"pair": list(args.calibrate), "fitted_on": fitted_on, "min_gap": args.min_gap,
+            "direction": calibration.direction.round(6).tolist(), "typical_gap": round(calibration.typical_gap, 6),
+            "metrics": scored, "per_subject": per_subject}
 
 
 def _stored_calibration(args: argparse.Namespace) -> PairCalibration:
