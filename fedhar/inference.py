@@ -77,14 +77,16 @@ def recording_windows(spec: DataSpec, path: str | Path, overlap: float = 0.5, un
 
 
 def predict_recordings(model, paths: list[str | Path], overlap: float = 0.5, units: str | None = None,
-                       sample_rate: float | None = None, calibration: PairCalibration | None = None) -> list[dict]:  # fmt: skip
-    """Activity per window of CSVs of raw samples: recording, start/end time (s from its first sample), label,
-    confidence.
+                       sample_rate: float | None = None, calibration: PairCalibration | None = None
+                       ) -> tuple[list[dict], dict | None]:  # fmt: skip
+    """Activity per window of CSVs of raw samples (recording, start/end time in s from its first sample, label,
+    confidence), and the calibration's report (None without ``calibration``).
 
     With ``calibration`` the recordings together are one client (one wearer's history): the windows
-    the model gives either class of the pair are re-split on their own posture cues (confidence
-    stays the model's probability of the label written, so a re-split window shows how much the
-    model disagreed).
+    the model gives either class of the pair are re-split on their own posture cues, unless the
+    split looks like one posture cut in two (the report says which, and how far apart its halves
+    lie). Confidence stays the model's probability of the label written, and ``model_activity``
+    keeps the model's own label, so a re-split window shows how much the model disagreed.
     """
     import torch
 
@@ -94,10 +96,14 @@ def predict_recordings(model, paths: list[str | Path], overlap: float = 0.5, uni
     cut = [recording_windows(spec, path, overlap, units, sample_rate) for path in paths]
     x = np.concatenate([w[finite] for _, w, finite in cut])
     probs = torch.softmax(torch.from_numpy(predict_logits(model, x)), dim=1).numpy()
-    labels = probs.argmax(axis=1)
-    if calibration is not None and len(labels):
-        labels, _ = calibration.apply_to(x, labels, np.zeros(len(labels), dtype=str), spec.label_names,
-                                         spec.layout)  # fmt: skip
+    model_labels = labels = probs.argmax(axis=1)
+    report = None
+    if calibration is not None:
+        report = {"pair": [calibration.first, calibration.second], "pair_windows": 0, "applied": False}
+        if len(labels):
+            labels, per_client = calibration.apply_to(x, labels, np.zeros(len(labels), dtype=str), spec.label_names,
+                                                      spec.layout)  # fmt: skip
+            report.update(next(iter(per_client.values())))
     rows, j = [], 0
     for path, (starts, _, finite) in zip(paths, cut):
         for i, s in enumerate(starts):
@@ -106,8 +112,12 @@ def predict_recordings(model, paths: list[str | Path], overlap: float = 0.5, uni
             if finite[i]:
                 k = int(labels[j])
                 row.update(activity=spec.label_names[k], confidence=round(float(probs[j, k]), 4))
+                if calibration is not None:
+                    row["model_activity"] = spec.label_names[int(model_labels[j])]
                 j += 1
             else:
                 row.update(activity="", confidence=float("nan"))  # NaN/Inf samples in this window: no prediction
+                if calibration is not None:
+                    row["model_activity"] = ""
             rows.append(row)
-    return rows
+    return rows, report

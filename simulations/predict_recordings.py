@@ -92,14 +92,14 @@ def score_run(run: Path, recordings: list[tuple[str, Recording]], names: list[st
     for subject in sorted({rec.subject for _, rec in recordings}, key=int):
         mine = [(key, rec) for key, rec in recordings if rec.subject == subject]
         paths = [csv_dir / f"{key}.csv" for key, _ in mine]
-        plain = predict_recordings(model, paths)
-        wearer = predict_recordings(model, paths, calibration=calibration)
+        plain, _ = predict_recordings(model, paths)
+        wearer, _ = predict_recordings(model, paths, calibration=calibration)
         start = 0
         for (key, rec), path in zip(mine, paths):
             n = sum(r["recording"] == str(path) for r in plain)
             t = window_truth(rec, names, classes, plain[start : start + n])
             variants = {"as_trained": labels(plain[start : start + n]),
-                        "per_recording": labels(predict_recordings(model, [path], calibration=calibration)),
+                        "per_recording": labels(predict_recordings(model, [path], calibration=calibration)[0]),
                         "per_wearer": labels(wearer[start : start + n])}  # fmt: skip
             scored = t >= 0
             truth.append(t[scored])

@@ -190,8 +190,11 @@ def test_predict_applies_the_stored_calibration_to_a_recording_as_one_client(pos
     assert main(["predict", str(stored), str(recording), "--calibrate", "--out", str(out)]) == 0
     rows, plain_rows = list(csv.DictReader(out.open())), list(csv.DictReader(plain.open()))
     assert [r["start_s"] for r in rows] == [r["start_s"] for r in plain_rows]
-    expected = predict_recordings(model, [recording], calibration=calibration)
+    expected, report = predict_recordings(model, [recording], calibration=calibration)
+    assert report["applied"] and report["pair_windows"] >= 2
     assert [r["activity"] for r in rows] == [r["activity"] for r in expected]
+    assert [r["model_activity"] for r in rows] == [r["activity"] for r in plain_rows]  # the model's own label kept
+    assert "calibration SITTING/STANDING: re-split" in capsys.readouterr().err
     pair = [r for r in plain_rows if r["activity"] in ("SITTING", "STANDING")]
     assert len(pair) >= 2  # the untrained model gives the pair some windows ...
     # ... and the re-split follows the recording's own tilt: both postures appear
@@ -218,3 +221,21 @@ def test_several_recordings_of_one_wearer_are_calibrated_as_one_client(posture_r
     pair = {(r["recording"], r["activity"]) for r in rows if r["activity"] in ("SITTING", "STANDING")}
     assert pair, "the untrained model gives the pair some windows"
     assert pair == {(str(sat), "SITTING"), (str(stood), "STANDING")}  # split between the recordings, not inside
+
+
+def test_predict_leaves_a_one_posture_recording_as_the_model_saw_it_and_says_why(posture_run, tmp_path, capsys):
+    import csv
+
+    from fedhar.calibration import PairCalibration
+    from fedhar.cli.main import main
+    from fedhar.model.state import load_checkpoint, save_checkpoint
+
+    model = load_checkpoint(posture_run / "checkpoint")
+    sat = _recording_csv(tmp_path / "sat.csv", tilts=(-0.2,))  # sitting only: nothing to re-split
+    calibration = PairCalibration("SITTING", "STANDING", np.r_[1.0, np.zeros(8)], typical_gap=0.4)
+    stored = save_checkpoint(model, tmp_path / "with-cal", extra={"client_calibration": calibration.to_json()})
+    out = tmp_path / "sat-pred.csv"
+    assert main(["predict", str(stored), str(sat), "--calibrate", "--out", str(out)]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert all(r["activity"] == r["model_activity"] for r in rows)
+    assert "not applied, the split's halves lie only" in capsys.readouterr().err

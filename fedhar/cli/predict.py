@@ -40,10 +40,12 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"{args.checkpoint} stores no client calibration: {NO_STORED_CALIBRATION}")
     model = load_checkpoint(args.checkpoint)
     t0 = time.perf_counter()
-    rows = predict_recordings(model, args.recordings, args.overlap, args.units, args.sample_rate, calibration)
+    rows, report = predict_recordings(model, args.recordings, args.overlap, args.units, args.sample_rate, calibration)
     columns = ["start_s", "end_s", "activity", "confidence"]
     if len(args.recordings) > 1:
         columns.insert(0, "recording")
+    if calibration is not None:
+        columns.append("model_activity")
     seconds = time.perf_counter() - t0
     target = open(args.out, "w", newline="") if args.out else sys.stdout
     try:
@@ -55,4 +57,20 @@ def run(args: argparse.Namespace) -> int:
             target.close()
     console.print(f"{len(rows)} windows in {seconds:.2f} s ({1000 * seconds / max(1, len(rows)):.1f} ms/window)"
                   + (f" → {args.out}" if args.out else ""))  # fmt: skip
+    if report is not None:
+        console.print(calibration_summary(report, calibration.min_gap), soft_wrap=True)
     return 0
+
+
+def calibration_summary(report: dict, min_gap: float) -> str:
+    """One line on what the calibration did to the recordings, and why it left them alone if it did."""
+    pair = "/".join(report["pair"])
+    if report["pair_windows"] < 2:
+        return f"calibration {pair}: not applied, the model gives the pair {report['pair_windows']} windows"
+    gap = report["gap_ratio"]
+    if report["applied"]:
+        return (f"calibration {pair}: re-split {report['pair_windows']} windows, {report['changed']} changed "
+                f"(the split's halves lie {gap:.2f} of the training distance apart)")  # fmt: skip
+    return (f"calibration {pair}: not applied, the split's halves lie only {gap:.2f} of the training distance "
+            f"apart (at least {min_gap:.2f} needed): the recordings look like one of the two, kept as the model saw "
+            "them")  # fmt: skip
