@@ -102,6 +102,7 @@ def test_evaluate_scores_per_client_calibration_beside_the_model(posture_run, tm
         (["--calibrate", "SITTING", "STANDING", "--calibrate-from", "3"], "also evaluated"),
         (["--calibrate", "SITTING", "WALKING", "--calibrate-from", "1"], "two different classes"),
         (["--calibrate", "SITTING", "STANDING", "--calibrate-from", "99"], "no windows"),
+        (["--calibrate", "SITTING", "STANDING", "--calibrate-from", "1", "--min-gap", "-1"], "--min-gap must be >= 0"),
     ],
 )
 def test_evaluate_calibration_errors_are_one_line(posture_run, tmp_path, capsys, extra, message):
