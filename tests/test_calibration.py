@@ -114,7 +114,7 @@ def test_evaluate_calibration_errors_are_one_line(posture_run, tmp_path, capsys,
     assert len(err) == 1 and message in err[0]
 
 
-def test_train_fits_stores_and_reports_the_calibration_and_evaluate_reuses_it(tmp_path):
+def test_train_fits_stores_and_reports_the_calibration_and_evaluate_reuses_it(tmp_path, capsys):
     import json
 
     from fedhar.cli.main import main
@@ -122,6 +122,7 @@ def test_train_fits_stores_and_reports_the_calibration_and_evaluate_reuses_it(tm
     base = ["--quiet", f"output_dir={tmp_path}", "data.dataset=synthetic", "model.kind=deepconvlstm", "model.hidden=16",
             "train.epochs=1", "train.device=cpu"]  # fmt: skip
     assert main(["train", *base, "name=cal", "train.client_calibration=[SITTING, STANDING]"]) == 0
+    assert "per-client calibrated SITTING/STANDING, test subjects: macro-F1" in capsys.readouterr().err
     metrics = json.loads((tmp_path / "cal" / "metrics.json").read_text())
     test = metrics["client_calibrated"]["test"]
     assert test["num_windows"] == metrics["test"]["num_windows"] and set(test["per_subject"]) == set(metrics["subjects"]["test"])
