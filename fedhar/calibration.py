@@ -8,7 +8,7 @@ assigns to the pair onto a direction fitted once on labelled training subjects, 
 client's own projections where they separate (Otsu's threshold). No labels and no data leave the
 client. It assumes the client holds windows of both classes, which Otsu's split alone cannot tell
 (it cuts one cluster in two just as readily), so the split is applied only where its two sides lie
-about as far apart as the two postures of a labelled training subject do.
+nearly as far apart as the two classes' means do in the labelled training windows.
 """
 
 from __future__ import annotations

@@ -50,8 +50,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="labelled subjects of --data that fit the calibration direction (the training subjects)")
     p.add_argument("--min-gap", type=float, default=0.7,
                    help="calibration leaves a subject as the model saw it unless the two sides of its split lie "
-                        "at least this share of the training subjects' typical sitting/standing distance apart "
-                        "(default 0.7; 0 splits every subject)")  # fmt: skip
+                        "at least this fraction of the distance between the pair's class means in the training "
+                        "windows apart (default 0.7; 0 splits every subject)")  # fmt: skip
     p.add_argument("--json", dest="json_out", help="also write the metrics to this JSON file")
     p.set_defaults(handler=run)
 
