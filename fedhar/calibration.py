@@ -72,7 +72,8 @@ def class_gap(stats: dict[str, np.ndarray], direction: np.ndarray) -> float:
 
 
 def split_per_subject(pred: np.ndarray, cues: np.ndarray, subject: np.ndarray, direction: np.ndarray,
-                      first: int, second: int, typical_gap: float, min_gap: float = 0.7) -> tuple[np.ndarray, dict]:  # fmt: skip
+                      first: int, second: int, typical_gap: float, min_gap: float = 0.7
+                      ) -> tuple[np.ndarray, dict]:  # fmt: skip
     """The model's labels with each subject's pair windows re-split at Otsu's threshold of its own projections.
 
     The split is applied only where the means of its two sides lie at least ``min_gap`` times
@@ -95,7 +96,8 @@ def split_per_subject(pred: np.ndarray, cues: np.ndarray, subject: np.ndarray, d
         applied = gap >= min_gap * typical_gap
         if applied:
             out[rows] = np.where(to_second, second, first)
-        report[str(s)] = {"pair_windows": int(len(rows)), "model_share_second": round(float((pred[rows] == second).mean()), 3),
+        model_share = float((pred[rows] == second).mean())
+        report[str(s)] = {"pair_windows": int(len(rows)), "model_share_second": round(model_share, 3),
                           "split_share_second": round(float(to_second.mean()), 3),
                           "gap_ratio": round(gap / typical_gap, 3), "applied": applied,
                           "changed": int((out[rows] != pred[rows]).sum())}  # fmt: skip
@@ -130,8 +132,9 @@ class PairCalibration:
                             f"pair ({e}); calibrate a pair of classes the training data holds") from None  # fmt: skip
         gap = class_gap(stats, direction)
         if not gap > 0:
-            raise DataError(f"cannot fit the {list(pair)} calibration: its two classes do not separate in the labelled "
-                            f"windows' posture cues (gap {gap:.3g}); calibrate a pair that differs in posture")  # fmt: skip
+            raise DataError(f"cannot fit the {list(pair)} calibration: its two classes do not separate in the "
+                            f"labelled windows' posture cues (gap {gap:.3g}); calibrate a pair that differs in "
+                            "posture")  # fmt: skip
         return cls(pair[0], pair[1], direction, gap, min_gap)
 
     def apply(self, ws: WindowSet, pred: np.ndarray) -> tuple[np.ndarray, dict]:

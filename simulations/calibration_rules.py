@@ -1,23 +1,23 @@
 """Which unsupervised rule should a client use to re-split the confused pair, and when should it abstain?
 
 The per-client calibration (client_calibration.py, fedhar/calibration.py) splits a client's
-sitting/standing windows at Otsu's threshold of their posture-cue projections and guards against
-one-posture clients with a share rule (both sides >= 20 %). Two weaknesses were left open:
+sitting/standing windows at a threshold of their posture-cue projections, and must abstain on a
+client that only ever sat (or stood): the threshold cuts its one cluster in two just as readily.
+The first guard, a share rule (both sides >= 20 % of the pair windows, for the model and for the
+split), had two weaknesses: it split one-posture clients whenever the model already mixed them
+up, and it refused two-posture clients the model called mostly one posture -- exactly the ones
+the calibration is for (on whole raw recordings it gained half of what it gained on segment
+windows). This recipe scores every combination of a threshold rule and a guard on the same
+predictions, per client, on the runs' validation subjects (to choose) and test subjects (to
+report):
 
-* on whole raw recordings (predict_recordings.py) it gains half of what it gains on segment
-  windows: the unlabelled pauses and transitions of a raw stream join the split;
-* the share rule lets a client that only ever sat (or stood) be split in two whenever the model
-  already mixes it up, which is exactly when a split is needed on two-posture clients.
-
-This recipe scores every combination of a threshold rule and a guard on the same predictions, per
-client, on the runs' validation subjects (to choose) and test subjects (to report):
-
-threshold rules   otsu (between-class variance), min-error (Kittler & Illingworth 1986: two
-                  Gaussians of their own size and spread), gmm (two-component 1-D Gaussian
+threshold rules   otsu (between-class variance; fedhar's), min-error (Kittler & Illingworth 1986:
+                  two Gaussians of their own size and spread), gmm (two-component 1-D Gaussian
                   mixture by EM, cut where the posteriors cross)
-guards            share (both sides of the model and of the split >= min-share), separation
-                  (Ashman's D of the two sides >= a bound: two clusters, not one cut in two),
-                  both
+guards            share (both sides of the model and of the split >= --min-share), separation
+                  (Ashman's D of the two sides >= a bound), gap (the means of the two sides at
+                  least a bound times the training windows' distance between the pair's means
+                  apart; fedhar's, with fedhar's own code for otsu), gap+share
 clients           every held-out subject's segment windows (two postures), the same minus one
                   posture (one-posture clients: the guard should abstain), and every held-out
                   subject's whole raw recordings cut as ``fedhar predict`` cuts them (transitions
@@ -27,7 +27,8 @@ The model is run once per run and its predictions and cues cached under ``--out/
 
     python simulations/calibration_rules.py --out runs/calibration-rules runs/seed-study/base-s{0,1,2,3,4}
 
-Writes calibration_rules.csv (one row per run x rule x guard), .json (choice, versions, git) and .png.
+Writes calibration_rules.csv (one row per run x rule x guard x bound), calibration_rules_summary.csv
+(means over the runs), .json (both, versions, git revision) and .png.
 """
 
 from __future__ import annotations
@@ -47,7 +48,6 @@ from fedhar.config import load_config  # noqa: E402
 from fedhar.metrics import classification_metrics  # noqa: E402
 
 RULES = ("otsu", "min-error", "gmm")
-GUARDS = ("share", "separation", "both")
 
 
 def collect(run: Path, pair: tuple[str, str], cache: Path) -> dict[str, np.ndarray]:
@@ -68,7 +68,8 @@ def collect(run: Path, pair: tuple[str, str], cache: Path) -> dict[str, np.ndarr
     calibration = PairCalibration.fit(train, pair)
     held = [str(s) for s in (*split.val, *split.test)]
     seg = ws.where(subject=held)
-    out = {"direction": calibration.direction, "typical_gap": calibration.typical_gap, "classes": np.array(classes), "val": np.array(list(map(str, split.val))),
+    out = {"direction": calibration.direction, "typical_gap": calibration.typical_gap, "classes": np.array(classes),
+           "val": np.array(list(map(str, split.val))),
            "seg_pred": predict_logits(model, seg.x).argmax(axis=1), "seg_cues": posture_cues(seg.layout, seg.x),
            "seg_y": seg.y, "seg_subject": seg.subject.astype(str)}  # fmt: skip
 
@@ -225,7 +226,8 @@ def main() -> None:
     p.add_argument("--separations", type=float, nargs="+", default=[2.5, 3.0],
                    help="Ashman's D bounds to try for the separation guard")  # fmt: skip
     p.add_argument("--gaps", type=float, nargs="+", default=[0.5, 0.6, 0.7, 0.8],
-                   help="gap guard bounds: the split's gap over the training windows' sitting-standing distance")  # fmt: skip
+                   help="gap guard bounds: the split's gap over the training windows' distance between the "
+                        "pair's means")  # fmt: skip
     args = p.parse_args()
     missing = [str(r) for r in args.runs if not (r / "checkpoint").is_dir() or not (r / "config.yaml").is_file()]
     if missing:

@@ -34,8 +34,9 @@ def run(args: argparse.Namespace) -> int:
         print_metrics(f"{cfg.name}: test subjects", summary["test"])
     for role, scored in summary.get("client_calibrated", {}).items():
         per_subject = scored["per_subject"].values()
+        resplit = sum(r["applied"] for r in per_subject)
         console.print(f"per-client calibrated {'/'.join(cfg.train.client_calibration)}, {role} subjects: macro-F1 "
-                      f"{scored['macro_f1']:.4f} (per window {summary[role]['macro_f1']:.4f}), re-split "
-                      f"{sum(r['applied'] for r in per_subject)} of {len(per_subject)} subjects", soft_wrap=True)  # fmt: skip
+                      f"{scored['macro_f1']:.4f} (per window {summary[role]['macro_f1']:.4f}), re-split {resplit} "
+                      f"of {len(per_subject)} subjects", soft_wrap=True)  # fmt: skip
     console.print(f"results in {run_dir.path}")
     return 0
