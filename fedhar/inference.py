@@ -15,6 +15,7 @@ from fedhar.model.har_model import DataSpec
 
 if TYPE_CHECKING:
     from fedhar.calibration import PairCalibration
+    from fedhar.data.recording import Recording
 
 
 def windows_for_model(spec: DataSpec, path: str | Path, dataset: str = "auto",
@@ -54,20 +55,33 @@ def recording_windows(spec: DataSpec, path: str | Path, overlap: float = 0.5, un
     """A CSV of raw samples cut as the model's data was: (window starts in samples, windows [N, C, T],
     which windows are wholly finite)."""
     from fedhar.data.loaders.generic import read_signal_csv
-    from fedhar.data.preprocess import resample_recording
     from fedhar.data.recording import Recording
 
     signal, layout, rate, _ = read_signal_csv(path, units=units, sample_rate=sample_rate)
-    missing = [c for c in spec.layout.channels if c not in layout.channels]
+    rec = Recording(signal, np.zeros(len(signal), np.int64), rate, "-", "-", "predict", layout=layout,
+                    source=str(path))  # fmt: skip
+    return cut_recording(spec, conform_recording(spec, rec), overlap)
+
+
+def conform_recording(spec: DataSpec, rec: Recording) -> Recording:
+    """``rec`` with the model's channels, in its order, at its sample rate."""
+    from dataclasses import replace
+
+    from fedhar.data.preprocess import resample_recording
+
+    missing = [c for c in spec.layout.channels if c not in rec.layout.channels]
     if missing:
-        raise DataError(f"{path}: the model needs channels {missing}, the file has {list(layout.channels)}")
-    keep = [layout.channels.index(c) for c in spec.layout.channels]
-    rec = Recording(signal[:, keep], np.zeros(len(signal), np.int64), rate, "-", "-", "predict",
-                    layout=spec.layout, source=str(path))  # fmt: skip
-    rec = resample_recording(rec, spec.sample_rate)
+        raise DataError(f"{rec.source}: the model needs channels {missing}, the file has {list(rec.layout.channels)}")
+    keep = [rec.layout.channels.index(c) for c in spec.layout.channels]
+    return resample_recording(replace(rec, signal=rec.signal[:, keep], layout=spec.layout), spec.sample_rate)
+
+
+def cut_recording(spec: DataSpec, rec: Recording, overlap: float = 0.5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Windows of a conformed recording from its first sample on, as ``fedhar predict`` cuts them: (starts in
+    samples, windows [N, C, T], which windows are wholly finite)."""
     n, length = rec.signal.shape[0], spec.window_len
     if n < length:
-        raise DataError(f"{path}: {n / spec.sample_rate:.2f} s of signal, shorter than one {length}-sample window")
+        raise DataError(f"{rec.source}: {n / spec.sample_rate:.2f} s of signal, shorter than one {length}-sample window")
     if not 0 <= overlap < 1:
         raise DataError(f"overlap must be in [0, 1), got {overlap}")
     step = max(1, int(round(length * (1 - overlap))))

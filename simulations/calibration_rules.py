@@ -42,6 +42,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from predict_recordings import window_truth  # noqa: E402
 
 from fedhar.calibration import PairCalibration, posture_cues, split_per_subject  # noqa: E402
 from fedhar.config import load_config  # noqa: E402
@@ -55,7 +56,7 @@ def collect(run: Path, pair: tuple[str, str], cache: Path) -> dict[str, np.ndarr
     if cache.is_file():
         return dict(np.load(cache, allow_pickle=False))
     from fedhar.data.loaders import load_recordings
-    from fedhar.inference import windows_for_model
+    from fedhar.inference import conform_recording, cut_recording, windows_for_model
     from fedhar.model.har_model import predict_logits
     from fedhar.model.state import load_checkpoint
 
@@ -74,21 +75,15 @@ def collect(run: Path, pair: tuple[str, str], cache: Path) -> dict[str, np.ndarr
            "seg_y": seg.y, "seg_subject": seg.subject.astype(str)}  # fmt: skip
 
     rs = load_recordings(cfg.data.path, cfg.data.dataset)
-    length, step = model.data.window_len, model.data.window_len // 2
     xs, ys, clients = [], [], []
     for rec in rs.recordings:
         if rec.subject not in held:
             continue
-        keep = [rec.layout.channels.index(c) for c in model.data.layout.channels]
-        starts = np.arange(0, len(rec.signal) - length + 1, step)
-        x = rec.signal[starts[:, None] + np.arange(length)][:, :, keep].transpose(0, 2, 1)
-        lab = rec.labels[starts[:, None] + np.arange(length)]
-        whole = (lab == lab[:, :1]).all(axis=1) & (lab[:, 0] >= 0)
-        name = np.array([rs.label_names[v] if v >= 0 else "" for v in lab[:, 0]])
-        y = np.where(whole & np.isin(name, classes), [classes.index(n) if n in classes else -1 for n in name], -1)
-        xs.append(np.ascontiguousarray(x, dtype=np.float32))
-        ys.append(y)
-        clients.append(np.full(len(x), f"{rec.subject}/{rec.session}"))
+        rec = conform_recording(model.data, rec)
+        starts, x, finite = cut_recording(model.data, rec)  # as `fedhar predict` cuts a CSV of this recording
+        xs.append(x[finite])
+        ys.append(window_truth(rec, rs.label_names, classes, starts[finite], model.data.window_len))
+        clients.append(np.full(int(finite.sum()), f"{rec.subject}/{rec.session}"))
     x = np.concatenate(xs)
     out.update(raw_pred=predict_logits(model, x).argmax(axis=1), raw_cues=posture_cues(model.data.layout, x),
                raw_y=np.concatenate(ys), raw_client=np.concatenate(clients))  # fmt: skip

@@ -48,13 +48,14 @@ def write_csv(rec: Recording, path: Path) -> None:
         w.writerows([f"{ti:.3f}", *(f"{v:.6f}" for v in row)] for ti, row in zip(t, rec.signal))
 
 
-def window_truth(rec: Recording, names: list[str], model_classes: list[str], rows: list[dict]) -> np.ndarray:
-    """Per predicted window, the index of its class in ``model_classes``; -1 where the window is not wholly
-    inside one labelled segment of such a class (transitions, unlabelled stretches: predicted, not scored)."""
-    truth = np.full(len(rows), -1)
-    for i, row in enumerate(rows):
-        a, b = int(round(row["start_s"] * rec.sample_rate)), int(round(row["end_s"] * rec.sample_rate))
-        labels = rec.labels[a:b]
+def window_truth(rec: Recording, names: list[str], model_classes: list[str], starts: np.ndarray,
+                 length: int) -> np.ndarray:  # fmt: skip
+    """Per window (``starts`` in samples of ``rec``), the index of its class in ``model_classes``; -1 where the
+    window is not wholly inside one labelled segment of such a class (transitions, unlabelled stretches:
+    predicted, not scored)."""
+    truth = np.full(len(starts), -1)
+    for i, a in enumerate(starts):
+        labels = rec.labels[a : a + length]
         if len(labels) and (labels == labels[0]).all() and labels[0] >= 0 and names[labels[0]] in model_classes:
             truth[i] = model_classes.index(names[labels[0]])
     return truth
@@ -97,7 +98,8 @@ def score_run(run: Path, recordings: list[tuple[str, Recording]], names: list[st
         start = 0
         for (key, rec), path in zip(mine, paths):
             n = sum(r["recording"] == str(path) for r in plain)
-            t = window_truth(rec, names, classes, plain[start : start + n])
+            starts = [int(round(r["start_s"] * rec.sample_rate)) for r in plain[start : start + n]]
+            t = window_truth(rec, names, classes, np.array(starts), model.data.window_len)
             variants = {"as_trained": labels(plain[start : start + n]),
                         "per_recording": labels(predict_recordings(model, [path], calibration=calibration)[0]),
                         "per_wearer": labels(wearer[start : start + n])}  # fmt: skip
