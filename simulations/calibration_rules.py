@@ -44,7 +44,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from predict_recordings import window_truth  # noqa: E402
 
-from fedhar.calibration import PairCalibration, posture_cues, split_per_subject  # noqa: E402
+from fedhar.calibration import PairCalibration, otsu_threshold, posture_cues, split_per_subject  # noqa: E402
 from fedhar.config import load_config  # noqa: E402
 from fedhar.metrics import classification_metrics  # noqa: E402
 
@@ -92,12 +92,6 @@ def collect(run: Path, pair: tuple[str, str], cache: Path) -> dict[str, np.ndarr
     return out
 
 
-def otsu(s: np.ndarray) -> float:
-    from fedhar.calibration import otsu_threshold
-
-    return otsu_threshold(s)
-
-
 def min_error(s: np.ndarray, bins: int = 64) -> float:
     """Kittler & Illingworth's minimum-error threshold: the cut whose two sides fit two Gaussians best."""
     counts, edges = np.histogram(s, bins=bins)
@@ -121,7 +115,7 @@ def min_error(s: np.ndarray, bins: int = 64) -> float:
 
 def gmm(s: np.ndarray, iters: int = 200) -> float:
     """Two 1-D Gaussians by EM from Otsu's split; the cut between their means where the posteriors cross."""
-    t = otsu(s)
+    t = otsu_threshold(s)
     lo, hi = s[s <= t], s[s > t]
     if len(lo) < 2 or len(hi) < 2:
         return t
@@ -140,7 +134,7 @@ def gmm(s: np.ndarray, iters: int = 200) -> float:
     return float(grid[np.argmin(np.abs(logp[:, 0] - logp[:, 1]))])
 
 
-CUTS = {"otsu": otsu, "min-error": min_error, "gmm": gmm}
+CUTS = {"otsu": otsu_threshold, "min-error": min_error, "gmm": gmm}
 
 
 def ashman_d(a: np.ndarray, b: np.ndarray) -> float:
