@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -43,7 +44,9 @@ class DataConfig:
 
     dataset: str = "synthetic"  # a loader name, or "auto" to detect the layout of `path`
     path: str | None = None
-    sample_rate: float | None = 50.0  # resample to this rate (Hz); null keeps the native rate
+    # resample to this rate (Hz); null keeps the native rate. Loaders that put unpaired sensors on a grid
+    # (hhar, realworld, wisdm) grid at it directly, and generic CSVs without a time column are read at it
+    sample_rate: float | None = 50.0
     window: int = 128  # samples per window
     overlap: float = 0.5
     # training subjects' windows cut at this overlap instead (denser: more, time-shifted training windows);
@@ -58,6 +61,10 @@ class DataConfig:
     sensors: list[str] = field(default_factory=lambda: ["acc", "gyro"])
     normalize: bool = True  # per-channel standardisation fitted on training windows only
     placement: str | None = None  # loaders with several IMUs (PAMAP2, RealWorld): which one
+    # keyword options of the loader, e.g. generic {units: "acc=m/s^2", labels: [sit, walk], max_gap_s: 2,
+    # sample_rate: 100 (CSVs without a time column recorded at another rate than sample_rate)}, pamap2
+    # {optional: true}; an option the loader does not have is an error that lists the ones it has
+    loader_options: dict[str, Any] = field(default_factory=dict)
     split: SplitConfig = field(default_factory=SplitConfig)
     synthetic: dict[str, Any] = field(default_factory=dict)  # SyntheticSpec fields
     cache_dir: str | None = None  # default: $FEDHAR_WINDOW_CACHE or $FEDHAR_CACHE/windows
@@ -81,6 +88,8 @@ class DataConfig:
             raise ConfigError(f"{path}.labelled_percent must be in (0, 100], got {self.labelled_percent}")
         if not self.sensors:
             raise ConfigError(f"{path}.sensors must name at least one sensor group (e.g. [acc, gyro])")
+        if "placement" in self.loader_options:
+            raise ConfigError(f"{path}.loader_options.placement: set {path}.placement instead")
 
 
 @dataclass
@@ -96,6 +105,8 @@ class LoraConfig:
             raise ConfigError(f"{path}.r must be >= 1, got {self.r}")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"{path}.dropout must be in [0, 1), got {self.dropout}")
+        if not self.alpha > 0:
+            raise ConfigError(f"{path}.alpha must be positive, got {self.alpha}")
 
 
 @dataclass
@@ -133,6 +144,15 @@ class ModelConfig:
             raise ConfigError(f"{path}.head_cues is an option of kind llm; set it false for kind `{self.kind}`")
         if self.num_layers is not None and self.num_layers < 1:
             raise ConfigError(f"{path}.num_layers must be >= 1 or null, got {self.num_layers}")
+        for name in ("conv_channels", "conv_depth", "hidden", "heads", "depth"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{path}.{name} must be >= 1, got {getattr(self, name)}")
+        if self.kernel_size < 1 or self.kernel_size % 2 == 0:  # "same" padding keeps the length only for odd kernels
+            raise ConfigError(f"{path}.kernel_size must be odd and >= 1 (e.g. 5), got {self.kernel_size}")
+        if self.kind == "transformer" and self.hidden % self.heads:
+            raise ConfigError(f"{path}.hidden ({self.hidden}) must be a multiple of {path}.heads ({self.heads})")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"{path}.dropout must be in [0, 1), got {self.dropout}")
 
 
 @dataclass
@@ -195,6 +215,16 @@ class TrainConfig:
             raise ConfigError(f"{path}.patience must be >= 0, got {self.patience}")
         if self.schedule not in ("cosine", "constant"):
             raise ConfigError(f"{path}.schedule must be cosine or constant, got `{self.schedule}`")
+        if self.weight_decay < 0 or self.grad_clip < 0:
+            raise ConfigError(f"{path}.weight_decay and grad_clip must be >= 0 (grad_clip 0: off), "
+                              f"got {self.weight_decay} and {self.grad_clip}")  # fmt: skip
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"{path}.label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.eval_batch_size < 1:
+            raise ConfigError(f"{path}.eval_batch_size must be >= 1, got {self.eval_batch_size}")
+        for name in ("max_steps_per_epoch", "num_threads"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ConfigError(f"{path}.{name} must be >= 1 or null, got {getattr(self, name)}")
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
             raise ConfigError(f"{path}.device must be auto, cpu or cuda[:N], got `{self.device}`")
 
@@ -280,8 +310,12 @@ class ExperimentConfig:
     federated: FederatedConfig = field(default_factory=FederatedConfig)
 
     def validate(self, path: str = "") -> None:
-        if not self.name or "/" in self.name:
-            raise ConfigError(f"name must be a non-empty folder name without '/', got `{self.name}`")
+        if not self.name or "/" in self.name or self.name.startswith("."):
+            raise ConfigError(f"name must be a folder name without '/' or a leading '.', got `{self.name}`")
+        window, tokens = self.data.window, self.model.tokens
+        if self.model.kind == "llm" and window % tokens:  # caught here, before a run folder exists
+            near = min((d for d in range(1, window + 1) if window % d == 0), key=lambda d: abs(d - tokens))
+            raise ConfigError(f"model.tokens={tokens} must divide data.window={window} (e.g. model.tokens={near})")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -342,6 +376,8 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{path} must be a number, got {value!r}")
+        if not math.isfinite(value):  # NaN would pass every range check below
+            raise ConfigError(f"{path} must be a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if isinstance(value, (int, float)) and not isinstance(value, bool):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,17 +24,21 @@ def windows_for_model(spec: DataSpec, path: str | Path, dataset: str = "auto",
     """Labelled windows from ``path`` prepared exactly as the model's training data was."""
     path = Path(path)
     if path.suffix == ".npz":
-        ws = WindowSet.load(path)
+        ws = _onto_model_labels(WindowSet.load(path), spec, label_map or {}, str(path))
         check_compatible(spec, ws, str(path))
         return ws
+    cut = spec.windowing  # as the training data was cut (older checkpoints: the defaults)
     cfg = DataConfig(
         dataset=dataset,
         path=str(path),
         sample_rate=spec.sample_rate,
         window=spec.window_len,
-        overlap=0.5,
+        overlap=cut.get("overlap", 0.5),
+        label_rule=cut.get("label_rule", "inside"),
+        placement=cut.get("placement"),
+        common_labels=cut.get("common_labels", False),
         classes=spec.label_names,
-        label_map=label_map,
+        label_map={**(cut.get("label_map") or {}), **(label_map or {})} or None,
         sensors=[g for g, _ in spec.layout.groups],
     )
     ws = load_windows(cfg)
@@ -41,7 +46,21 @@ def windows_for_model(spec: DataSpec, path: str | Path, dataset: str = "auto",
     return ws
 
 
+def _onto_model_labels(ws: WindowSet, spec: DataSpec, label_map: dict[str, str], where: str) -> WindowSet:
+    """A saved window set's labels renamed by ``label_map`` and re-indexed in the model's label order."""
+    names = [label_map.get(n, n) for n in ws.label_names]
+    unknown = sorted(set(names) - set(spec.label_names))
+    if unknown:
+        raise DataError(f"{where}: labels {unknown} are not among the model's {spec.label_names}; "
+                        "pass --label-map FROM=TO for each")  # fmt: skip
+    index = np.array([spec.label_names.index(n) for n in names], dtype=ws.y.dtype)
+    return dataclasses.replace(ws, y=index[ws.y], label_names=list(spec.label_names))
+
+
 def check_compatible(spec: DataSpec, ws: WindowSet, where: str) -> None:
+    if not np.isclose(ws.sample_rate, spec.sample_rate):  # NaN: a window set saved without its rate
+        raise DataError(f"{where}: windows sampled at {ws.sample_rate} Hz, the model was trained at "
+                        f"{spec.sample_rate} Hz; resample the data (data.sample_rate) before windowing")  # fmt: skip
     if list(ws.layout.channels) != list(spec.layout.channels):
         raise DataError(f"{where}: channels {list(ws.layout.channels)} differ from the model's {list(spec.layout.channels)}")
     if ws.window_len != spec.window_len:

@@ -104,3 +104,87 @@ def test_overrides_may_follow_options(tmp_path):
                "data.classes=null", "data.path=null", "data.split.train=null", "data.split.val=null",
                "data.split.test=null"])  # fmt: skip
     assert rc == 0 and (tmp_path / "mixed" / "metrics.json").is_file()
+
+
+def test_evaluate_refuses_what_it_cannot_score_honestly(tiny_windows, tmp_path, capsys):
+    """Unknown subjects, a malformed label map, a missing output folder and another sample rate: one-line
+    errors, never a table of zeros or a traceback after the work."""
+    import dataclasses
+
+    ckpt = str(_tiny_checkpoint(tiny_windows, tmp_path / "ckpt"))
+    tiny_windows.save(tmp_path / "w.npz")
+    data = str(tmp_path / "w.npz")
+    cases = [
+        (["--subjects", "99"], "--subjects ['99'] have no windows"),
+        (["--label-map", "oops"], "must look like FROM=TO"),
+        (["--json", str(tmp_path / "no" / "o.json")], "does not exist"),
+    ]
+    for extra, message in cases:
+        assert main(["evaluate", ckpt, "--data", data, *extra]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+    dataclasses.replace(tiny_windows, sample_rate=20.0).save(tmp_path / "w20.npz")
+    assert main(["evaluate", ckpt, "--data", str(tmp_path / "w20.npz")]) == 2
+    assert "sampled at 20.0 Hz, the model was trained at 50.0 Hz" in capsys.readouterr().err
+
+
+def test_evaluate_maps_a_window_sets_labels_onto_the_model(tiny_windows, tmp_path):
+    import dataclasses
+
+    ckpt = str(_tiny_checkpoint(tiny_windows, tmp_path / "ckpt"))
+    renamed = dataclasses.replace(tiny_windows, label_names=["SLOW", "MID", "FAST"])
+    renamed.save(tmp_path / "w.npz")
+    ours, theirs = tmp_path / "ours.json", tmp_path / "theirs.json"
+    tiny_windows.save(tmp_path / "orig.npz")
+    assert main(["evaluate", ckpt, "--data", str(tmp_path / "orig.npz"), "--json", str(ours)]) == 0
+    assert main(["evaluate", ckpt, "--data", str(tmp_path / "w.npz"), "--json", str(theirs),
+                 "--label-map", "SLOW=slow", "MID=mid", "FAST=fast"]) == 0  # fmt: skip
+    assert json.loads(theirs.read_text())["accuracy"] == json.loads(ours.read_text())["accuracy"]
+
+
+def test_a_calibration_the_data_cannot_hold_fails_before_training(tmp_path, capsys):
+    rc = main(["train", "--quiet", f"output_dir={tmp_path}", "name=c", "data.dataset=synthetic", "model.kind=deepconvlstm",
+               "model.hidden=16", "train.epochs=1", "data.labelled_per_class=1", "train.device=cpu",
+               "train.client_calibration=[SITTING, STANDING]"])  # fmt: skip
+    assert rc == 2 and "of the pair" in capsys.readouterr().err
+    assert not (tmp_path / "c" / "epochs.csv").exists()  # no training time spent on a run that cannot finish
+
+
+def test_run_folders_are_claimed_once(tmp_path):
+    from fedhar.config import load_config
+    from fedhar.results.run import RunDir
+
+    cfg = load_config(None, [f"output_dir={tmp_path}", "name=r"])
+    (tmp_path / "r").mkdir()  # an empty folder is free to take
+    assert RunDir.create(cfg, "train").path == tmp_path / "r"
+    assert RunDir.create(cfg, "train").path == tmp_path / "r-2"  # taken: never overwritten
+    (tmp_path / "r-3").mkdir()
+    (tmp_path / "r-3" / "notes.txt").write_text("someone's files")
+    assert RunDir.create(cfg, "train").path == tmp_path / "r-4"
+
+
+def test_evaluate_cuts_a_dataset_folder_as_the_training_data_was_cut(tiny_windows, tmp_path):
+    """The checkpoint stores data.overlap (and label rule, placement, label maps): a folder evaluated
+    later is windowed the same way, not at a fixed 50 %."""
+    import dataclasses
+
+    import numpy as np
+
+    from fedhar.config import DataConfig, ModelConfig
+    from fedhar.inference import windows_for_model
+    from fedhar.model.har_model import DataSpec, build_model, windowing_record
+    from fedhar.model.state import load_checkpoint, save_checkpoint
+
+    folder = tmp_path / "data" / "s1"
+    folder.mkdir(parents=True)
+    rows = ["timestamp,acc_x,acc_y,acc_z,gyro_x,gyro_y,gyro_z,label"]
+    rows += [f"{i / 50:.2f},0,0,1,0,0,0,{'slow' if i < 160 else 'fast'}" for i in range(320)]
+    (folder / "rec.csv").write_text("\n".join(rows) + "\n")
+    for overlap, expected in ((0.0, 10), (0.5, 18)):  # 160 samples per label: 5 or 9 inside windows of 32
+        cut = windowing_record(DataConfig(overlap=overlap))
+        spec = dataclasses.replace(DataSpec.from_windows(tiny_windows, windowing=cut), label_names=["slow", "fast"])
+        ckpt = save_checkpoint(build_model(ModelConfig(kind="deepconvlstm", hidden=16), spec), tmp_path / f"c{overlap}")
+        model = load_checkpoint(ckpt)
+        assert model.data.windowing["overlap"] == overlap
+        ws = windows_for_model(model.data, tmp_path / "data", "generic")
+        assert len(ws) == expected and np.bincount(ws.y).tolist() == [expected // 2] * 2

@@ -117,3 +117,10 @@ def test_fit_with_weight_average_keeps_the_average(tiny_windows):
     with_val = _model(tiny_windows)
     result = fit(with_val, tiny_windows, tiny_windows, cfg, seed=0)
     assert evaluate(with_val, tiny_windows)["macro_f1"] == pytest.approx(result.best_val_macro_f1)
+
+
+def test_a_diverging_run_stops_with_the_fix(tiny_windows):
+    model = build_model(ModelConfig(kind="deepconvlstm", hidden=16), DataSpec.from_windows(tiny_windows))
+    cfg = TrainConfig(epochs=2, batch_size=16, lr=1e30, grad_clip=0, device="cpu")
+    with pytest.raises(ConfigError, match="training diverged at epoch 1.*lower train.lr"):
+        fit(model, tiny_windows, None, cfg)

@@ -6,7 +6,7 @@ from fedhar.config import LoraConfig, ModelConfig
 from fedhar.errors import BackboneError, ConfigError
 from fedhar.model.backbones import load_backbone
 from fedhar.model.har_model import DataSpec, build_model, parameter_counts
-from fedhar.model.state import trainable_names
+from fedhar.model.state import get_trainable_state
 
 
 @pytest.fixture
@@ -22,7 +22,7 @@ def test_llm_model_forward_and_trainable_parts(spec, tiny_windows, backbone, poo
     assert model.backbone_pretrained is False
     logits = model(torch.from_numpy(tiny_windows.x[:5]))
     assert logits.shape == (5, 3)
-    names = trainable_names(model)
+    names = list(get_trainable_state(model))
     assert any(".lora_A." in n for n in names) and any(".lora_B." in n for n in names)
     assert any(n.startswith("frontend.") for n in names) and any(n.startswith("head.") for n in names)
     # nothing of the frozen backbone trains except the adapters
@@ -63,7 +63,7 @@ def test_finetune_modes(spec):
 
 def test_ffa_lora_freezes_a(spec):
     cfg = ModelConfig(backbone="tiny-llama", num_layers=2, tokens=8, lora=LoraConfig(freeze_a=True))
-    names = trainable_names(build_model(cfg, spec))
+    names = list(get_trainable_state(build_model(cfg, spec)))
     assert not any(".lora_A." in n for n in names) and any(".lora_B." in n for n in names)
 
 
@@ -126,8 +126,16 @@ def test_head_cues_reach_the_head_and_train(spec, tiny_windows):
     x = torch.from_numpy(tiny_windows.x[:4])
     assert model(x).shape == (4, 3)
     assert model.head.in_features == plain.head.in_features + model.cues.width
-    assert any(n.startswith("cues.") for n in trainable_names(model))
+    assert any(n.startswith("cues.") for n in list(get_trainable_state(model)))
     model.eval()
     tilted = x.clone()
     tilted[:, :3] += torch.tensor([0.0, 0.0, 1.0]).view(1, 3, 1)  # gravity added on z: a different posture
     assert not torch.allclose(model(x), model(tilted))
+
+
+def test_a_backbone_serves_one_model(spec):
+    """LoRA is injected in place: a second model on the same module would share the first one's adapters."""
+    backbone = load_backbone("tiny-llama", num_layers=2)
+    build_model(ModelConfig(backbone="tiny-llama", num_layers=2, tokens=8), spec, backbone=backbone)
+    with pytest.raises(ValueError, match="already belongs to a model"):
+        build_model(ModelConfig(backbone="tiny-llama", num_layers=2, tokens=8), spec, backbone=backbone)

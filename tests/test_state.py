@@ -91,3 +91,13 @@ def test_checkpoint_for_another_architecture_fails(model, tiny_windows, tmp_path
     (tmp_path / "c" / "model.json").write_text(json.dumps(info))
     with pytest.raises(CheckpointError, match="shape"):
         load_checkpoint(tmp_path / "c")
+
+
+def test_diverged_weights_are_not_written(model, tmp_path):
+    save_checkpoint(model, tmp_path / "c")
+    before = (tmp_path / "c" / "trainable.safetensors").read_bytes()
+    with torch.no_grad():
+        model.head.weight[0, 0] = float("nan")
+    with pytest.raises(CheckpointError, match="NaN or Inf.*nothing was written"):
+        save_checkpoint(model, tmp_path / "c")
+    assert (tmp_path / "c" / "trainable.safetensors").read_bytes() == before  # the earlier checkpoint survives

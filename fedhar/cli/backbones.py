@@ -15,12 +15,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fedhar.model.backbones import NAMED, TINY, backbone_cache_dir, offline_ready, prepare_named
+    from fedhar.model.backbones import NAMED, TINY, offline_ready, prepare_named
     from fedhar.errors import BackboneError
 
     if args.action == "list":
         for name, src in NAMED.items():
-            state = "cached" if (backbone_cache_dir() / name / "config.json").is_file() else "not cached"
+            state = "cached" if offline_ready(name) else "not cached"
             console.print(f"{name:14s} pretrained  {src.requirement:28s} {src.license:11s} {state}")
         for name in TINY:
             console.print(f"{name:14s} UNTRAINED   random init, for tests only")

@@ -29,5 +29,16 @@ def print_metrics(title: str, metrics: dict) -> None:
     console.print(table)
 
 
+def check_writable(path: str, option: str) -> None:
+    """Fail before the work when an output file's folder is missing, not after it."""
+    from pathlib import Path
+
+    from fedhar.errors import ConfigError
+
+    folder = Path(path).parent
+    if not folder.is_dir():
+        raise ConfigError(f"{option} {path}: folder {folder} does not exist; create it or choose another path")
+
+
 def dump_json(data: dict) -> str:
     return json.dumps(data, indent=2, default=str)

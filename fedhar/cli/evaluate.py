@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from fedhar.cli.common import console, dump_json, print_metrics
+from fedhar.cli.common import check_writable, console, dump_json, print_metrics
 from fedhar.data.windows import META_FIELDS
 from fedhar.errors import ConfigError
 
@@ -107,6 +107,7 @@ def _stored_calibration(args: argparse.Namespace) -> PairCalibration:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from fedhar.data.recording import natural_key
     from fedhar.inference import windows_for_model
     from fedhar.model.ensemble import load_model
     from fedhar.model.har_model import predict_logits
@@ -114,10 +115,22 @@ def run(args: argparse.Namespace) -> int:
 
     if args.calibrate_from and not args.calibrate:
         raise ConfigError("--calibrate-from needs --calibrate FIRST SECOND: the pair its subjects fit a direction for")
-    model = load_model(args.checkpoint)
+    bad = [item for item in args.label_map if "=" not in item]
+    if bad:
+        raise ConfigError(f"--label-map entries {bad} must look like FROM=TO (e.g. Sitting=SITTING)")
     label_map = dict(item.split("=", 1) for item in args.label_map)
+    if args.json_out:
+        check_writable(args.json_out, "--json")
+    model = load_model(args.checkpoint)
     all_windows = windows_for_model(model.data, args.data, args.dataset, label_map or None)
-    ws = all_windows.where(subject=[str(s) for s in args.subjects]) if args.subjects else all_windows
+    ws = all_windows
+    if args.subjects:
+        wanted = [str(s) for s in args.subjects]
+        missing = sorted(set(wanted) - set(all_windows.subject.tolist()))
+        if missing:
+            raise ConfigError(f"--subjects {missing} have no windows in {args.data}; it holds subjects "
+                              f"{sorted(set(all_windows.subject.tolist()), key=natural_key)}")  # fmt: skip
+        ws = all_windows.where(subject=wanted)
     logits = predict_logits(model, ws.x)  # one forward pass for the model's figures and the calibration
     metrics = metrics_from_logits(logits, ws, by=args.by)
     if args.calibrate:

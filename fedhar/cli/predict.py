@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from fedhar.cli.common import console
+from fedhar.cli.common import check_writable, console
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -33,6 +33,8 @@ def run(args: argparse.Namespace) -> int:
     from fedhar.inference import predict_recordings
     from fedhar.model.state import load_checkpoint
 
+    if args.out:
+        check_writable(args.out, "--out")
     calibration = None
     if args.calibrate:
         calibration = stored_calibration(args.checkpoint)

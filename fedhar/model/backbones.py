@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
 import subprocess
 import sys
@@ -218,6 +217,7 @@ def _drop_token_embeddings(model: nn.Module) -> None:
 
 
 def _truncated_config(config, num_layers: int | None):
+    """``config`` cut to its first ``num_layers`` blocks (None: all)."""
     total = config.num_hidden_layers
     if num_layers is not None:
         if num_layers > total:
@@ -225,7 +225,7 @@ def _truncated_config(config, num_layers: int | None):
         config.num_hidden_layers = num_layers
         if isinstance(getattr(config, "layer_types", None), list):
             config.layer_types = config.layer_types[:num_layers]
-    return config, total
+    return config
 
 
 #: hub ids without an organisation that are common enough to accept
@@ -263,7 +263,7 @@ def load_backbone(spec: str, num_layers: int | None = None, seed: int = 0) -> Ba
     if spec in TINY:
         fields = dict(TINY[spec])
         config = AutoConfig.for_model(fields.pop("model_type"), vocab_size=1, **fields)
-        config, _ = _truncated_config(config, num_layers)
+        config = _truncated_config(config, num_layers)
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             model = AutoModel.from_config(config)
@@ -285,7 +285,7 @@ def load_backbone(spec: str, num_layers: int | None = None, seed: int = 0) -> Ba
                 f"cannot load backbone `{spec}` ({str(e).splitlines()[0]}); offline, only named backbones, "
                 "local folders and models already in the Hugging Face cache can be used"
             ) from e
-        config, _ = _truncated_config(config, num_layers)
+        config = _truncated_config(config, num_layers)
         model = AutoModel.from_pretrained(source, config=config, dtype=torch.float32)
     _drop_token_embeddings(model)
     model.requires_grad_(False)
@@ -305,12 +305,6 @@ def load_backbone(spec: str, num_layers: int | None = None, seed: int = 0) -> Ba
     )
 
 
-def offline_ready(spec: str) -> bool:
-    """Whether ``spec`` loads without any network access (named ones: converted or wheel cached)."""
-    if spec in TINY or Path(spec).expanduser().is_dir() or spec.endswith(".gguf"):
-        return True
-    if spec in NAMED:
-        return (backbone_cache_dir() / spec / "config.json").is_file() or (
-            wheel_dir() / NAMED[spec].filename
-        ).is_file()
-    return os.environ.get("HF_HUB_OFFLINE") != "1"
+def offline_ready(name: str) -> bool:
+    """Whether the named backbone ``name`` loads with no package index: converted, or its wheel cached."""
+    return (backbone_cache_dir() / name / "config.json").is_file() or (wheel_dir() / NAMED[name].filename).is_file()

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import nn
 
-from fedhar.config import ModelConfig
+from fedhar.config import DataConfig, ModelConfig
 from fedhar.data.preprocess import Normalizer
 from fedhar.data.recording import SensorLayout
 from fedhar.data.windows import WindowSet
@@ -28,11 +28,14 @@ class DataSpec:
     sample_rate: float
     label_names: list[str]
     normalizer: Normalizer
+    # how windows were cut from recordings (data.overlap, label_rule, placement, ...), so that
+    # `fedhar evaluate` cuts a dataset folder the same way; empty in checkpoints older than it
+    windowing: dict = field(default_factory=dict)
 
     @classmethod
-    def from_windows(cls, ws: WindowSet, normalize: bool = True) -> "DataSpec":
+    def from_windows(cls, ws: WindowSet, normalize: bool = True, windowing: dict | None = None) -> "DataSpec":
         norm = Normalizer.fit(ws) if normalize else Normalizer.identity(ws.num_channels)
-        return cls(ws.layout, ws.window_len, ws.sample_rate, list(ws.label_names), norm)
+        return cls(ws.layout, ws.window_len, ws.sample_rate, list(ws.label_names), norm, dict(windowing or {}))
 
     def to_json(self) -> dict:
         return {
@@ -41,6 +44,7 @@ class DataSpec:
             "sample_rate": self.sample_rate,
             "label_names": self.label_names,
             "normalizer": self.normalizer.to_json(),
+            **({"windowing": self.windowing} if self.windowing else {}),
         }
 
     @classmethod
@@ -51,7 +55,14 @@ class DataSpec:
             float(d["sample_rate"]),
             list(d["label_names"]),
             Normalizer.from_json(d["normalizer"]),
+            dict(d.get("windowing", {})),
         )
+
+
+def windowing_record(cfg: DataConfig) -> dict:
+    """The data settings that decide which windows a dataset folder yields (stored in DataSpec)."""
+    return {"overlap": cfg.overlap, "label_rule": cfg.label_rule, "placement": cfg.placement,
+            "common_labels": cfg.common_labels, "label_map": cfg.label_map}  # fmt: skip
 
 
 class HARNet(nn.Module):
@@ -88,6 +99,9 @@ class LLMHARModel(HARNet):
         self.backbone_info = dataclasses.replace(backbone, module=None)
         self.backbone_pretrained = backbone.pretrained
         module = backbone.module
+        if getattr(module, "_fedhar_in_use", False):  # LoRA and requires_grad change the module in place
+            raise ValueError("this backbone already belongs to a model; load a fresh one per model (load_backbone)")
+        module._fedhar_in_use = True
         if model_cfg.finetune == "lora":
             module = _add_lora(module, model_cfg, backbone)
         elif model_cfg.finetune == "full":
@@ -149,7 +163,7 @@ def _add_lora(module: nn.Module, cfg: ModelConfig, backbone: Backbone) -> nn.Mod
 
 
 def build_model(model_cfg: ModelConfig, data: DataSpec, seed: int = 0, backbone: Backbone | None = None) -> HARNet:
-    """The model a config describes. Pass ``backbone`` to reuse one already in memory (clients, sweeps)."""
+    """The model a config describes. ``backbone``: one already loaded for this model (it is adapted in place)."""
     model: HARNet
     if model_cfg.kind == "llm":
         if backbone is None:

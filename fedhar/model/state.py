@@ -22,10 +22,6 @@ STATE_FILE = "trainable.safetensors"
 MODEL_FILE = "model.json"
 
 
-def trainable_names(model: nn.Module) -> list[str]:
-    return [n for n, p in model.named_parameters() if p.requires_grad]
-
-
 def get_trainable_state(model: nn.Module) -> dict[str, np.ndarray]:
     """Copies of the trainable tensors, in a stable order."""
     return {n: p.detach().cpu().numpy().copy() for n, p in model.named_parameters() if p.requires_grad}
@@ -77,6 +73,10 @@ def save_checkpoint(model: nn.Module, folder: str | Path, extra: dict | None = N
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = get_trainable_state(model)
+    bad = [n for n, a in state.items() if not np.isfinite(a).all()]
+    if bad:  # refuse now rather than write a checkpoint that every later load rejects
+        raise CheckpointError(f"trainable tensors {bad[:3]} hold NaN or Inf (the training diverged); "
+                              "nothing was written — lower train.lr or set train.grad_clip > 0")  # fmt: skip
     info = {
         "format_version": FORMAT_VERSION,
         "model": _model_cfg_dict(model.model_cfg),

@@ -57,10 +57,9 @@ class RunDir:
                 raise ConfigError(f"cannot resume: {base} holds no earlier run of `{cfg.name}`")
             return cls(base)
         path, i = base, 1
-        while path.exists() and any(path.iterdir()):
+        while not cls._claim(path):  # never overwrite an earlier run's results
             i += 1
-            path = base.with_name(f"{cfg.name}-{i}")  # never overwrite an earlier run's results
-        path.mkdir(parents=True, exist_ok=True)
+            path = base.with_name(f"{cfg.name}-{i}")
         run = cls(path)
         save_config(cfg, path / "config.yaml")
         run.write_json("run.json", {
@@ -74,6 +73,18 @@ class RunDir:
             "host": {"platform": platform.platform(), "cpus": os.cpu_count()},
         })  # fmt: skip
         return run
+
+    @staticmethod
+    def _claim(path: Path) -> bool:
+        """Take ``path`` if it is new or empty; creating config.yaml exclusively settles two jobs racing for it."""
+        if path.exists() and any(path.iterdir()):
+            return False
+        path.mkdir(parents=True, exist_ok=True)
+        try:
+            (path / "config.yaml").open("x").close()
+        except FileExistsError:
+            return False
+        return True
 
     def file(self, name: str) -> Path:
         return self.path / name

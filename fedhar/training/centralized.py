@@ -11,8 +11,7 @@ from fedhar.calibration import PairCalibration, check_pair
 from fedhar.config import ExperimentConfig
 from fedhar.data.pipeline import split_windows
 from fedhar.data.splits import low_label
-from fedhar.model.backbones import Backbone
-from fedhar.model.har_model import DataSpec, build_model, parameter_counts, predict_logits
+from fedhar.model.har_model import DataSpec, build_model, parameter_counts, predict_logits, windowing_record
 from fedhar.model.state import save_checkpoint
 from fedhar.results.plots import plot_confusion_matrix, plot_learning_curves
 from fedhar.results.run import RunDir
@@ -40,19 +39,19 @@ def preflight(cfg: ExperimentConfig) -> None:
             raise DataError(f"data path {cfg.data.path} does not exist; download the dataset and set `data.path`")
 
 
-def train_centralized(
-    cfg: ExperimentConfig, run: RunDir | None = None, backbone: Backbone | None = None, progress: bool = True
-) -> dict:
+def train_centralized(cfg: ExperimentConfig, run: RunDir | None = None, progress: bool = True) -> dict:
     """Train one model as ``cfg`` says; returns (and, with ``run``, writes) its metrics and costs."""
     t_start = time.perf_counter()
     train, val, test = split_windows(cfg.data, cfg.seed)
     if cfg.data.labelled_per_class is not None or cfg.data.labelled_percent is not None:
         train = low_label(train, cfg.seed, cfg.data.labelled_per_class, cfg.data.labelled_percent)
-    if cfg.train.client_calibration:
+    calibration = None
+    if cfg.train.client_calibration:  # fitted before training, so data that cannot hold it costs no run
         check_pair(train.label_names, cfg.train.client_calibration)
-    spec = DataSpec.from_windows(train, normalize=cfg.data.normalize)
+        calibration = PairCalibration.fit(train, tuple(cfg.train.client_calibration))
+    spec = DataSpec.from_windows(train, normalize=cfg.data.normalize, windowing=windowing_record(cfg.data))
     t_model = time.perf_counter()
-    model = build_model(cfg.model, spec, cfg.seed, backbone=backbone)
+    model = build_model(cfg.model, spec, cfg.seed)
     build_s = time.perf_counter() - t_model
     counts = parameter_counts(model)
     on_epoch = None
@@ -92,8 +91,7 @@ def train_centralized(
         "device": _device_name(next(model.parameters()).device),  # figures differ a little between devices
     }
     extra = {"run": cfg.name, "seed": cfg.seed}
-    if cfg.train.client_calibration:  # a client-side step: reported beside the per-window figures
-        calibration = PairCalibration.fit(train, tuple(cfg.train.client_calibration))
+    if calibration is not None:  # a client-side step: reported beside the per-window figures
         summary["client_calibrated"] = {role: calibration.score(part, logits[role].argmax(axis=1))
                                         for role, part in (("val", val), ("test", test)) if role in logits}  # fmt: skip
         extra["client_calibration"] = calibration.to_json()

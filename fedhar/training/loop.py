@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -104,64 +104,65 @@ def fit(
     best_state, best_f1, waited, step = None, -1.0, 0, 0
     ema = WeightAverage(params, cfg.ema_decay) if cfg.ema_decay > 0 else None
 
-    bar = _progress_bar(progress, cfg.epochs * steps_per_epoch)
-    for epoch in range(1, cfg.epochs + 1):
-        model.train()
-        order = rng.permutation(len(train))
-        losses, correct, seen = [], 0, 0
-        t0 = time.perf_counter()
-        for b in range(steps_per_epoch):
-            idx = np.sort(order[b * cfg.batch_size : (b + 1) * cfg.batch_size])
-            xb = augment_batch(torch.from_numpy(x_all[idx]), train.layout, cfg.augment, augment_rng)
-            xb = xb.to(device, non_blocking=True)
-            yb = torch.from_numpy(y_all[idx]).to(device, non_blocking=True)
-            for group in optimizer.param_groups:
-                group["lr"] = cfg.lr * lr_factor(step, total, warmup, cfg.schedule)
-            logits = model(xb)
-            loss = loss_fn(logits, yb)
-            if regularizer is not None:
-                loss = loss + regularizer(model)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            optimizer.step()
-            if ema is not None:
-                ema.update(step)
-            step += 1
-            losses.append(loss.item())
-            correct += int((logits.argmax(1) == yb).sum())
-            seen += len(idx)
-            if bar is not None:
-                bar[0].update(bar[1], advance=1, description=f"epoch {epoch}/{cfg.epochs} loss {losses[-1]:.3f}")
-        seconds = time.perf_counter() - t0
-        result.train_seconds += seconds
-        result.windows_seen += seen
-        record = {
-            "epoch": epoch,
-            "train_loss": float(np.mean(losses)),
-            "train_accuracy": correct / max(1, seen),
-            "lr": optimizer.param_groups[0]["lr"],
-            "seconds": round(seconds, 3),
-            "windows_per_s": round(seen / seconds, 2) if seconds > 0 else 0.0,
-        }
-        if val is not None and len(val):
-            with ema.swapped_in() if ema is not None else contextlib.nullcontext():
-                m = evaluate(model, val, cfg.eval_batch_size)
-                record.update(val_loss=m["loss"], val_accuracy=m["accuracy"], val_macro_f1=m["macro_f1"])
-                if m["macro_f1"] > best_f1:
-                    best_f1, waited, result.best_epoch = m["macro_f1"], 0, epoch
-                    best_state = get_trainable_state(model)
-                else:
-                    waited += 1
-        result.history.append(record)
-        if on_epoch is not None:
-            on_epoch(record)
-        if val is not None and len(val) and cfg.patience and waited >= cfg.patience:
-            result.stopped_early = True
-            break
-    if bar is not None:
-        bar[0].stop()
+    with _progress_bar(progress, cfg.epochs * steps_per_epoch) as bar:  # stopped on errors and Ctrl-C too
+        for epoch in range(1, cfg.epochs + 1):
+            model.train()
+            order = rng.permutation(len(train))
+            losses, correct, seen = [], 0, 0
+            t0 = time.perf_counter()
+            for b in range(steps_per_epoch):
+                idx = np.sort(order[b * cfg.batch_size : (b + 1) * cfg.batch_size])
+                xb = augment_batch(torch.from_numpy(x_all[idx]), train.layout, cfg.augment, augment_rng)
+                xb = xb.to(device, non_blocking=True)
+                yb = torch.from_numpy(y_all[idx]).to(device, non_blocking=True)
+                for group in optimizer.param_groups:
+                    group["lr"] = cfg.lr * lr_factor(step, total, warmup, cfg.schedule)
+                logits = model(xb)
+                loss = loss_fn(logits, yb)
+                if regularizer is not None:
+                    loss = loss + regularizer(model)
+                if not torch.isfinite(loss):  # one NaN step poisons every weight after it
+                    raise ConfigError(f"training diverged at epoch {epoch}, step {step + 1} (loss {loss.item()}): "
+                                      "lower train.lr or set train.grad_clip > 0")  # fmt: skip
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                optimizer.step()
+                if ema is not None:
+                    ema.update(step)
+                step += 1
+                losses.append(loss.item())
+                correct += int((logits.argmax(1) == yb).sum())
+                seen += len(idx)
+                if bar is not None:
+                    bar[0].update(bar[1], advance=1, description=f"epoch {epoch}/{cfg.epochs} loss {losses[-1]:.3f}")
+            seconds = time.perf_counter() - t0
+            result.train_seconds += seconds
+            result.windows_seen += seen
+            record = {
+                "epoch": epoch,
+                "train_loss": float(np.mean(losses)),
+                "train_accuracy": correct / max(1, seen),
+                "lr": optimizer.param_groups[0]["lr"],
+                "seconds": round(seconds, 3),
+                "windows_per_s": round(seen / seconds, 2) if seconds > 0 else 0.0,
+            }
+            if val is not None and len(val):
+                with ema.swapped_in() if ema is not None else contextlib.nullcontext():
+                    m = evaluate(model, val, cfg.eval_batch_size)
+                    record.update(val_loss=m["loss"], val_accuracy=m["accuracy"], val_macro_f1=m["macro_f1"])
+                    if m["macro_f1"] > best_f1:
+                        best_f1, waited, result.best_epoch = m["macro_f1"], 0, epoch
+                        best_state = get_trainable_state(model)
+                    else:
+                        waited += 1
+            result.history.append(record)
+            if on_epoch is not None:
+                on_epoch(record)
+            if val is not None and len(val) and cfg.patience and waited >= cfg.patience:
+                result.stopped_early = True
+                break
     result.steps = step
     if best_state is not None:
         set_trainable_state(model, best_state, where="best epoch")
@@ -178,7 +179,7 @@ class WeightAverage:
 
     On two validation subjects the score of the raw weights swings by several points from one
     epoch to the next (the SITTING/STANDING boundary moves); the average moves slowly, so early
-    stopping picks a model rather than a lucky step. The decay ramps up from 0
+    stopping picks a model rather than a lucky step. The decay ramps up from 0.1
     (``min(decay, (1 + step) / (10 + step))``) so the random initial weights wash out quickly.
     """
 
@@ -243,12 +244,13 @@ def _metrics(logits: np.ndarray, y: np.ndarray, label_names: list[str]) -> dict:
     return metrics
 
 
-def _progress_bar(enabled: bool, total: int):
+@contextlib.contextmanager
+def _progress_bar(enabled: bool, total: int) -> Iterator[tuple | None]:
     if not enabled:
-        return None
+        yield None
+        return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                   transient=True)  # fmt: skip
-    bar.start()
-    return bar, bar.add_task("training", total=total)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  transient=True) as bar:  # fmt: skip
+        yield bar, bar.add_task("training", total=total)
