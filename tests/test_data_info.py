@@ -9,7 +9,7 @@ from fixtures import layouts as L
 from fixtures.layouts import EXPECTED_TAGS, SUBJECT_INDEX, WRITERS
 
 from fedhar.data.info import data_summary, info_command
-from fedhar.errors import DataError
+from fedhar.errors import ConfigError, DataError
 
 
 @pytest.fixture(scope="module")
@@ -69,3 +69,20 @@ def test_info_errors_propagate_for_the_cli(tmp_path):
         info_command(str(tmp_path / "missing"), "auto", False)
     with pytest.raises(DataError, match="unknown dataset `nope`"):
         info_command(str(tmp_path), "nope", True)
+
+
+def test_sample_rate_option_reads_csvs_without_a_time_column(tmp_path, capsys):
+    from fedhar.cli.main import main
+
+    folder = tmp_path / "untimed"
+    folder.mkdir()
+    header = "acc_x,acc_y,acc_z,gyro_x,gyro_y,gyro_z,label\n"
+    (folder / "s1.csv").write_text(header + "0,0,1,0,0,0,sit\n" * 300)
+    with pytest.raises(DataError, match="no time column"):
+        data_summary(folder)
+    assert main(["data", "info", str(folder), "--sample-rate", "25", "--json"]) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert s["sample_rates_hz"] == [25.0] and s["recording_seconds"]["max"] == 12.0
+    with pytest.raises(ConfigError, match=r"--sample-rate: pamap2 files have a fixed rate; the option is for "
+                                          r"\['hhar', 'realworld', 'wisdm', 'generic'\]"):  # fmt: skip
+        data_summary(L.write_pamap2(tmp_path / "pamap2"), "pamap2", sample_rate=50.0)

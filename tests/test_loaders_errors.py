@@ -10,7 +10,7 @@ from fixtures import layouts as L
 
 from fedhar.data.loaders import load_recordings
 from fedhar.data.loaders.generic import read_signal_csv
-from fedhar.errors import DataError
+from fedhar.errors import ConfigError, DataError
 
 
 def _replace_line(path, line: int, text: str) -> None:
@@ -59,6 +59,32 @@ def test_uci_har_errors(tmp_path):
         load_recordings(tmp_path / "c" / "UCI HAR Dataset" / "train", "uci_har")
     with pytest.raises(DataError, match="has no placement `wrist`"):
         load_recordings(root, "uci_har", placement="wrist")
+
+
+# ---- HAPT --------------------------------------------------------------------------------------
+
+
+def _write_hapt(root):
+    """A minimal RawData/ folder: one experiment of 100 samples, one labelled segment."""
+    raw = root / "RawData"
+    raw.mkdir(parents=True)
+    (raw / "labels.txt").write_text("1 1 5 10 89\n")
+    for sensor in ("acc", "gyro"):
+        (raw / f"{sensor}_exp01_user01.txt").write_text("0.0 0.0 1.0\n" * 100)
+    return root
+
+
+def test_hapt_errors(tmp_path):
+    root = _write_hapt(tmp_path / "a")
+    assert load_recordings(root, "hapt", placement="waist").subjects() == ["1"]
+    with pytest.raises(DataError, match="HAPT has no placement `wrist`; set `data.placement` to one of"):
+        load_recordings(root, "hapt", placement="wrist")
+    with pytest.raises(ConfigError, match=r"hapt loader has no option `sample_rate`; it accepts \['placement'\]"):
+        load_recordings(root, "hapt", sample_rate=50.0)
+    stray = root / "RawData" / "acc_exp01_user01 (copy).txt"
+    stray.write_text("0.0 0.0 1.0\n")
+    with pytest.raises(DataError, match=r"acc_exp01_user01 \(copy\)\.txt: expected a file name acc_expNN_userUU\.txt"):
+        load_recordings(root, "hapt")
 
 
 # ---- MotionSense -------------------------------------------------------------------------------
@@ -239,7 +265,7 @@ def test_read_signal_csv_errors(tmp_path):
     signal, layout, rate, labels = read_signal_csv(path, units="acc=m/s^2")
     assert abs(signal[0, 1] - 9.7 / L.G) < 1e-6 and layout.channels == ("acc_x", "acc_y", "acc_z")
     path.write_text("acc_x,acc_y,acc_z,gyro_x,gyro_y,gyro_z\n" + "0,0,1,0,0,0\n" * 10)
-    with pytest.raises(DataError, match="no time column .* give sample_rate"):
+    with pytest.raises(DataError, match="no time column .* give the rate it was recorded at"):
         read_signal_csv(path)
     assert read_signal_csv(path, sample_rate=25)[2] == 25.0
     path.write_text("time,acc_x,acc_y\n0,1,2\n")
@@ -256,3 +282,29 @@ def test_read_signal_csv_errors(tmp_path):
         read_signal_csv(path)
     with pytest.raises(DataError, match="does not exist"):
         read_signal_csv(tmp_path / "missing.csv")
+
+
+def test_generic_unit_of_another_sensor_group_names_file_and_column(tmp_path):
+    path = tmp_path / "raw.csv"
+    path.write_text("time,acc_x[deg/s],acc_y[deg/s],acc_z[deg/s]\n" + "".join(f"{i / 50},0,0,1\n" for i in range(10)))
+    with pytest.raises(DataError, match=r"raw\.csv line 1: column acc_x\[deg/s\] has unit deg/s, which is not a "
+                                        r"unit of acc; use g or m/s\^2"):  # fmt: skip
+        read_signal_csv(path)
+    path.write_text("time,acc_x,acc_y,acc_z\n" + "".join(f"{i / 50},0,0,1\n" for i in range(10)))
+    with pytest.raises(DataError, match=r"units: `acc=deg/s` is not a unit of acc; use g or m/s\^2"):
+        read_signal_csv(path, units="acc=deg/s")
+
+
+@pytest.mark.parametrize(
+    ("column", "scale", "step", "read_as"),
+    [("timestamp", 1e3, "20", "seconds"), ("timestamp_ms", 1e9, "2e\\+04", "milliseconds"),
+     ("timestamp_ms", 1.0, "2e-05", "milliseconds")],
+)  # fmt: skip
+def test_generic_time_column_in_another_unit_fails(tmp_path, column, scale, step, read_as):
+    """Epoch milliseconds under `timestamp` would grid a 50 Hz stream at 0.05 Hz; the step found says so."""
+    path = tmp_path / "raw.csv"
+    rows = "".join(f"{(1_700_000_000 + i / 50) * scale:.6f},0,0,1\n" for i in range(50))
+    path.write_text(f"{column},acc_x,acc_y,acc_z\n" + rows)
+    with pytest.raises(DataError, match=rf"raw\.csv: samples are {step} s apart \(median\) with `{column}` read as "
+                                        rf"{read_as}; name the column for its unit: timestamp \(s\), timestamp_ms"):
+        read_signal_csv(path)

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from fedhar.data.preprocess import Normalizer, relabel, resample_recording, resample_timestamps, to_canonical
+from fedhar.data.preprocess import Normalizer, relabel, resample_recording, to_canonical
 from fedhar.data.recording import IMU6, Recording, RecordingSet
 from fedhar.errors import DataError
 
@@ -22,16 +22,6 @@ def test_resample_halves_rate_and_keeps_a_sine():
     assert out.sample_rate == 50.0 and out.signal.shape == (100, 6)
     np.testing.assert_allclose(out.signal[:, 0], np.sin(2 * np.pi * 2 * np.arange(100) / 50.0), atol=1e-5)
     assert out.labels[0] == 0 and out.labels[-1] == 1
-
-
-def test_resample_timestamps_handles_jitter_and_duplicates():
-    rng = np.random.default_rng(0)
-    t = np.sort(np.arange(0, 2, 0.01) + rng.uniform(-0.002, 0.002, 200))
-    t = np.concatenate([t, t[:3]])  # duplicates
-    vals = np.stack([t * 2.0], axis=1)
-    grid, out = resample_timestamps(t, vals, 50.0)
-    np.testing.assert_allclose(np.diff(grid), 0.02, atol=1e-9)
-    np.testing.assert_allclose(out[:, 0], grid * 2.0, atol=1e-6)
 
 
 def test_relabel_maps_and_selects():
@@ -62,10 +52,8 @@ def test_common_labels_align_datasets():
     assert ws.label_names == ["walking", "lying"] and set(ws.y.tolist()) == {0, 1}
 
 
-def test_every_common_table_maps_onto_the_common_set():
-    from fedhar.data.activities import COMMON_ACTIVITIES, TO_COMMON, common_label_map
+def test_a_dataset_without_a_common_table_fails():
+    from fedhar.data.activities import common_label_map
 
-    for table in TO_COMMON.values():
-        assert set(table.values()) <= set(COMMON_ACTIVITIES)
     with pytest.raises(DataError, match="no common-activity table"):
         common_label_map("generic")

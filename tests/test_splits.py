@@ -26,13 +26,31 @@ def test_overlap_and_unknown_subjects_fail(tiny_windows):
         split_by_subject(tiny_windows, SplitConfig(train=["1"], test=["99"]), 0)
 
 
-def test_named_uci_har_split(tiny_windows):
+def _with_subjects(ws, subjects):
     import numpy as np
 
-    ws = tiny_windows.subset(np.arange(len(tiny_windows)))
-    ws.subject = np.where(ws.subject == "4", "9", ws.subject)  # 9 is a UCI-HAR test subject
+    out = ws.subset(np.arange(len(ws)))
+    out.subject = np.asarray([subjects[i % len(subjects)] for i in range(len(ws))])
+    return out
+
+
+def test_named_uci_har_split(tiny_windows):
+    from fedhar.data.splits import UCI_HAR_TEST_SUBJECTS
+
+    ws = _with_subjects(tiny_windows, ["1", "3", "5", "6", *UCI_HAR_TEST_SUBJECTS])
     tr, va, te = split_by_subject(ws, SplitConfig(named="uci-har", val_fraction=0.0), 0)
-    assert set(te.subject) == {"2", "9"} and not {"2", "9"} & set(tr.subject)
+    assert set(te.subject) == set(UCI_HAR_TEST_SUBJECTS) and set(tr.subject) == {"1", "3", "5", "6"}
+
+
+def test_named_split_needs_all_its_test_subjects(tiny_windows):
+    """The HAPT training copy holds none of the nine: the test set must not silently come out empty."""
+    train_only = _with_subjects(tiny_windows, ["1", "3", "5", "6"])
+    with pytest.raises(DataError, match=r"split.named `uci-har` tests on subjects .*, but \['2', '4', '9', '10', "
+                                        r"'12', '13', '18', '20', '24'\] are not in the data .* list split.test"):
+        split_by_subject(train_only, SplitConfig(named="uci-har"), 0)
+    partial = _with_subjects(tiny_windows, ["1", "2", "9"])
+    with pytest.raises(DataError, match=r"but \['4', '10', '12', '13', '18', '20', '24'\] are not in the data"):
+        split_by_subject(partial, SplitConfig(named="uci-har"), 0)
 
 
 def test_kfold_covers_each_subject_once(tiny_windows):

@@ -12,10 +12,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     info.add_argument("path", help="dataset folder (official layout) or .npz window set")
     info.add_argument("--dataset", default="auto", help="loader name (default: detect)")
     info.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    info.add_argument(
+        "--sample-rate", type=float, metavar="HZ",
+        help="rate of generic CSVs without a time column; grid rate of hhar/realworld/wisdm",
+    )  # fmt: skip
     info.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from fedhar.data.info import info_command
 
-    return info_command(args.path, args.dataset, args.json)
+    return info_command(args.path, args.dataset, args.json, args.sample_rate)

@@ -2,15 +2,13 @@
 
 Each dataset keeps its own label names (``dws``, ``WALKING_UPSTAIRS``, ``climbingup`` …);
 ``data.common_labels: true`` renames them through these tables first. Labels with no common
-counterpart keep their own name (select classes with ``data.classes``).
+counterpart keep their own name (select classes with ``data.classes``). The common names:
+walking, upstairs, downstairs, sitting, standing, lying, running, cycling, jumping, stairs.
 """
 
 from __future__ import annotations
 
 from fedhar.errors import DataError
-
-COMMON_ACTIVITIES = ["walking", "upstairs", "downstairs", "sitting", "standing", "lying", "running", "cycling",
-                     "jumping", "stairs"]  # fmt: skip
 
 _UCI = {"WALKING": "walking", "WALKING_UPSTAIRS": "upstairs", "WALKING_DOWNSTAIRS": "downstairs",
         "SITTING": "sitting", "STANDING": "standing", "LAYING": "lying"}  # fmt: skip
@@ -34,7 +32,7 @@ TO_COMMON: dict[str, dict[str, str]] = {
 
 
 def common_label_map(dataset: str) -> dict[str, str]:
-    """The renaming of ``dataset``'s labels onto :data:`COMMON_ACTIVITIES`."""
+    """The renaming of ``dataset``'s labels onto the common names."""
     if dataset not in TO_COMMON:
         raise DataError(
             f"no common-activity table for dataset `{dataset}` (tables: {sorted(TO_COMMON)}); "

@@ -16,22 +16,32 @@ from pathlib import Path
 import numpy as np
 
 from fedhar.config import DataConfig
-from fedhar.data.loaders import LOADERS, detect_layout, load_recordings
+from fedhar.data.loaders import LOADERS, detect_layout, load_recordings, loader_options
 from fedhar.data.preprocess import resample_recording
 from fedhar.data.recording import RecordingSet, natural_key
 from fedhar.data.windows import WindowSet, make_windows
-from fedhar.errors import DataError
+from fedhar.errors import ConfigError, DataError
 
 
-def data_summary(path: str | Path, dataset: str | None = "auto") -> dict:
-    """JSON-ready summary of a dataset folder (official layout) or an ``.npz`` window set."""
+def data_summary(path: str | Path, dataset: str | None = "auto", sample_rate: float | None = None) -> dict:
+    """JSON-ready summary of a dataset folder (official layout) or an ``.npz`` window set.
+
+    ``sample_rate`` is the loader's option of that name: the rate of generic CSVs without a time
+    column (they cannot be read without it), the grid rate of hhar, realworld and wisdm.
+    """
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path} does not exist; give a dataset folder or an .npz window set")
     if path.is_file() and path.suffix == ".npz" and dataset in (None, "auto", "generic"):
         return _window_summary(path)
     name = detect_layout(path) if dataset in (None, "auto") else dataset
-    rs = load_recordings(path, name)
+    options = {}
+    if sample_rate is not None:
+        if "sample_rate" not in loader_options(name):
+            takes = [n for n in LOADERS if "sample_rate" in loader_options(n)]
+            raise ConfigError(f"--sample-rate: {name} files have a fixed rate; the option is for {takes}")
+        options["sample_rate"] = sample_rate
+    rs = load_recordings(path, name, **options)
     summary = rs.summary()
     durations = np.array([r.duration_s for r in rs.recordings])
     class_hours = np.zeros(len(rs.label_names))
@@ -166,12 +176,12 @@ def render_summary(summary: dict):
     return Group(overview, classes, per_subject)
 
 
-def info_command(path: str, dataset: str | None, as_json: bool) -> int:
+def info_command(path: str, dataset: str | None, as_json: bool, sample_rate: float | None = None) -> int:
     """Print the summary (a table, or JSON with ``as_json``); returns the exit code.
 
     Data problems raise :class:`DataError`, which the CLI prints as one line.
     """
-    summary = data_summary(path, dataset)
+    summary = data_summary(path, dataset, sample_rate)
     if as_json:
         print(json.dumps(summary, indent=2))
     else:

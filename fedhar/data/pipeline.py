@@ -12,15 +12,16 @@ from pathlib import Path
 from fedhar.cache import cache_root
 from fedhar.config import DataConfig
 from fedhar.data.activities import common_label_map
-from fedhar.data.loaders import detect_layout, load_recordings
+from fedhar.data.loaders import detect_layout, load_recordings, loader_options
+from fedhar.data.loaders.common import walk_files
 from fedhar.data.preprocess import relabel, resample_recording, select_sensors
 from fedhar.data.recording import RecordingSet
 from fedhar.data.splits import split_by_subject
 from fedhar.data.windows import WindowSet, make_windows
 from fedhar.errors import DataError
 
-#: Bump when windowing or a loader changes what it produces, so old caches are not reused.
-PIPELINE_VERSION = 1
+#: Bump when windowing, a loader or the cache key changes, so old caches are not reused.
+PIPELINE_VERSION = 2
 #: data settings applied after the cached windows (splits, normalisation, label budgets)
 NOT_CACHED = ("split", "train_overlap", "cache_dir", "normalize", "labelled_per_class", "labelled_percent")
 
@@ -34,12 +35,16 @@ def read_recordings(cfg: DataConfig, seed: int = 0) -> RecordingSet:
     else:
         if cfg.path is None:
             raise DataError(f"`data.path` is not set; point it at the unpacked {cfg.dataset} folder")
+        name = detect_layout(cfg.path) if cfg.dataset == "auto" else cfg.dataset
         options = {"placement": cfg.placement} if cfg.placement else {}
-        rs = load_recordings(cfg.path, cfg.dataset, **options)
-    label_map = dict(cfg.label_map or {})
-    if cfg.common_labels:
-        label_map = {**common_label_map(rs.dataset), **label_map}
-    rs = relabel(rs, cfg.classes, label_map or None)
+        # loaders that fuse unpaired sensors onto a grid grid at the target rate at once (one interpolation,
+        # not two); generic's option is the rate untimed CSVs were recorded at, never assumed (loader_options)
+        if cfg.sample_rate is not None and name != "generic" and "sample_rate" in loader_options(name):
+            options["sample_rate"] = cfg.sample_rate
+        rs = load_recordings(cfg.path, name, **{**options, **cfg.loader_options})
+    if cfg.common_labels:  # first onto the common names, then label_map renames those
+        rs = relabel(rs, None, common_label_map(rs.dataset))
+    rs = relabel(rs, cfg.classes, cfg.label_map)
     rs = select_sensors(rs, cfg.sensors)
     if cfg.sample_rate is not None:
         rs.recordings = [resample_recording(r, cfg.sample_rate) for r in rs.recordings]
@@ -47,7 +52,7 @@ def read_recordings(cfg: DataConfig, seed: int = 0) -> RecordingSet:
 
 
 def _fingerprint(cfg: DataConfig, seed: int) -> str:
-    """Cache key: preprocessing parameters plus the names, sizes and mtimes of the input files."""
+    """Cache key: preprocessing parameters plus the names, sizes and mtimes (ns) of the input files."""
     params = {k: v for k, v in cfg.__dict__.items() if k not in NOT_CACHED}
     params["version"] = PIPELINE_VERSION
     if cfg.dataset == "synthetic":
@@ -58,9 +63,9 @@ def _fingerprint(cfg: DataConfig, seed: int) -> str:
     else:
         root = Path(cfg.path or ".").resolve()
         params["path"] = str(root)
-        files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())  # a file: .npz windows
-        params["files"] = [(str(p.relative_to(root.parent if root.is_file() else root)), p.stat().st_size,
-                            int(p.stat().st_mtime)) for p in files]
+        base = root.parent if root.is_file() else root
+        files = [root] if root.is_file() else walk_files(root)  # a file: .npz windows
+        params["files"] = [(str(p.relative_to(base)), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
     blob = json.dumps(params, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 

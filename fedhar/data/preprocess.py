@@ -56,22 +56,6 @@ def resample_recording(rec: Recording, rate: float) -> Recording:
     )
 
 
-def resample_timestamps(t: np.ndarray, values: np.ndarray, rate: float) -> tuple[np.ndarray, np.ndarray]:
-    """Put irregular, jittery samples (time in s, ascending) onto a uniform grid at ``rate`` Hz.
-
-    Duplicate timestamps are dropped; returns (grid times, values [T, C]).
-    """
-    order = np.argsort(t, kind="stable")
-    t, values = t[order], values[order]
-    keep = np.concatenate([[True], np.diff(t) > 0])
-    t, values = t[keep], values[keep]
-    if len(t) < 2:
-        return t, values
-    grid = np.arange(t[0], t[-1], 1.0 / rate)
-    out = np.stack([np.interp(grid, t, values[:, c]) for c in range(values.shape[1])], axis=1)
-    return grid, out
-
-
 def relabel(rs: RecordingSet, classes: list[str] | None, label_map: dict[str, str] | None) -> RecordingSet:
     """Rename labels through ``label_map`` then keep ``classes`` in the given order (others → unlabelled)."""
     names = [label_map.get(n, n) if label_map else n for n in rs.label_names]

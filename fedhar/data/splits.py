@@ -19,12 +19,22 @@ def _sorted_subjects(ws: WindowSet) -> list[str]:
 
 
 def split_by_subject(ws: WindowSet, cfg: SplitConfig, seed: int) -> tuple[WindowSet, WindowSet, WindowSet]:
-    """Train / validation / test window sets whose subjects never overlap."""
+    """Train / validation / test window sets whose subjects never overlap.
+
+    A named split needs every one of its test subjects in the data: without them the test set
+    is not the protocol's (and with none of them it would be empty).
+    """
     subjects = _sorted_subjects(ws)
     if cfg.named:
         if cfg.named not in NAMED_SPLITS:
             raise DataError(f"unknown named split `{cfg.named}`; known: {sorted(NAMED_SPLITS)}")
-        test = [s for s in NAMED_SPLITS[cfg.named] if s in subjects]
+        test = NAMED_SPLITS[cfg.named]
+        absent = [s for s in test if s not in subjects]
+        if absent:  # a partial test set would give figures that look comparable to the protocol's but are not
+            raise DataError(
+                f"split.named `{cfg.named}` tests on subjects {test}, but {absent} are not in the data "
+                f"(it has {subjects}); use the full dataset, or list split.test (and split.train) instead"
+            )
         rest = [s for s in subjects if s not in test]
         val = cfg.val or _take_fraction(rest, cfg.val_fraction, seed)
         train = cfg.train or [s for s in rest if s not in val]

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 from pathlib import Path
+from typing import Any
 
 from fedhar.data.recording import RecordingSet
-from fedhar.errors import DataError
+from fedhar.errors import ConfigError, DataError
 
 #: loader name → module (imported lazily so one broken loader never blocks the others)
 LOADERS = {
@@ -41,10 +43,28 @@ def detect_layout(path: str | Path) -> str:
     )
 
 
-def load_recordings(path: str | Path, dataset: str = "auto", **options) -> RecordingSet:
-    """Read a dataset folder into recordings in canonical units (acc in g, gyro in rad/s)."""
+def loader_options(name: str) -> list[str]:
+    """The keyword options loader ``name`` accepts (the parameters of its ``load`` after ``root``)."""
+    return list(inspect.signature(_module(name).load).parameters)[1:]
+
+
+def load_recordings(path: str | Path, dataset: str = "auto", **options: Any) -> RecordingSet:
+    """Read a dataset folder into recordings in canonical units (acc in g, gyro in rad/s).
+
+    An option the loader does not have fails here, by name, rather than as a TypeError from inside it.
+    """
     name = detect_layout(path) if dataset == "auto" else dataset
     root = Path(path)
     if not root.exists():
         raise DataError(f"data path {root} does not exist; download the dataset and point `data.path` at its folder")
+    accepted = loader_options(name)
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ConfigError(
+            f"the {name} loader has no option {', '.join(f'`{o}`' for o in unknown)}; "
+            f"it accepts {accepted}; fix `data.loader_options`"
+        )
+    rate = options.get("sample_rate")
+    if rate is not None and (isinstance(rate, bool) or not isinstance(rate, (int, float)) or not rate > 0):
+        raise ConfigError(f"the {name} loader's sample_rate must be a positive number of Hz, got {rate!r}")
     return _module(name).load(root, **options)

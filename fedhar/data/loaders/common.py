@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,24 @@ def require_dir(path: Path, what: str) -> Path:
     if not path.is_dir():
         raise DataError(f"{path} is not a folder; point `data.path` at {what}")
     return path
+
+
+def walk_files(root: Path, suffix: str = "") -> list[Path]:
+    """Files under ``root`` (ending in ``suffix``), sorted, descending into symlinked folders too.
+
+    ``Path.rglob`` skips symlinked folders before Python 3.13, yet datasets are often linked in
+    from shared storage; a folder reached twice (a link cycle) is walked once.
+    """
+    seen: set[str] = set()
+    found = []
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            dirs.clear()
+            continue
+        seen.add(real)
+        found += [Path(folder, f) for f in files if f.endswith(suffix) and os.path.isfile(os.path.join(folder, f))]
+    return sorted(found)
 
 
 def read_numeric_table(path: Path, columns: int, delimiter: str | None = None) -> np.ndarray:

@@ -10,13 +10,16 @@ CSV rules (``read_signal_csv`` and folder loading):
   optionally with a unit: ``acc_x[m/s^2]``, ``acc_x (m/s2)``, ``acc_x_ms2``, ``gyro_x_dps``,
   ``gyro_x[deg/s]``. Without a unit (and without the ``units`` option) acc is taken as g, gyro as
   rad/s, mag as µT; values that cannot be in that unit (median |acc| above 3 g, gyro beyond
-  ±35 rad/s) fail with a request to state the unit rather than being silently misread;
+  ±35 rad/s) fail with a request to state the unit rather than being silently misread; a unit of
+  another group (``acc_x[deg/s]``) fails;
 - time: ``timestamp``/``time``/``t`` (seconds), ``timestamp_ms``/``time_ms`` (milliseconds),
   ``timestamp_us``, ``timestamp_ns``/``time_ns``; without one, the ``sample_rate`` option is needed.
-  Near-uniform timestamps (every step within 5 % of the median) are kept as they are; otherwise
-  the samples are interpolated onto a uniform grid at ``sample_rate`` (default: the median rate)
-  and grid points inside gaps longer than ``max_gap_s`` become NaN (windowing drops and reports
-  them). Timestamps that go backwards fail with the line;
+  A median step outside 0.1 ms .. 1 s fails (the values are in another unit than the column's
+  name says, e.g. epoch milliseconds under ``timestamp``). Near-uniform timestamps (every step
+  within 5 % of the median) are kept as they are; otherwise the samples are interpolated onto a
+  uniform grid at ``sample_rate`` (default: the median rate) and grid points inside gaps longer
+  than ``max_gap_s`` become NaN (windowing drops and reports them). Timestamps that go backwards
+  fail with the line;
 - ``label``: text labels, an empty cell is unlabelled. The label table is ``labels.txt`` beside
   the files (one name per line, its order is the label order; other labels fail) or else the
   sorted set of labels found;
@@ -27,6 +30,8 @@ CSV rules (``read_signal_csv`` and folder loading):
 An ``.npz`` path (a saved :class:`WindowSet`) loads as one recording per window, with the
 window's label and tags: windowing it again with the same window length gives back exactly
 those windows, so it flows through relabelling, sensor selection and splits like any dataset.
+The set's dataset is the windows' dataset tag when they share one (so ``common_labels`` finds
+its table), else the file's stem.
 """
 
 from __future__ import annotations
@@ -38,7 +43,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fedhar.data.preprocess import to_canonical
+from fedhar.data.loaders.common import walk_files
+from fedhar.data.preprocess import UNIT_FACTORS, to_canonical
 from fedhar.data.recording import CANONICAL_UNITS, UNLABELLED, Recording, RecordingSet, SensorLayout
 from fedhar.errors import DataError
 
@@ -181,8 +187,7 @@ def fuse_streams(
     :func:`clean_times`; ``labels`` (time, label per sample) give each grid point the label of the
     nearest labelled sample. Returns (signal [T, sum c], labels [T] or None) for every span where
     all sensors have data without a gap longer than ``max_gap_s``; gaps split recordings rather
-    than being bridged. (``preprocess.resample_timestamps`` grids one stream from its own first
-    sample; sensors of one device need one grid, hence this.)
+    than being bridged.
     """
     out = []
     for a, b in common_stretches([t for t, _ in streams], max_gap_s):
@@ -234,6 +239,8 @@ _TIME_COLUMNS = {
     "timestamp_ms": 1e-3, "time_ms": 1e-3, "timestamp_us": 1e-6, "time_us": 1e-6,
     "timestamp_ns": 1e-9, "time_ns": 1e-9,
 }  # fmt: skip
+_TIME_UNIT = {1.0: "seconds", 1e-3: "milliseconds", 1e-6: "microseconds", 1e-9: "nanoseconds"}
+_MIN_STEP_S, _MAX_STEP_S = 1e-4, 1.0  # 10 kHz .. 1 Hz: any body-worn IMU stream
 _GROUP_ORDER = ("acc", "gyro", "mag")
 
 
@@ -253,7 +260,14 @@ def _parse_units(units: str | dict[str, str] | None) -> dict[str, str]:
                 f"units: `{group}={unit}` is not a known sensor group and unit (e.g. acc=m/s^2, gyro=deg/s)"
             )
         out[group] = _UNIT_ALIASES[unit.lower()]
+        if (group, out[group]) not in UNIT_FACTORS:
+            raise DataError(f"units: `{group}={unit}` is not a unit of {group}; use {_group_units(group)}")
     return out
+
+
+def _group_units(group: str) -> str:
+    """The unit spellings a sensor group accepts, for error messages."""
+    return " or ".join(sorted({u for g, u in UNIT_FACTORS if g == group and u in _UNIT_ALIASES.values()}))
 
 
 def read_signal_csv(
@@ -292,7 +306,13 @@ def _read_csv(
                 raise DataError(
                     f"{path} line 1: column `{name}` has unknown unit `{unit}`; use g, m/s^2, rad/s, deg/s or uT"
                 )
-            channels.setdefault(m["group"].lower(), {})[m["axis"].lower()] = (col, unit and _UNIT_ALIASES[unit.lower()])
+            group, canonical = m["group"].lower(), unit and _UNIT_ALIASES[unit.lower()]
+            if canonical is not None and (group, canonical) not in UNIT_FACTORS:
+                raise DataError(
+                    f"{path} line 1: column {name} has unit {unit}, which is not a unit of {group}; "
+                    f"use {_group_units(group)}"
+                )
+            channels.setdefault(group, {})[m["axis"].lower()] = (col, canonical)
     if not channels:
         raise DataError(
             f"{path} line 1: no channel columns (expected acc_x, acc_y, acc_z, gyro_x, ... ; header is {header})"
@@ -370,10 +390,13 @@ def _read_csv(
                 f"{path} line {line_of[back[0] + 1]}: time goes backwards; sort the file by `{header[col]}`"
             )
         t = (t - t[0]) * scale
-        signal, labels, subjects, rate = _to_uniform(path, t, signal, labels, subjects, sample_rate, max_gap_s)
+        signal, labels, subjects, rate = _to_uniform(
+            path, header[col], t, signal, labels, subjects, sample_rate, max_gap_s
+        )
     elif sample_rate is None:
         raise DataError(
-            f"{path} line 1: no time column (timestamp [s], timestamp_ms or timestamp_ns); add one or give sample_rate"
+            f"{path} line 1: no time column (timestamp [s], timestamp_ms or timestamp_ns); add one or give the "
+            "rate it was recorded at (data.loader_options.sample_rate; fedhar predict --sample-rate)"
         )
     else:
         rate = float(sample_rate)
@@ -398,8 +421,12 @@ def _check_unstated_unit(path: Path, group: str, values: np.ndarray) -> None:
         )
 
 
-def _to_uniform(path, t, signal, labels, subjects, sample_rate, max_gap_s):
-    """Keep near-uniform samples as they are; otherwise interpolate onto a uniform grid (gaps → NaN)."""
+def _to_uniform(path, time_column, t, signal, labels, subjects, sample_rate, max_gap_s):
+    """Keep near-uniform samples as they are; otherwise interpolate onto a uniform grid (gaps → NaN).
+
+    A median step outside 0.1 ms .. 1 s is a time column in another unit than its name says (epoch
+    milliseconds read as seconds would otherwise grid a 50 Hz stream at 0.05 Hz, or blow it up 1000×).
+    """
     if len(t) < 2:
         raise DataError(f"{path}: a single sample; a recording needs at least two")
     steps = np.diff(t)
@@ -407,6 +434,12 @@ def _to_uniform(path, t, signal, labels, subjects, sample_rate, max_gap_s):
     if not len(positive):
         raise DataError(f"{path}: all timestamps are equal; check the time column's unit")
     median = float(np.median(positive))
+    if not _MIN_STEP_S <= median <= _MAX_STEP_S:
+        raise DataError(
+            f"{path}: samples are {median:.3g} s apart (median) with `{time_column}` read as "
+            f"{_TIME_UNIT[_TIME_COLUMNS[time_column.lower()]]}; name the column for its unit: "
+            "timestamp (s), timestamp_ms, timestamp_us or timestamp_ns"
+        )
     native = float(np.round(1.0 / median, 2))
     rate = float(sample_rate) if sample_rate else native
     if np.all(np.abs(steps - median) <= 0.05 * median) and abs(rate - native) <= 0.01 * native:
@@ -423,7 +456,7 @@ def _to_uniform(path, t, signal, labels, subjects, sample_rate, max_gap_s):
 
 
 def _csv_files(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*.csv") if p.is_file())
+    return walk_files(root, ".csv")
 
 
 def _has_channel_header(path: Path) -> bool:
@@ -530,4 +563,5 @@ def _load_npz(path: Path) -> RecordingSet:
         )  # fmt: skip
         for i in range(len(ws))
     ]
-    return RecordingSet(recordings, list(ws.label_names), path.stem)
+    tags = set(ws.dataset.tolist())  # the windows' own dataset (for common_labels), else the file's name
+    return RecordingSet(recordings, list(ws.label_names), tags.pop() if len(tags) == 1 else path.stem)

@@ -1,4 +1,15 @@
-"""UCI HAPT ``RawData/`` (Reyes-Ortiz et al. 2016): waist smartphone, 50 Hz, acc in g, gyro in rad/s."""
+"""UCI HAPT ``RawData/`` (Reyes-Ortiz et al. 2016): waist smartphone, 50 Hz, acc in g, gyro in rad/s.
+
+``labels.txt`` segments (``experiment user activity start end``) are read as 0-based, inclusive
+sample indices: file rows ``start`` through ``end``, counting from 0. Neither the archive's
+README ("label start point, in number of signal log samples") nor the copy in
+shared/data/hapt-train (".. sample indices, inclusive") states the base, and the data do not
+decide it: consecutive segments abut (``start`` = previous ``end`` + 1) and all lie well inside
+their files (in that copy the first start is sample 136 and every end is at least 631 samples
+before its file's end), so both readings index valid rows. 1-based (MATLAB-style) indices would
+shift each segment edge by one sample (20 ms), below the precision of the hand labels; without
+evidence the reading stays as it is (the window counts in tests/test_loaders.py pin it).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from fedhar.data.loaders.common import read_activity_labels, read_numeric_table, require_dir
+from fedhar.data.loaders.generic import resolve_placement
 from fedhar.data.recording import IMU6, Recording, RecordingSet, segments_to_labels
 from fedhar.errors import DataError
 
@@ -17,7 +29,7 @@ DEFAULT_LABELS = [
     "WALKING", "WALKING_UPSTAIRS", "WALKING_DOWNSTAIRS", "SITTING", "STANDING", "LAYING",
     "STAND_TO_SIT", "SIT_TO_STAND", "SIT_TO_LIE", "LIE_TO_SIT", "STAND_TO_LIE", "LIE_TO_STAND",
 ]  # fmt: skip
-_ACC = re.compile(r"acc_exp(\d+)_user(\d+)\.txt$")
+_ACC = re.compile(r"^acc_exp(\d+)_user(\d+)\.txt$")
 
 
 def detect(root: Path) -> bool:
@@ -25,8 +37,9 @@ def detect(root: Path) -> bool:
     return (raw / "labels.txt").is_file() and any(raw.glob("acc_exp*_user*.txt"))
 
 
-def load(root: Path, **_: object) -> RecordingSet:
-    """One recording per experiment; labels.txt segments are inclusive sample indices."""
+def load(root: Path, placement: str | None = None) -> RecordingSet:
+    """One recording per experiment; labels.txt segments are inclusive sample indices (module docstring)."""
+    resolve_placement(placement, {"waist": "waist"}, "waist", "HAPT")
     raw = require_dir(root / "RawData", "the HAPT archive's RawData/ folder")
     label_names = read_activity_labels(root / "activity_labels.txt", DEFAULT_LABELS)
     labels_path = raw / "labels.txt"
@@ -40,7 +53,10 @@ def load(root: Path, **_: object) -> RecordingSet:
         segments.setdefault((int(exp), int(user)), []).append((int(start), int(end), int(act) - 1))
     recordings = []
     for acc_path in sorted(raw.glob("acc_exp*_user*.txt")):
-        exp, user = (int(g) for g in _ACC.search(acc_path.name).groups())
+        m = _ACC.match(acc_path.name)
+        if not m:
+            raise DataError(f"{acc_path}: expected a file name acc_expNN_userUU.txt; rename or remove it")
+        exp, user = int(m[1]), int(m[2])
         gyro_path = acc_path.with_name(acc_path.name.replace("acc_", "gyro_", 1))
         if not gyro_path.is_file():
             raise DataError(f"{gyro_path} is missing: HAPT needs a gyro file for every acc file")
