@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import stat
+import types
 from pathlib import Path
 
 import numpy as np
@@ -236,3 +237,141 @@ def test_server_checks_fail_before_a_run_folder_or_process_exists(tmp_path, caps
     assert main(["server", "--config", str(config), *tls, *keys, "--address", "10.9.8.7:9092"]) == 2
     assert "is not valid for 10.9.8.7" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
+
+
+# ---- review fixes: CA files, addresses, a shared SuperLink, restarts, process start ---------------------
+
+
+def test_a_ca_certificate_without_its_key_is_refused_and_a_foreign_server_certificate_reissued(tmp_path):
+    from cryptography import x509
+
+    from fedhar.deploy.certs import create_test_deployment, server_certificate_hosts
+
+    create_test_deployment(tmp_path, ["127.0.0.1", "edge.lan"], ["phone-1"])
+    (tmp_path / "ca.key").unlink()  # moved offline, say
+    with pytest.raises(ConfigError, match=r"ca.crt exists but .*ca.key does not: restore ca.key, or remove ca.crt"):
+        create_test_deployment(tmp_path, ["127.0.0.1"], ["phone-2"])
+    (tmp_path / "ca.crt").unlink()
+    create_test_deployment(tmp_path, ["127.0.0.1"], ["phone-2"])  # a new CA: the old server.crt no longer verifies
+    ca = x509.load_pem_x509_certificate((tmp_path / "ca.crt").read_bytes())
+    x509.load_pem_x509_certificate((tmp_path / "server.crt").read_bytes()).verify_directly_issued_by(ca)
+    assert {"127.0.0.1", "edge.lan"} <= set(server_certificate_hosts(tmp_path / "server.crt"))
+
+
+def test_ipv6_addresses_keep_their_brackets():
+    from fedhar.deploy.runtime import join_address, split_address
+
+    assert split_address("[::1]:9092") == ("::1", 9092) and join_address("::1", 9092) == "[::1]:9092"
+    assert split_address("edge.lan:9092") == ("edge.lan", 9092) and join_address("edge.lan", 1) == "edge.lan:1"
+    with pytest.raises(ConfigError, match=r"in brackets, e.g. \[::1\]:9092"):
+        split_address("::1:9092")
+
+
+def test_a_running_superlink_is_reached_by_its_ipv6_address_and_its_auth_is_not_guessed(tmp_path, monkeypatch):
+    from fedhar.deploy import server
+    from fedhar.deploy.server import ServerOptions, serve
+    from fedhar.results.run import RunDir
+
+    calls = {}
+    monkeypatch.setattr(server, "control_client", lambda address, tls: types.SimpleNamespace(close=lambda: None))
+    monkeypatch.setattr(server, "start_run", lambda control, config: (7, "f" * 64))
+    monkeypatch.setattr(server, "stop_run", lambda control, run_id: calls.setdefault("stopped", run_id))
+
+    def run_task(address, tls, secret, run_id, fab_hash, main):
+        calls.update(address=address, run_id=run_id, fab_hash=fab_hash)
+        return {"wall_seconds": 0.0}
+
+    monkeypatch.setattr(server, "run_server_task", run_task)
+    secret = tmp_path / "superexec.secret"
+    secret.write_text("s")
+    cfg = device_cfg(f"output_dir={tmp_path}", "name=shared", "data.sample_rate=50")
+    run = RunDir.create(cfg, kind="server")
+    serve(cfg, run, ServerOptions(superlink="[::1]:9092", superexec_secret=secret, insecure=True), progress=False)
+    assert calls == {"address": "[::1]:9092", "run_id": 7, "fab_hash": "f" * 64, "stopped": 7}
+    flower = json.loads(run.file("run.json").read_text())["flower"]
+    assert flower["superlink"] == "[::1]:9092" and flower["supernode_auth"] is None
+
+
+def test_the_server_claims_only_the_task_of_its_own_fab():
+    """Flower's AcquireTask handler, on its in-memory state: another app's pending ServerApp task stays pending."""
+    from flwr.server.superlink.linkstate import LinkStateFactory
+    from flwr.superlink.federation.noop_federation_manager import NoOpFederationManager
+    from flwr.superlink.servicer.runtime.runtime_handlers import acquire_task as handle
+    from flwr.supercore.constant import FLWR_IN_MEMORY_DB_NAME, TaskType
+    from flwr.supercore.object_store import ObjectStoreFactory
+
+    from fedhar.deploy.runtime import acquire_task
+
+    state = LinkStateFactory(FLWR_IN_MEMORY_DB_NAME, NoOpFederationManager(), ObjectStoreFactory()).state()
+    other = state.create_run("someone/app", "1.0", "a" * 64, {}, "default", None, None, TaskType.SERVER_APP)
+    ours = state.create_run("fedhar/fedhar", "0.1.0", "b" * 64, {}, "default", None, None, TaskType.SERVER_APP)
+    runtime = types.SimpleNamespace(AcquireTask=lambda request: handle(request, state))
+    token, task = acquire_task(runtime, fab_hash="b" * 64)
+    assert task.run_id == ours and token
+    assert acquire_task(runtime, fab_hash="b" * 64) is None
+    assert state.get_tasks(run_ids=[other])[0].status.status == "pending"
+
+
+def test_a_supernode_that_fails_to_start_is_started_again(tmp_path, monkeypatch):
+    from fedhar.deploy import client
+    from fedhar.deploy.runtime import StartFailed, Tls
+
+    failed = types.SimpleNamespace(process=types.SimpleNamespace(returncode=1), log_path=tmp_path / "supernode.log",
+                                   log_tail=lambda lines: "Failed to activate SuperNode")  # fmt: skip
+    starts, pauses = [], []
+
+    def start(*args):
+        starts.append(args)
+        if len(starts) == 1:
+            raise StartFailed("SuperNode exited (code 1) while starting", failed)
+        raise KeyboardInterrupt  # Ctrl+C stays fatal
+
+    monkeypatch.setattr(client, "start_supernode", start)
+    monkeypatch.setattr(client.time, "sleep", pauses.append)
+    monkeypatch.setattr(client.signal, "signal", lambda *args: None)
+    with pytest.raises(KeyboardInterrupt):
+        client.run_client("127.0.0.1:9092", {"data-path": "x"}, Tls(insecure=True), None, tmp_path)
+    assert len(starts) == 2 and pauses == [client.RESTART_PAUSE_S[0]]
+
+
+def test_a_flower_process_that_does_not_come_up_is_stopped(tmp_path, monkeypatch):
+    from fedhar.deploy import runtime
+
+    class FakeService:
+        def __init__(self, name, command, log_path, env):
+            self.name, self.stopped = name, False
+            made.append(self)
+
+        def stop(self):
+            self.stopped = True
+
+    def never(service, host, port, timeout_s):
+        raise runtime.StartFailed(f"{service.name} did not listen", service)
+
+    made = []
+    monkeypatch.setattr(runtime, "Service", FakeService)
+    monkeypatch.setattr(runtime, "wait_until_listening", never)
+    with pytest.raises(runtime.StartFailed):
+        runtime.start_supernode("127.0.0.1:9092", runtime.Tls(insecure=True), None, {}, 9999, tmp_path / "s",
+                                tmp_path)  # fmt: skip
+    assert made[0].stopped
+
+
+def test_the_death_signal_hook_loads_nothing_in_the_child(monkeypatch):
+    import ctypes
+    import subprocess
+    import sys
+
+    from fedhar.deploy.runtime import die_with_parent
+
+    hook = die_with_parent()
+    if not sys.platform.startswith("linux"):
+        assert hook is None
+        return
+
+    def no_dlopen(*args, **kwargs):
+        raise AssertionError("libc loaded after the fork")
+
+    monkeypatch.setattr(ctypes, "CDLL", no_dlopen)  # inherited by the forked child: a dlopen there would fail
+    assert subprocess.run(["true"], preexec_fn=hook, check=True).returncode == 0
+    assert die_with_parent() is hook

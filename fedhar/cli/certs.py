@@ -15,7 +15,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Creates OUT/ca.crt (give it to every device), OUT/ca.key (keep it on the server machine), "
         "OUT/server.crt + server.key (for `fedhar server --certs OUT`) and OUT/clients/NAME.key + NAME.pub "
         "per device (the .key goes onto that device only; the server registers the .pub). Existing files "
-        "are kept, so running it again with new --clients adds devices.",
+        "are kept, so running it again with new --clients adds devices; a ca.crt without its ca.key is refused.",
     )
     p.add_argument("--out", default="certs", help="output folder (default: certs)")
     p.add_argument("--host", action="append", default=[], metavar="NAME_OR_IP",

@@ -27,7 +27,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ca", type=Path, metavar="FILE", help="CA certificate that signed the server's (certs/ca.crt)")
     p.add_argument("--key", type=Path, metavar="FILE", help="this device's private key (certs/clients/<name>.key)")
     p.add_argument("--insecure", action="store_true", help="no TLS, no device authentication (test networks only)")
-    p.add_argument("--threads", type=int, help="torch threads for local training (default: the server's config)")
+    p.add_argument("--threads", type=int, help="torch threads for local training (default: the server config's "
+                   "train.num_threads, else federated.cpus_per_client)")  # fmt: skip
     p.add_argument("--work-dir", type=Path, help="SuperNode log, task timings (default: $FEDHAR_CACHE/client/<id>)")
     p.set_defaults(handler=run)
 

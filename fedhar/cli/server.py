@@ -34,7 +34,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="wait for N connected clients before the setup round (default: "
                    "federated.min_clients)")  # fmt: skip
     p.add_argument("--superlink", metavar="HOST:PORT", help="use this running SuperLink (started with "
-                   "--isolation process) instead of starting one")  # fmt: skip
+                   "--isolation process) instead of starting one; fedhar claims only its own run's ServerApp "
+                   "task")  # fmt: skip
     p.add_argument("--superexec-secret", type=Path, metavar="FILE",
                    help="with --superlink: the file it got as --superexec-auth-secret-file")  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no per-round progress")

@@ -8,7 +8,7 @@ from pathlib import Path
 from fedhar.cli.common import add_config_args, console
 
 #: the embedded default experiment: synthetic devices/placements, a handful of clients and rounds
-DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "default.yaml"
+DEFAULT_CONFIG = "default.yaml"  # shipped with fedhar (fedhar.federated.shipped_config)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -28,6 +28,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from fedhar.config import load_config, save_config
     from fedhar.errors import ConfigError
+    from fedhar.federated import shipped_config
     from fedhar.federated.simulate import preflight, simulate
     from fedhar.results.run import RunDir
 
@@ -42,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
         save_config(cfg, run_dir.file("config.yaml"))
         run_dir.update_json("run.json", resumed_with=args.overrides)
     else:
-        cfg, _ = preflight(load_config(args.config or DEFAULT_CONFIG, args.overrides))
+        cfg, _ = preflight(load_config(args.config or shipped_config(DEFAULT_CONFIG), args.overrides))
         run_dir = RunDir.create(cfg, kind="simulate")
     console.print(f"[bold]fedhar simulate[/] {cfg.name} → {run_dir.path}")
     summary = simulate(cfg, run_dir, resume=bool(args.resume), verbose=args.verbose, progress=not args.quiet)

@@ -9,8 +9,10 @@
   devices holding a registered private key may join. The private key goes onto its device only.
 
 Existing files are kept (unless ``overwrite``): adding a device later only adds its key pair, adding a
-host name only issues the server certificate again. Private keys are written with mode 0600. For production, use certificates from your own
-PKI: the SuperLink only needs a CA file, a certificate and its key.
+host name only issues the server certificate again, and so does a CA that no longer signs it. A CA
+certificate without its key (or the reverse) is refused rather than replaced: a new CA would lock out
+every device holding the old ``ca.crt``. Private keys are written with mode 0600. For production, use
+certificates from your own PKI: the SuperLink only needs a CA file, a certificate and its key.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import re
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -86,10 +89,16 @@ def _certificate(subject: str, public_key, issuer: x509.Name | None, signing_key
 
 
 def create_ca(out: Path, days: int = 3650, overwrite: bool = False) -> tuple[Path, Path]:
-    """``ca.crt`` and ``ca.key`` in ``out`` (kept when present)."""
+    """``ca.crt`` and ``ca.key`` in ``out`` (kept when present; one without the other is refused)."""
     cert_path, key_path = out / CA_CERT, out / CA_KEY
-    if cert_path.is_file() and key_path.is_file() and not overwrite:
-        return cert_path, key_path
+    if not overwrite:
+        if cert_path.is_file() and key_path.is_file():
+            return cert_path, key_path
+        if cert_path.is_file() or key_path.is_file():
+            have, missing = (cert_path, key_path) if cert_path.is_file() else (key_path, cert_path)
+            raise ConfigError(f"{have} exists but {missing} does not: restore {missing.name}, or remove {have.name} "
+                              "too and run `fedhar certs` again (a new CA: every device then needs the new "
+                              "ca.crt)")  # fmt: skip
     key = ec.generate_private_key(ec.SECP384R1())
     cert = _certificate("fedhar test CA", key.public_key(), None, key, days, ca=True)
     _write(key_path, _key_pem(key), private=True)
@@ -101,20 +110,28 @@ def create_server_certificate(out: Path, hosts: list[str], days: int = 825,
                               overwrite: bool = False) -> tuple[Path, Path]:  # fmt: skip
     """``server.crt`` / ``server.key`` signed by the CA in ``out``, valid for ``hosts``.
 
-    An existing certificate is kept when it covers ``hosts``, else issued again (same CA: devices keep
-    working)."""
+    An existing certificate is kept when the CA in ``out`` signed it and it covers ``hosts``, else issued
+    again for its hosts and ``hosts`` (same CA: devices keep working)."""
     cert_path, key_path = out / SERVER_CERT, out / SERVER_KEY
+    ca_cert = x509.load_pem_x509_certificate((out / CA_CERT).read_bytes())
     if cert_path.is_file() and key_path.is_file() and not overwrite:
-        if set(hosts) <= set(server_certificate_hosts(cert_path)):
+        if set(hosts) <= set(server_certificate_hosts(cert_path)) and _signed_by(cert_path, ca_cert):
             return cert_path, key_path
         hosts = list(dict.fromkeys([*server_certificate_hosts(cert_path), *hosts]))
-    ca_cert = x509.load_pem_x509_certificate((out / CA_CERT).read_bytes())
     ca_key = serialization.load_pem_private_key((out / CA_KEY).read_bytes(), None)
     key = ec.generate_private_key(ec.SECP384R1())
     cert = _certificate(hosts[0], key.public_key(), ca_cert.subject, ca_key, days, ca=False, hosts=hosts)
     _write(key_path, _key_pem(key), private=True)
     _write(cert_path, cert.public_bytes(serialization.Encoding.PEM), private=False)
     return cert_path, key_path
+
+
+def _signed_by(cert_path: Path, ca_cert: x509.Certificate) -> bool:
+    try:
+        x509.load_pem_x509_certificate(cert_path.read_bytes()).verify_directly_issued_by(ca_cert)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
 
 
 def create_client_key(out: Path, name: str, overwrite: bool = False) -> tuple[Path, Path]:

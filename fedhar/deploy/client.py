@@ -24,6 +24,7 @@ from pathlib import Path
 from fedhar.deploy.runtime import (
     say,
     Service,
+    StartFailed,
     TaskReport,
     Tls,
     free_port,
@@ -102,17 +103,21 @@ def run_client(server: str, config: dict, tls: Tls, key: Path | None, work_dir: 
     stop = threading.Event()
     pause = RESTART_PAUSE_S[0] / 2
     while True:
-        supernode = start_supernode(server, tls, key, config, free_port(), secret_file, work_dir)
-        say(f"SuperNode started (pid {supernode.pid}) for {server}; recordings {config[DATA_PATH]}")
         started = time.monotonic()
-        watcher = threading.Thread(target=_announce, args=(supernode, stop), daemon=True)
-        watcher.start()
         try:
-            serve_client_tasks(_runtime_address(supernode), secret_file.read_bytes(), app, stop,
-                               on_task=lambda report: _record(report, task_log), alive=supernode.alive)  # fmt: skip
-        finally:
-            supernode.stop()
-        reason = _exit_reason(supernode)
+            supernode = start_supernode(server, tls, key, config, free_port(), secret_file, work_dir)
+        except StartFailed as e:  # it exited while starting (e.g. refused at once): tried again like any exit
+            reason = _exit_reason(e.service)
+        else:
+            say(f"SuperNode started (pid {supernode.pid}) for {server}; recordings {config[DATA_PATH]}")
+            watcher = threading.Thread(target=_announce, args=(supernode, stop), daemon=True)
+            watcher.start()
+            try:
+                serve_client_tasks(_runtime_address(supernode), secret_file.read_bytes(), app, stop,
+                                   on_task=lambda report: _record(report, task_log), alive=supernode.alive)  # fmt: skip
+            finally:
+                supernode.stop()
+            reason = _exit_reason(supernode)
         pause = RESTART_PAUSE_S[0] if time.monotonic() - started > 120 else min(pause * 2, RESTART_PAUSE_S[1])
         say(f"[yellow]SuperNode exited ({reason}); starting it again in {pause:.0f} s[/]")
         time.sleep(pause)

@@ -19,6 +19,7 @@ messages, node registration, heartbeats) is Flower's own, unchanged.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -46,6 +47,14 @@ APP_ID = f"{APP_PUBLISHER}/{APP_NAME}"
 ACQUIRE_TASK = "/flwr.proto.Runtime/AcquireTask"
 TASK_POLL_S = 0.2
 PROCESS_START_S = 60.0
+
+
+class StartFailed(FedharError):
+    """A Flower process exited, or did not listen, while starting (its log says why)."""
+
+    def __init__(self, message: str, service: Service):
+        super().__init__(message)
+        self.service = service
 
 
 def say(text: str) -> None:
@@ -95,11 +104,19 @@ class Tls:
 
 
 def split_address(address: str) -> tuple[str, int]:
-    """``host:port`` (IPv6 as ``[::1]:port``) → (host, port)."""
+    """``host:port`` (IPv6 as ``[::1]:port``) → (host, port), the host without brackets."""
     host, sep, port = address.rpartition(":")
     if not sep or not port.isdigit() or not host or "://" in address:
         raise ConfigError(f"`{address}` is not HOST:PORT (e.g. 127.0.0.1:9092 or myserver.lan:9092)")
-    return host.strip("[]"), int(port)
+    bracketed = host.startswith("[") and host.endswith("]")
+    if ":" in host and not bracketed:
+        raise ConfigError(f"`{address}`: write an IPv6 address in brackets, e.g. [::1]:9092")
+    return host[1:-1] if bracketed else host, int(port)
+
+
+def join_address(host: str, port: int) -> str:
+    """``host:port`` as URLs and gRPC need it: an IPv6 host in brackets (``[::1]:9092``)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -125,7 +142,7 @@ class Service:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(log_path, "ab")  # noqa: SIM115 - kept open for the process's lifetime
         self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, env=env,
-                                        stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)  # fmt: skip
+                                        stdin=subprocess.DEVNULL, preexec_fn=die_with_parent())  # fmt: skip
 
     @property
     def pid(self) -> int:
@@ -153,11 +170,22 @@ class Service:
         self._log.close()
 
 
-def _die_with_parent() -> None:
-    if sys.platform.startswith("linux"):
-        import ctypes
+@functools.cache
+def die_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes the child get SIGTERM when its parent dies (Linux; None elsewhere).
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    ``prctl`` is looked up here, in the parent: loading libc in the forked child (dlopen) can deadlock
+    when another thread of the parent held the loader's lock at the fork."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    prctl, sigterm = ctypes.CDLL("libc.so.6", use_errno=True).prctl, int(signal.SIGTERM)
+
+    def set_death_signal() -> None:
+        prctl(1, sigterm)  # PR_SET_PDEATHSIG
+
+    return set_death_signal
 
 
 def flower_env(home: Path) -> dict[str, str]:
@@ -181,18 +209,30 @@ def write_secret(path: Path) -> Path:
     return path
 
 
-def wait_until_listening(service: Service, host: str, port: int, timeout_s: float = PROCESS_START_S) -> None:
+def start_service(name: str, command: list[str], log_path: Path, env: dict[str, str], host: str,
+                  port: int) -> Service:  # fmt: skip
+    """Start a Flower process and wait until it listens on host:port; a process that fails to is stopped."""
+    service = Service(name, command, log_path, env)
+    try:
+        wait_until_listening(service, host, port, PROCESS_START_S)
+    except BaseException:
+        service.stop()
+        raise
+    return service
+
+
+def wait_until_listening(service: Service, host: str, port: int, timeout_s: float) -> None:
     """Block until ``service`` accepts TCP connections on host:port; fail with its log if it exits."""
     deadline = time.monotonic() + timeout_s
     while True:
         if not service.alive():
-            raise FedharError(f"{service.name} exited (code {service.process.returncode}) while starting; "
-                              f"its log {service.log_path} ends with:\n{service.log_tail()}")  # fmt: skip
+            raise StartFailed(f"{service.name} exited (code {service.process.returncode}) while starting; "
+                              f"its log {service.log_path} ends with:\n{service.log_tail()}", service)  # fmt: skip
         with contextlib.suppress(OSError), socket.create_connection((local_address(host), port), timeout=1):
             return
         if time.monotonic() > deadline:
-            raise FedharError(f"{service.name} did not listen on {host}:{port} within {timeout_s:.0f} s; "
-                              f"see {service.log_path}")  # fmt: skip
+            raise StartFailed(f"{service.name} did not listen on {join_address(host, port)} within {timeout_s:.0f} "
+                              f"s; see {service.log_path}", service)  # fmt: skip
         time.sleep(0.2)
 
 
@@ -212,9 +252,8 @@ def start_superlink(host: str, port: int, tls: Tls, secret_file: Path, log_dir: 
     else:
         command += ["--ssl-ca-certfile", str(tls.ca), "--ssl-certfile", str(tls.cert), "--ssl-keyfile", str(tls.key),
                     "--enable-supernode-auth"]  # fmt: skip
-    service = Service("SuperLink", command, log_dir / "superlink.log", flower_env(log_dir / "flwr-home"))
-    wait_until_listening(service, host, port)
-    return service
+    return start_service("SuperLink", command, log_dir / "superlink.log", flower_env(log_dir / "flwr-home"),
+                         host, port)  # fmt: skip
 
 
 def node_config_arg(node_config: dict[str, str | int | float]) -> str:
@@ -234,9 +273,8 @@ def start_supernode(superlink: str, tls: Tls, auth_key: Path | None, node_config
         command += ["--root-certificates", str(tls.ca)]
     if auth_key is not None:
         command += ["--auth-supernode-private-key", str(auth_key)]
-    service = Service("SuperNode", command, work_dir / "supernode.log", flower_env(work_dir / "flwr-home"))
-    wait_until_listening(service, "127.0.0.1", runtime_port)
-    return service
+    return start_service("SuperNode", command, work_dir / "supernode.log", flower_env(work_dir / "flwr-home"),
+                         "127.0.0.1", runtime_port)  # fmt: skip
 
 
 # ---- Flower clients: Control API and Runtime API ---------------------------------------------------
@@ -359,15 +397,17 @@ clientapp = "clients.app:app"
     return Fab(hashlib.sha256(content).hexdigest(), content, {})
 
 
-def start_run(control, run_config: dict[str, str]) -> int:
+def start_run(control, run_config: dict[str, str]) -> tuple[int, str]:
+    """Submit fedhar's FAB as a run: (run id, the FAB's hash, which names the run's ServerApp task)."""
     from flwr.common.serde import fab_to_proto, user_config_to_proto
     from flwr.proto.control_pb2 import StartRunRequest
 
-    response = control.StartRun(StartRunRequest(fab=fab_to_proto(app_fab(run_config)),
+    fab = app_fab(run_config)
+    response = control.StartRun(StartRunRequest(fab=fab_to_proto(fab),
                                                 override_config=user_config_to_proto(run_config)))  # fmt: skip
     if not response.HasField("run_id"):
         raise FedharError("the SuperLink did not start the run")
-    return int(response.run_id)
+    return int(response.run_id), fab.hash_str
 
 
 def stop_run(control, run_id: int) -> None:
@@ -377,11 +417,17 @@ def stop_run(control, run_id: int) -> None:
         control.StopRun(StopRunRequest(run_id=run_id))
 
 
-def acquire_task(runtime, task_type: str):
-    """Claim the oldest pending task of ``task_type``: (token, task), or None when there is none."""
+def acquire_task(runtime, task_type: str | None = None, fab_hash: str | None = None):
+    """Claim the oldest pending task of ``task_type``, or of the FAB ``fab_hash`` whatever its type:
+    (token, task), or None when there is none.
+
+    Flower 1.42's AcquireTask hands out a task whose type is supported *or* whose FAB is listed as ready
+    (``agentapp_fab_hashes``): asking by FAB leaves other apps' tasks on a shared SuperLink alone."""
     from flwr.proto.runtime_pb2 import AcquireTaskRequest
 
-    response = runtime.AcquireTask(AcquireTaskRequest(supported_task_types=[task_type]))
+    request = AcquireTaskRequest(supported_task_types=[task_type] if task_type else [],
+                                 agentapp_fab_hashes=[fab_hash] if fab_hash else [])  # fmt: skip
+    response = runtime.AcquireTask(request)
     if response.HasField("task") and response.token:
         return response.token, response.task
     return None
@@ -422,22 +468,25 @@ def push_task_output(runtime, context, ok: bool, details: str = "") -> None:
 # ---- the ServerApp task, in the fedhar server process -------------------------------------------------
 
 
-def run_server_task(address: str, tls: Tls, secret: bytes, run_id: int, main: Callable, wait_s: float = 60.0):
-    """Claim run ``run_id``'s ServerApp task on the SuperLink and run ``main(grid, context)`` in this process."""
+def run_server_task(address: str, tls: Tls, secret: bytes, run_id: int, fab_hash: str, main: Callable,
+                    wait_s: float = 60.0):  # fmt: skip
+    """Claim run ``run_id``'s ServerApp task on the SuperLink and run ``main(grid, context)`` in this process.
+
+    Only tasks of fedhar's own FAB (``fab_hash``: it names the run folder) are claimed, so other apps' runs
+    on a shared SuperLink are left to their own executors."""
     from flwr.common.serde import context_from_proto, run_from_proto
     from flwr.proto.runtime_pb2 import PullTaskInputRequest
     from flwr.superlink.grid import HttpGrid
-    from flwr.supercore.constant import TaskType
     from flwr.supercore.task_identity import TaskIdentity
 
     claimer = runtime_client(address, tls, secret=secret)
     deadline = time.monotonic() + wait_s
     try:
         while True:
-            claimed = acquire_task(claimer, TaskType.SERVER_APP)
+            claimed = acquire_task(claimer, fab_hash=fab_hash)
             if claimed is not None and claimed[1].run_id == run_id:
                 break
-            if claimed is not None:  # a task of another run on a shared SuperLink: not ours to run
+            if claimed is not None:  # an earlier submission of this run folder that nobody ran: ended here
                 other = runtime_client(address, tls, token=claimed[0])
                 push_task_output(other, None, ok=False, details="fedhar server runs only the run it submitted")
                 other.close()

@@ -1,9 +1,10 @@
 """``fedhar server``: a SuperLink for real devices and the fedhar round loop on it.
 
 1. start ``flower-superlink`` (TLS with the given certificates and SuperNode authentication, unless
-   ``--insecure``; process isolation; its state database in the run folder), or use a running one;
+   ``--insecure``; process isolation; its state in memory, its log in the run folder), or use a running one;
 2. register the devices' public keys (only registered devices can join);
-3. submit the run (fedhar's FAB) through the Control API and claim its ServerApp task;
+3. submit the run (fedhar's FAB) through the Control API and claim its ServerApp task (by the FAB's hash:
+   other apps' tasks on a shared SuperLink are left alone);
 4. run ``run_federation`` — the same round loop as ``fedhar simulate`` — in this process, on Flower's
    HTTP Grid, writing results to ``runs/<name>/`` as a simulation does.
 
@@ -24,6 +25,7 @@ from fedhar.deploy.runtime import (
     Service,
     Tls,
     control_client,
+    join_address,
     local_address,
     register_node,
     run_server_task,
@@ -115,11 +117,12 @@ def serve(cfg: ExperimentConfig, run: RunDir, opts: ServerOptions, resume: bool 
 
     cfg, tls, keys = preflight(cfg, opts)
     host, port = split_address(opts.superlink or opts.address)
+    listen = join_address(host, port)
     if tls.insecure:
         say("[bold red]WARNING: --insecure: traffic is unencrypted and any device that reaches "
-                      f"{host}:{port} can join the federation. Use it only on a trusted test network.[/]")  # fmt: skip
+                      f"{listen} can join the federation. Use it only on a trusted test network.[/]")  # fmt: skip
     if host not in LOOPBACK:
-        say(f"[yellow]the SuperLink's Control API shares {host}:{port} with the devices and Flower 1.42 does "
+        say(f"[yellow]the SuperLink's Control API shares {listen} with the devices and Flower 1.42 does "
                       "not authenticate it: expose only /v1/fleet/ to devices (see docs/deploy.md)[/]")  # fmt: skip
 
     link_dir = run.file("superlink")  # its log and the AcquireTask secret
@@ -133,21 +136,23 @@ def serve(cfg: ExperimentConfig, run: RunDir, opts: ServerOptions, resume: bool 
                           "task")  # fmt: skip
     else:
         secret_file = opts.superexec_secret
-    address = f"{local_address(host)}:{port}"
+    address = join_address(local_address(host), port)
     run_id = None
     control = control_client(address, tls)
     try:
         for key in keys:
             say(f"device key {key.name}: {register_node(control, key)}")
-        run_id = start_run(control, {"run-dir": str(run.path.resolve())})
+        run_id, fab_hash = start_run(control, {"run-dir": str(run.path.resolve())})
+        # a running SuperLink's --enable-supernode-auth is its own setting, unknown here: recorded as null
+        auth = None if opts.superlink else not tls.insecure
         run.update_json("run.json", flower={"run_id": run_id, "superlink": address, "tls": not tls.insecure,
-                                            "supernode_auth": not tls.insecure})  # fmt: skip
-        mode = "INSECURE" if tls.insecure else "TLS, registered devices only"
+                                            "supernode_auth": auth})  # fmt: skip
+        mode = "INSECURE" if tls.insecure else "TLS, registered devices only" if auth else "TLS"
         waiting = opts.wait_for_clients or cfg.federated.min_clients
-        say(f"SuperLink {host}:{port} ({mode}), Flower run {run_id}; waiting for {waiting} clients…")
+        say(f"SuperLink {listen} ({mode}), Flower run {run_id}; waiting for {waiting} clients…")
         job = ServerJob(cfg, run, resume=resume, expected_nodes=opts.wait_for_clients, progress=progress,
                         poll_interval_s=DEPLOY_POLL_S)  # fmt: skip
-        return run_server_task(address, tls, secret_file.read_bytes(), run_id,
+        return run_server_task(address, tls, secret_file.read_bytes(), run_id, fab_hash,
                                lambda grid, _: run_federation(grid, job))  # fmt: skip
     finally:
         if run_id is not None and link is None:

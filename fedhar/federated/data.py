@@ -120,10 +120,11 @@ def device_windows(cfg: ExperimentConfig, node_config: dict) -> tuple[str, Windo
                           "model")  # fmt: skip
     path = Path(str(node_config[DATA_PATH])).expanduser().resolve()
     subjects = [s for s in re.split(r"[,\s]+", str(node_config.get(SUBJECTS, "")).strip()) if s]
-    # a device's windows are all training windows: cut at train_overlap when it is set
+    # a device's windows are all training windows: cut at train_overlap when it is set; its recordings are
+    # read with their own loader's defaults (the server's loader_options describe the server's files)
     local = dataclasses.replace(
         cfg.data, dataset=str(node_config.get(DATASET, "auto")), path=str(_loadable(path)), classes=None,
-        split=SplitConfig(), synthetic={}, cache_dir=None,
+        split=SplitConfig(), synthetic={}, cache_dir=None, loader_options={},
         overlap=cfg.data.overlap if cfg.data.train_overlap is None else cfg.data.train_overlap, train_overlap=None,
     )  # fmt: skip
     key = json.dumps([dataclasses.asdict(local), cfg.data.classes, cfg.seed, subjects,

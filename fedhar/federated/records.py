@@ -64,10 +64,6 @@ def record_bytes(message: Message) -> int:
     return int(sum(record.count_bytes() for record in message.content.values()))
 
 
-def array_bytes(record: ArrayRecord) -> int:
-    return int(record.count_bytes())
-
-
 # ---- the job a client is asked to do ----------------------------------------------------
 
 

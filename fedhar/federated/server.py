@@ -20,7 +20,10 @@ described again whenever the stage changes, so clients may come and go between r
 
 Deployed clients (``fedhar server``) come and go on their own: before every round the loop asks the
 Grid which nodes are connected, describes nodes it has not seen (a device that joined late, or
-came back under a new node id) and samples only connected clients. A client that fails, is
+came back under a new node id) and samples only connected clients. A node whose setup answer failed
+(an error, or none within ``federated.round_timeout_s``) is asked again after 1, 2, then every 4
+rounds, each retry waiting at most ``DESCRIBE_RETRY_TIMEOUT_S``: a hung device costs the full
+timeout once, not every round. A client that fails, is
 reported unavailable by the SuperLink (it stopped sending heartbeats) or misses
 ``federated.round_timeout_s`` is left out of that round's aggregate; the round goes on when at
 least ``min_clients`` updates arrive. Every update is checked before it is aggregated (tensor
@@ -47,7 +50,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from flwr.app import Context, Message, RecordDict
+from flwr.app import Context, Error, Message, RecordDict
+from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid, ServerApp
 from safetensors.numpy import load_file, save_file
 
@@ -55,13 +59,14 @@ from fedhar.calibration import PairCalibration, num_posture_cues
 from fedhar.cli.common import console
 from fedhar.config import ExperimentConfig, load_config
 from fedhar.data.preprocess import Normalizer
-from fedhar.errors import CheckpointError, ConfigError, FedharError
+from fedhar.errors import ConfigError, DataError, FedharError
+from fedhar.federated import shipped_config
 from fedhar.federated.client import MESSAGE_DESCRIBE, PAIR_STATISTICS
 from fedhar.federated.data import stage_of_round, subject_split
 from fedhar.federated.records import RoundJob, record_bytes, record_to_state, state_to_record
 from fedhar.federated.report import plot_rounds, summarize
 from fedhar.federated.strategies import ClientUpdate, Strategy, check_strategy, lora_pairs, make_strategy, product_gap
-from fedhar.model.har_model import DataSpec, HARNet, build_model, parameter_counts, predict_logits
+from fedhar.model.har_model import DataSpec, HARNet, build_model, parameter_counts, predict_logits, windowing_record
 from fedhar.model.state import expected_spec, get_trainable_state, read_checkpoint, save_checkpoint, set_trainable_state
 from fedhar.results.run import RunDir
 from fedhar.training.loop import metrics_from_logits
@@ -70,6 +75,8 @@ STATE_DIR = "state"
 SERVER_STATE_FILE = "server.safetensors"
 PULL_INTERVAL_S = 0.05  # in-process simulation; a deployment's HTTP Grid polls every DEPLOY_POLL_S
 DEPLOY_POLL_S = 0.5
+DESCRIBE_BACKOFF_MAX_ROUNDS = 4  # a node whose setup answer failed is asked again after 1, 2, then every 4 rounds
+DESCRIBE_RETRY_TIMEOUT_S = 30.0  # how long a retry waits (a first try waits federated.round_timeout_s)
 
 
 @dataclass
@@ -99,9 +106,6 @@ class Federation:
     stage: int
     clients: list[ClientInfo] = field(default_factory=list)  # sorted by name, only those holding data
 
-    def by_node(self) -> dict[int, ClientInfo]:
-        return {c.node_id: c for c in self.clients}
-
 
 def build_server_app(job: ServerJob | None = None) -> ServerApp:
     """A ServerApp running the fedhar round loop.
@@ -118,11 +122,15 @@ def build_server_app(job: ServerJob | None = None) -> ServerApp:
 
 
 def resolve_config_path(name: str) -> Path:
-    """A relative ``config-file`` is looked up in the working directory, then in the app's own folder."""
+    """A relative ``config-file`` is looked up in the working directory, then among the configs fedhar ships
+    (``configs/NAME``): an installed fedhar has no source checkout to look in."""
     path = Path(name).expanduser()
     if path.is_absolute() or path.is_file():
         return path
-    return Path(__file__).resolve().parents[2] / path
+    if path.parent == Path("configs"):
+        return shipped_config(path.name)
+    raise ConfigError(f"config-file `{name}` is not a file in the working directory {Path.cwd()}; give an "
+                      "absolute path, or configs/NAME for a config fedhar ships")  # fmt: skip
 
 
 def job_from_run_config(run_config: dict) -> ServerJob:
@@ -171,11 +179,20 @@ def _send(grid: Grid, messages: list[Message], timeout: float | None, stop: thre
 
     Returns ``{destination node: reply, or None when none came}``. Replies are matched by the message
     they answer, not by their sender: an error reply the SuperLink writes for a node that left the
-    federation (node unavailable: it stopped sending heartbeats) comes from the SuperLink itself.
+    federation (node unavailable: it stopped sending heartbeats) comes from the SuperLink itself. A
+    message the SuperLink refuses (its node left before it was sent) gets an error reply here.
     """
-    ids = list(grid.push_messages(messages))  # same order as `messages`; None for a message not accepted
+    ids = list(grid.push_messages(messages))  # same order as `messages`; "" or None for a message refused
+    if len(ids) != len(messages):  # HttpGrid answers HTTP 413 with []; InMemoryGrid drops what it refuses
+        raise FedharError(
+            f"the SuperLink accepted {len(ids)} of {len(messages)} `{messages[0].metadata.message_type}` messages "
+            "without saying which (Flower's log above says why; HTTP 413: the request was too large): sample "
+            "fewer clients per round (federated.fraction_train)"
+        )
     dst = {i: m.metadata.dst_node_id for i, m in zip(ids, messages, strict=True) if i}
-    replies: dict[int, Message | None] = {m.metadata.dst_node_id: None for m in messages}
+    replies: dict[int, Message | None] = {
+        m.metadata.dst_node_id: None if i else _refused(m) for i, m in zip(ids, messages, strict=True)
+    }
     pending = set(dst)
     deadline = None if timeout is None else time.monotonic() + timeout
     while pending:
@@ -190,6 +207,32 @@ def _send(grid: Grid, messages: list[Message], timeout: float | None, stop: thre
             raise FedharError("the simulation engine stopped while clients were still training")
         time.sleep(poll_s)
     return replies
+
+
+def _refused(message: Message) -> Message:
+    """The error reply standing in for a message the SuperLink did not accept."""
+    reason = "the SuperLink refused the message (the node left the federation before it was sent)"
+    return Message(Error(code=ErrorCode.NODE_UNAVAILABLE, reason=reason), reply_to=message)
+
+
+def check_metrics(reply: Message) -> tuple[int, dict[str, float]]:
+    """A reply's metrics record, checked: (num-examples, the other metrics as finite floats).
+
+    ``num-examples`` must be a whole count >= 0; every value a finite number (NaN would poison
+    averages and plots)."""
+    if "metrics" not in reply.content:
+        raise FedharError("the reply has no metrics record")
+    metrics = {}
+    for key, value in dict(reply.content["metrics"]).items():
+        if isinstance(value, list) or not math.isfinite(float(value)):
+            raise FedharError(f"metric {key} is {value!r}, not a finite number")
+        metrics[key] = float(value)
+    if "num-examples" not in metrics:
+        raise FedharError("the reply has no num-examples")
+    n = metrics.pop("num-examples")
+    if n < 0 or n != int(n):
+        raise FedharError(f"num-examples is {n}, not a count of windows")
+    return int(n), metrics
 
 
 def _reply_error(reply: Message) -> str | None:
@@ -233,7 +276,7 @@ class RoundLoop:
             raise ConfigError("federated runs evaluate centrally on held-out subjects: data.split must leave "
                               "validation or test subjects")  # fmt: skip
         spec = DataSpec(reference.layout, reference.window_len, reference.sample_rate, list(reference.label_names),
-                        Normalizer.identity(reference.num_channels))  # fmt: skip
+                        Normalizer.identity(reference.num_channels), windowing_record(self.cfg.data))  # fmt: skip
         self.model: HARNet = build_model(self.cfg.model, spec, self.cfg.seed)
         self.spec = expected_spec(self.model)
         self.global_state = get_trainable_state(self.model)
@@ -241,41 +284,52 @@ class RoundLoop:
         self.client_rows: list[dict] = []
         self.federation = Federation(stage=-1)
         self.described: set[int] = set()  # nodes asked at the current stage (with or without data)
+        self.failed: dict[int, tuple[int, int]] = {}  # setup answer failed: node → (failures in a row, next round)
         self.online: set[int] | None = None  # connected nodes, as of the start of the round
         self.setup_errors: list[str] = []
         self.calibration: PairCalibration | None = None  # train.client_calibration, fitted at setup
         self.calibrated: dict[str, dict] = {}  # the latest calibrated scores with per-subject reports
 
     # -- setup ------------------------------------------------------------------------------------
-    def describe(self, stage: int, fit_normalizer: bool, late_nodes: list[int] | None = None) -> None:
-        """Ask every node what it holds at ``stage``; fit the global normaliser from their moments if asked.
+    def describe(self, stage: int, rnd: int, fit_normalizer: bool, late_nodes: list[int] | None = None) -> None:
+        """Ask every node what it holds at ``stage`` (before round ``rnd``); fit the global normaliser from their
+        moments if asked.
 
         With ``late_nodes`` only those nodes are asked (they connected after the federation was described)
-        and the clients among them join the current federation.
+        and the clients among them join the current federation. A node whose earlier answer failed is asked
+        only once its back-off has passed, and waited for at most ``DESCRIBE_RETRY_TIMEOUT_S``.
         """
         fed = self.cfg.federated
         nodes = late_nodes or wait_for_nodes(self.grid, self.job.expected_nodes, fed.min_clients, self.job.stop,
                                              fed.client_wait_s)  # fmt: skip
+        fresh = [n for n in nodes if n not in self.failed]
+        retry = [n for n in nodes if n in self.failed and self.failed[n][1] <= rnd]
+        retry_timeout = min(fed.round_timeout_s or math.inf, DESCRIBE_RETRY_TIMEOUT_S)
         job = RoundJob(self.cfg, 0, stage, self.cfg.train.lr, self.cfg.seed, None)
-        messages = [Message(RecordDict({"config": job.to_record()}), dst_node_id=n, message_type=MESSAGE_DESCRIBE)
-                    for n in nodes]  # fmt: skip
-        replies = _send(self.grid, messages, fed.round_timeout_s, self.job.stop, self.job.poll_interval_s)
-        clients, errors, totals, pair_totals, answered = [], [], None, None, set()
+        replies: dict[int, Message | None] = {}
+        for group, timeout in ((fresh, fed.round_timeout_s), (retry, retry_timeout)):
+            messages = [Message(RecordDict({"config": job.to_record()}), dst_node_id=n,
+                                message_type=MESSAGE_DESCRIBE) for n in group]  # fmt: skip
+            if messages:
+                replies.update(_send(self.grid, messages, timeout, self.job.stop, self.job.poll_interval_s))
+        clients, failures, totals, pair_totals, answered = [], {}, None, None, set()
         with_moments = fit_normalizer and self.cfg.data.normalize
         with_pair = fit_normalizer and bool(self.cfg.train.client_calibration)
         for node, reply in replies.items():
             if reply is None:
-                errors.append(f"node {node}: no answer within federated.round_timeout_s={fed.round_timeout_s}")
+                waited = f"{retry_timeout} s (a retry)" if node in retry else f"round_timeout_s={fed.round_timeout_s}"
+                failures[node] = f"no answer within {waited}"
                 continue
             if (err := _reply_error(reply)) is not None:
-                errors.append(f"node {node}: {err}")
+                failures[node] = err
                 continue
             try:
                 info, part, pair_part = self._check_description(node, reply, with_moments, with_pair)
             except (FedharError, KeyError, TypeError, ValueError) as e:
-                errors.append(f"node {node}: setup answer rejected ({e})")
+                failures[node] = f"setup answer rejected ({e})"
                 continue
             answered.add(node)
+            self.failed.pop(node, None)
             if info is None:
                 continue
             clients.append(info)
@@ -284,7 +338,11 @@ class RoundLoop:
             if pair_part is not None:
                 pair_totals = pair_part if pair_totals is None else {k: v + pair_part[k]
                                                                      for k, v in pair_totals.items()}  # fmt: skip
-        # a node that failed to answer is asked again before the next round (it may have been fixed)
+        errors = []
+        for node, reason in failures.items():  # asked again later (it may be fixed), with back-off (it may hang)
+            count = self.failed.get(node, (0, 0))[0] + 1
+            self.failed[node] = (count, rnd + min(2 ** (count - 1), DESCRIBE_BACKOFF_MAX_ROUNDS))
+            errors.append(f"node {node}: {reason} (asked again before round {self.failed[node][1]})")
         self.described = (self.described if late_nodes else set()) | answered
         self.setup_errors = errors
         if late_nodes:
@@ -292,6 +350,10 @@ class RoundLoop:
             return
         if errors and not clients:
             raise FedharError(f"every client failed the setup round; first error: {errors[0]}")
+        if not clients:
+            raise DataError(f"none of the {len(answered)} connected nodes holds training windows at stage {stage}: "
+                            "check data.classes and data.split.train against the clients' data (a device: its "
+                            "--data / --subjects)")  # fmt: skip
         clients.sort(key=lambda c: c.name)
         names = [c.name for c in clients]
         if len(set(names)) != len(names):
@@ -312,10 +374,7 @@ class RoundLoop:
                            ) -> tuple[ClientInfo | None, np.ndarray | None, dict[str, np.ndarray] | None]:  # fmt: skip
         """A client's setup answer, checked: (client, [count, sums, sums of squares], calibration-pair cue sums);
         client None: holds no data."""
-        metrics = reply.content["metrics"]
-        n = int(metrics["num-examples"])
-        if n < 0:
-            raise FedharError(f"reports {n} windows")
+        n, metrics = check_metrics(reply)
         if n == 0:
             return None, None, None
         info = ClientInfo(node, str(reply.content["client"]["name"]), n)
@@ -325,9 +384,10 @@ class RoundLoop:
         channels = self.model.data.layout.num_channels
         expected = {"sum": ((channels,), np.dtype("float64")), "sum_sq": ((channels,), np.dtype("float64"))}
         m = record_to_state(reply.content["moments"], expected, where=f"client {info.name}'s moments")
-        count = float(metrics["num-values"])
+        count = metrics.get("num-values", 0.0)  # finite: check_metrics; the sums: record_to_state
         if not count > 0 or (m["sum_sq"] < 0).any():
-            raise FedharError(f"client {info.name}'s moments are impossible (count {count}, negative sums of squares)")
+            raise FedharError(f"client {info.name}'s moments are impossible (count {count}, or negative sums of "
+                              "squares)")  # fmt: skip
         return info, np.concatenate([[count], m["sum"], m["sum_sq"]]), pair
 
     def _check_pair_statistics(self, reply: Message, info: ClientInfo, windows: int) -> dict[str, np.ndarray]:
@@ -372,8 +432,9 @@ class RoundLoop:
         if self.job.progress:
             console.print(text, soft_wrap=True)  # one line per event, also in log files
 
-    def refresh_membership(self) -> None:
-        """Which nodes are connected now; describe the ones never asked at this stage (late joiners).
+    def refresh_membership(self, rnd: int) -> None:
+        """Which nodes are connected now; describe the ones not yet asked at this stage (late joiners), and
+        those whose failed answer's back-off has passed.
 
         Waits up to ``federated.client_wait_s`` while fewer than ``min_clients`` clients are connected.
         """
@@ -381,9 +442,10 @@ class RoundLoop:
         deadline = time.monotonic() + fed.client_wait_s
         while True:
             self.online = set(self.grid.get_node_ids())
-            new = sorted(self.online - self.described)
+            self.failed = {n: f for n, f in self.failed.items() if n in self.online}  # one that left comes back fresh
+            new = sorted(n for n in self.online - self.described if self.failed.get(n, (0, 0))[1] <= rnd)
             if new:
-                self.describe(self.federation.stage, fit_normalizer=False, late_nodes=new)
+                self.describe(self.federation.stage, rnd, fit_normalizer=False, late_nodes=new)
             connected = [c for c in self.federation.clients if c.node_id in self.online]
             if len(connected) >= fed.min_clients or time.monotonic() > deadline:
                 return
@@ -437,7 +499,7 @@ class RoundLoop:
     def train_round(self, rnd: int) -> dict:
         t0 = time.perf_counter()
         fed_cfg = self.cfg.federated
-        self.refresh_membership()
+        self.refresh_membership(rnd)
         chosen = sample_clients(self.federation, self.cfg, rnd, self.online)
         lr = round_lr(self.cfg, rnd)
         arrays = state_to_record(self.global_state)
@@ -490,12 +552,16 @@ class RoundLoop:
         diagnostics.update(extra)
         set_trainable_state(self.model, new_state, where=f"round {rnd} aggregate")
         self.global_state = new_state
-        local_eval = self.evaluate_clients(rnd, chosen, lr) if fed_cfg.client_val_fraction > 0 else {}
+        local_eval, eval_errors = {}, None
+        if fed_cfg.client_val_fraction > 0:
+            local_eval, eval_errors = self.evaluate_clients(rnd, chosen, lr)
         for row in clients:
             row.update(local_eval.get(row["client"], {}))
         row = {"round": rnd, "stage": self.federation.stage, "lr": lr, "clients_sampled": len(chosen),
                "clients_updated": len(updates), "clients_failed": len(errors), "clients_rejected": len(rejected),
                **self.central_metrics()}  # fmt: skip
+        if eval_errors is not None:
+            row["client_eval_errors"] = eval_errors
         total_down = sum(c["bytes_down"] for c in clients) + sum(v["eval_bytes_down"] for v in local_eval.values())
         total_up = sum(c["bytes_up"] for c in clients) + sum(v["eval_bytes_up"] for v in local_eval.values())
         row.update(
@@ -518,14 +584,7 @@ class RoundLoop:
         The arrays must be exactly the trainable tensors (names, shapes, dtypes) with finite values,
         the metrics finite numbers, and the number of examples the one the client described.
         """
-        if "metrics" not in reply.content:
-            raise FedharError("the reply has no metrics record")
-        metrics = {}
-        for key, value in dict(reply.content["metrics"]).items():
-            if isinstance(value, list) or not math.isfinite(float(value)):
-                raise FedharError(f"metric {key} is {value!r}, not a finite number")
-            metrics[key] = float(value)
-        n = int(metrics.pop("num-examples", -1))
+        n, metrics = check_metrics(reply)
         if n == 0:
             return 0, metrics, {}
         if n != info.num_examples:
@@ -535,28 +594,43 @@ class RoundLoop:
         state = record_to_state(reply.content["arrays"], self.spec, where="the update")
         return n, metrics, state
 
-    def evaluate_clients(self, rnd: int, chosen: list[ClientInfo], lr: float) -> dict[str, dict]:
-        """Client-side evaluation of the new global model on each sampled client's local held-out windows."""
+    def evaluate_clients(self, rnd: int, chosen: list[ClientInfo], lr: float) -> tuple[dict[str, dict], list[str]]:
+        """Client-side evaluation of the new global model on each sampled client's local held-out windows.
+
+        Returns ({client: eval_* bytes and client_eval_* metrics}, why some client's evaluation is missing).
+        A reply is checked as an update's metrics are; a bad one is left out, never failing the round.
+        """
         arrays = state_to_record(self.global_state)
         job = RoundJob(self.cfg, rnd, self.federation.stage, lr, self.cfg.seed, self.model.data.normalizer,
                        self.calibration.to_json() if self.calibration is not None else None)  # fmt: skip
         messages = [Message(RecordDict({"config": job.to_record(), "arrays": arrays}), dst_node_id=c.node_id,
                             message_type="evaluate", group_id=str(rnd)) for c in chosen]  # fmt: skip
         down = {m.metadata.dst_node_id: record_bytes(m) for m in messages}
-        out = {}
-        by_node = self.federation.by_node()
-        replies = _send(self.grid, messages, self.cfg.federated.round_timeout_s, self.job.stop,
-                        self.job.poll_interval_s)  # fmt: skip
+        out, problems = {}, []
+        by_node = {c.node_id: c for c in chosen}
+        timeout = self.cfg.federated.round_timeout_s
+        replies = _send(self.grid, messages, timeout, self.job.stop, self.job.poll_interval_s)
         for node, reply in replies.items():
-            info = by_node.get(node)
-            if info is None or reply is None or _reply_error(reply) is not None:
+            info = by_node[node]
+            if reply is None:
+                problems.append(f"{info.name}: no evaluation reply within federated.round_timeout_s={timeout}")
                 continue
-            m = dict(reply.content["metrics"])
-            result = {"eval_bytes_down": down[info.node_id], "eval_bytes_up": record_bytes(reply)}
-            if int(m.pop("num-examples")) > 0:
-                result.update({f"client_eval_{k}": float(v) for k, v in m.items()})
+            if (err := _reply_error(reply)) is not None:
+                problems.append(f"{info.name}: {err}")
+                continue
+            result = {"eval_bytes_down": down[node], "eval_bytes_up": record_bytes(reply)}
             out[info.name] = result
-        return out
+            try:
+                n, metrics = check_metrics(reply)
+            except (FedharError, TypeError, ValueError) as e:
+                problems.append(f"{info.name}: evaluation rejected: {e}")
+                continue
+            if n > 0:
+                result.update({f"client_eval_{k}": v for k, v in metrics.items()})
+        problems.sort()
+        for problem in problems:
+            self._say(f"[yellow]round {rnd}: {problem}[/]")
+        return out, problems
 
     def central_metrics(self) -> dict:
         """The global model on the held-out subjects, and how long the server took to score it.
@@ -595,9 +669,7 @@ def run_federation(grid: Grid, job: ServerJob) -> dict:
     cfg = job.cfg
     loop = RoundLoop(grid, job)
     start = loop.restore() if job.resume else 0
-    if job.resume and start == 0 and loop.rows:
-        raise CheckpointError(f"{job.run.path}: rounds.json lists rounds but no state to resume from")
-    loop.describe(stage_of_round(cfg, start + 1), fit_normalizer=start == 0)
+    loop.describe(stage_of_round(cfg, start + 1), start + 1, fit_normalizer=start == 0)
     counts = parameter_counts(loop.model)
     if job.progress:
         console.print(
@@ -608,7 +680,7 @@ def run_federation(grid: Grid, job: ServerJob) -> dict:
     for rnd in range(start + 1, cfg.federated.rounds + 1):
         stage = stage_of_round(cfg, rnd)
         if stage != loop.federation.stage:  # the data changed: ask again who holds what
-            loop.describe(stage, fit_normalizer=False)
+            loop.describe(stage, rnd, fit_normalizer=False)
             if job.progress:
                 console.print(f"stage {stage}: {len(loop.federation.clients)} clients hold data")
         if job.progress:
