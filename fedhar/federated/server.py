@@ -235,6 +235,13 @@ def check_metrics(reply: Message) -> tuple[int, dict[str, float]]:
     return int(n), metrics
 
 
+def _unusable(reply: Message | None, timeout: float | None) -> str | None:
+    """Why a client's reply cannot be used (none came in time, or it is an error), or None."""
+    if reply is None:
+        return f"no reply within federated.round_timeout_s={timeout}"
+    return _reply_error(reply)
+
+
 def _reply_error(reply: Message) -> str | None:
     if reply.has_error():
         return str(reply.error.reason).strip().splitlines()[-1][:300]
@@ -516,11 +523,8 @@ class RoundLoop:
         updates, errors, rejected, clients = [], [], [], []
         for node, reply in replies.items():
             info = by_node[node]
-            if reply is None:
-                errors.append(f"{info.name}: no reply within federated.round_timeout_s={fed_cfg.round_timeout_s}")
-                continue
-            if (err := _reply_error(reply)) is not None:
-                errors.append(f"{info.name}: {err}")
+            if (why := _unusable(reply, fed_cfg.round_timeout_s)) is not None:
+                errors.append(f"{info.name}: {why}")
                 continue
             try:
                 n, metrics, state = self.check_update(reply, info)
@@ -612,11 +616,8 @@ class RoundLoop:
         replies = _send(self.grid, messages, timeout, self.job.stop, self.job.poll_interval_s)
         for node, reply in replies.items():
             info = by_node[node]
-            if reply is None:
-                problems.append(f"{info.name}: no evaluation reply within federated.round_timeout_s={timeout}")
-                continue
-            if (err := _reply_error(reply)) is not None:
-                problems.append(f"{info.name}: {err}")
+            if (why := _unusable(reply, timeout)) is not None:
+                problems.append(f"{info.name}: evaluation: {why}")
                 continue
             result = {"eval_bytes_down": down[node], "eval_bytes_up": record_bytes(reply)}
             out[info.name] = result
