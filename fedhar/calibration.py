@@ -1,6 +1,6 @@
 """Per-client calibration of a confused class pair from the client's own unlabelled windows.
 
-On HAPT every error of the default model is SITTING <-> STANDING, and the errors come in whole
+On HAPT almost every error of the default model is SITTING <-> STANDING, and the errors come in whole
 subjects: one person's sitting looks like other people's standing in every cue a waist window
 carries, but within one person the two postures still separate. A client holds many unlabelled
 windows of its one wearer, so it can place that boundary itself: project the windows the model
@@ -13,6 +13,7 @@ nearly as far apart as the two classes' means do in the labelled training window
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -213,6 +214,10 @@ def posture_cues(layout: SensorLayout, x: np.ndarray) -> np.ndarray:
 
 def _pair_indices(label_names: list[str], pair: tuple[str, str]) -> tuple[int, int]:
     missing = [c for c in pair if c not in label_names]
-    if missing or pair[0] == pair[1]:
+    if missing:
+        close = {c: difflib.get_close_matches(c.upper(), label_names, n=1, cutoff=0.8) for c in missing}
+        hint = "".join(f"; `{c}`: did you mean `{m[0]}`?" for c, m in close.items() if m)
+        raise ConfigError(f"calibration pair {list(pair)}: {missing} not among the classes {list(label_names)}{hint}")
+    if pair[0] == pair[1]:
         raise ConfigError(f"calibration pair {list(pair)} must be two different classes of {list(label_names)}")
     return label_names.index(pair[0]), label_names.index(pair[1])

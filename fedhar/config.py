@@ -429,10 +429,14 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Read a YAML experiment config (or the defaults when ``path`` is None) and apply overrides."""
+    """Read a YAML experiment config (or the defaults when ``path`` is None) and apply overrides.
+
+    ``configs/NAME`` that is not in the working directory is one of the configs fedhar ships."""
     data: dict = {}
     if path is not None:
         path = Path(path)
+        if not path.is_file() and not path.is_absolute() and path.parent == Path("configs"):
+            path = shipped_config(path.name)
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist; see configs/ for examples")
         try:
@@ -447,3 +451,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 def save_config(cfg: ExperimentConfig, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def shipped_config(name: str) -> Path:
+    """``configs/<name>`` as fedhar ships it: the installed package's copy (``fedhar/configs``, mapped from the
+    top-level ``configs/`` in pyproject.toml), or a source checkout's ``configs/``."""
+    package = Path(__file__).resolve().parent
+    for folder in (package / "configs", package.parent / "configs"):
+        if (folder / name).is_file():
+            return folder / name
+    raise ConfigError(f"fedhar ships no config `{name}`; pass --config PATH (a YAML experiment config)")

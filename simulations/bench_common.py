@@ -61,7 +61,7 @@ def row(m: dict) -> dict:
 
 def write_table(rows: list[dict], out: Path, stem: str) -> None:
     with (out / f"{stem}.csv").open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+        w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
         w.writeheader()
         w.writerows(rows)
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]

@@ -1,6 +1,6 @@
 """How much of a confused pair's error is where the boundary sits, and how much is the ranking itself.
 
-Every error of the HAPT default is SITTING <-> STANDING. If the model ranks the windows well but
+Almost every error of the HAPT default is SITTING <-> STANDING. If the model ranks the windows well but
 puts the boundary in the wrong place for the test subjects, adding a bias ``b`` to one class's
 logit fixes it; if not, no threshold does. For each trained run this recipe sweeps ``b`` and
 reports the held-out macro-F1 at ``b = 0`` (the model as trained), at the ``b`` that is best on
@@ -111,7 +111,7 @@ def write_results(out: Path, stem: str, rows: list[dict], fig, record: dict) -> 
 
     out.mkdir(parents=True, exist_ok=True)
     with (out / f"{stem}.csv").open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
+        w = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)), lineterminator="\n")
         w.writeheader()
         w.writerows(rows)
     means = group_means(rows)

@@ -272,7 +272,7 @@ def write_table(out: Path, rows: list[dict], table: list[dict], fig, record: dic
     out.mkdir(parents=True, exist_ok=True)
     for stem, rs in (("calibration_rules", rows), ("calibration_rules_summary", table)):
         with (out / f"{stem}.csv").open("w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rs for k in r)))
+            w = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rs for k in r)), lineterminator="\n")
             w.writeheader()
             w.writerows(rs)
     record = {**record, "summary": table, "per_run": rows, "versions": versions(), "git": git_revision()}

@@ -93,7 +93,7 @@ def write_outputs(results: dict[str, dict], out: Path) -> None:
     (out / "fed_hapt.json").write_text(json.dumps(list(results.values()), indent=2))
     rows = [{c: r.get(c, "") for c in COLUMNS} for r in results.values()]
     with (out / "fed_hapt.csv").open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS)
+        w = csv.DictWriter(f, fieldnames=COLUMNS, lineterminator="\n")
         w.writeheader()
         w.writerows(rows)
     md = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
@@ -103,7 +103,7 @@ def write_outputs(results: dict[str, dict], out: Path) -> None:
 
     feds = [r for r in results.values() if "per_round" in r]
     with (out / "fed_hapt_rounds.csv").open("w", newline="") as f:
-        w = csv.writer(f)
+        w = csv.writer(f, lineterminator="\n")
         w.writerow(["variant", "round", "val_macro_f1", "test_macro_f1", "test_accuracy", "bytes_total"])
         for r in feds:
             for p in r["per_round"]:

@@ -85,7 +85,7 @@ def main() -> None:
 
     args.out.mkdir(parents=True, exist_ok=True)
     with (args.out / "posture_cues.csv").open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
         w.writeheader()
         w.writerows(rows)
     (args.out / "posture_cues.json").write_text(json.dumps({"per_subject": rows, "linear_sit_vs_stand": linear},

@@ -43,7 +43,7 @@ def write_csv(rec: Recording, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     t = np.arange(len(rec.signal)) / rec.sample_rate
     with path.open("w", newline="") as f:
-        w = csv.writer(f)
+        w = csv.writer(f, lineterminator="\n")
         w.writerow(["time", *rec.layout.channels])
         w.writerows([f"{ti:.3f}", *(f"{v:.6f}" for v in row)] for ti, row in zip(t, rec.signal))
 

@@ -185,11 +185,11 @@ def _unit(row: dict) -> tuple[int, int | None]:
 
 def write_outputs(out: Path, rows: list[dict], summary: list[dict], roles: tuple[str, str]) -> None:
     with (out / "seed_study_runs.csv").open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
         w.writeheader()
         w.writerows(rows)
     with (out / "seed_study.csv").open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(summary[0]))
+        w = csv.DictWriter(f, fieldnames=list(summary[0]), lineterminator="\n")
         w.writeheader()
         w.writerows(summary)
     (out / "seed_study.json").write_text(json.dumps({"summary": summary, "runs": rows}, indent=2))

@@ -152,7 +152,7 @@ def main() -> None:
     cols = ["variant", "wall_seconds", "wall_ratio", "rounds_seconds", "rounds_ratio", "steady_rounds_seconds",
             "steady_rounds_ratio", "metrics_equal_to_sequential"]  # fmt: skip
     with (out / "sim_overhead.csv").open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=cols)
+        w = csv.DictWriter(f, fieldnames=cols, lineterminator="\n")
         w.writeheader()
         w.writerows(results)
     md = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]

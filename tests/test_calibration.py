@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from fedhar.calibration import direction_from_statistics, otsu_threshold, pair_statistics, split_per_subject
+from fedhar.errors import ConfigError
 
 SIT, STAND, LAY = 0, 1, 2
 
@@ -100,7 +101,7 @@ def test_evaluate_scores_per_client_calibration_beside_the_model(posture_run, tm
         (["--calibrate", "SITTING", "STANDING"], "stores no client calibration"),
         (["--calibrate-from", "1", "2"], "needs --calibrate"),
         (["--calibrate", "SITTING", "STANDING", "--calibrate-from", "3"], "also evaluated"),
-        (["--calibrate", "SITTING", "WALKING", "--calibrate-from", "1"], "two different classes"),
+        (["--calibrate", "SITTING", "WALKING", "--calibrate-from", "1"], "not among the classes"),
         (["--calibrate", "SITTING", "STANDING", "--calibrate-from", "99"], "no windows"),
         (["--calibrate", "SITTING", "STANDING", "--calibrate-from", "1", "--min-gap", "-1"], "--min-gap must be >= 0"),
     ],
@@ -155,7 +156,7 @@ def test_a_bad_calibration_pair_fails_before_training(tmp_path, capsys):
     assert main(["train", *base, "train.client_calibration=[SITTING]"]) == 2
     assert "two different class names" in capsys.readouterr().err
     assert main(["train", *base, "train.client_calibration=[SITTING, FLYING]"]) == 2
-    assert "two different classes" in capsys.readouterr().err
+    assert "not among the classes" in capsys.readouterr().err
     assert not any(tmp_path.rglob("metrics.json"))
 
 
@@ -241,3 +242,12 @@ def test_predict_leaves_a_one_posture_recording_as_the_model_saw_it_and_says_why
     rows = list(csv.DictReader(out.open()))
     assert all(r["activity"] == r["model_activity"] for r in rows)
     assert "not applied, the split's halves lie only" in capsys.readouterr().err
+
+
+def test_a_misspelt_pair_class_gets_a_suggestion():
+    from fedhar.calibration import check_pair
+
+    with pytest.raises(ConfigError, match=r"\['STANDNG'\] not among the classes .*`STANDNG`: did you mean `STANDING`"):
+        check_pair(["SITTING", "STANDING", "LAYING"], ["SITTING", "STANDNG"])
+    with pytest.raises(ConfigError, match="two different classes"):
+        check_pair(["SITTING", "STANDING"], ["SITTING", "SITTING"])

@@ -43,7 +43,7 @@ def test_train_then_evaluate(tmp_path, capsys):
         (["train", "model.backbone=no-such-model", "data.dataset=hapt", f"data.path={HAPT}"], "unknown backbone"),
         (["train", "train.epochs=-1"], "train.epochs must be >= 1"),
         (["train", "--config", "nope.yaml"], "does not exist"),
-        (["evaluate", "/nonexistent", "--data", "."], "not a fedhar checkpoint"),
+        (["evaluate", "/nonexistent", "--data", "."], "checkpoint /nonexistent does not exist"),
     ],
 )
 def test_errors_are_one_line(args, message, capsys, tmp_path, monkeypatch):
@@ -147,7 +147,7 @@ def test_a_calibration_the_data_cannot_hold_fails_before_training(tmp_path, caps
                "model.hidden=16", "train.epochs=1", "data.labelled_per_class=1", "train.device=cpu",
                "train.client_calibration=[SITTING, STANDING]"])  # fmt: skip
     assert rc == 2 and "of the pair" in capsys.readouterr().err
-    assert not (tmp_path / "c" / "epochs.csv").exists()  # no training time spent on a run that cannot finish
+    assert not (tmp_path / "c").exists()  # no training spent on it, and no empty folder shifting later names
 
 
 def test_run_folders_are_claimed_once(tmp_path):
@@ -188,3 +188,21 @@ def test_evaluate_cuts_a_dataset_folder_as_the_training_data_was_cut(tiny_window
         assert model.data.windowing["overlap"] == overlap
         ws = windows_for_model(model.data, tmp_path / "data", "generic")
         assert len(ws) == expected and np.bincount(ws.y).tolist() == [expected // 2] * 2
+
+
+@requires_hapt
+def test_evaluate_warns_about_training_subjects_and_synthetic_data(tmp_path, capsys):
+    out = tmp_path / "runs"
+    assert main(["train", "--config", "configs/hapt.yaml", "--quiet", f"output_dir={out}", "name=w", *TINY,
+                 *HAPT_SMALL]) == 0  # fmt: skip
+    report = tmp_path / "e.json"
+    assert main(["evaluate", str(out / "w" / "checkpoint"), "--data", str(HAPT), "--subjects", "3", "27",
+                 "--json", str(report)]) == 0  # fmt: skip
+    assert "subjects ['3'] are training subjects" in capsys.readouterr().err
+    assert json.loads(report.read_text())["warnings"][0].startswith("subjects ['3'] are training subjects")
+    assert main(["evaluate", str(out / "w" / "checkpoint"), "--data", str(HAPT), "--subjects", "27"]) == 0
+    assert "warning" not in capsys.readouterr().err
+    assert main(["train", "--quiet", f"output_dir={out}", "name=syn", "data.dataset=synthetic", "model.kind=deepconvlstm",
+                 "model.hidden=16", "train.epochs=1", "train.device=cpu"]) == 0  # fmt: skip
+    info = json.loads((out / "syn" / "checkpoint" / "model.json").read_text())
+    assert info["synthetic_data"] is True

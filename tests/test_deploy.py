@@ -375,3 +375,19 @@ def test_the_death_signal_hook_loads_nothing_in_the_child(monkeypatch):
     monkeypatch.setattr(ctypes, "CDLL", no_dlopen)  # inherited by the forked child: a dlopen there would fail
     assert subprocess.run(["true"], preexec_fn=hook, check=True).returncode == 0
     assert die_with_parent() is hook
+
+
+def test_a_supernode_exit_is_explained_with_flowers_own_sentence():
+    """A device with a bad key file must see why on the console, not only an exit code (the reason is in
+    the SuperNode's log, coloured)."""
+    from types import SimpleNamespace
+
+    from fedhar.deploy.client import _exit_reason
+
+    log = ("\x1b[92mINFO \x1b[0m:      Starting Flower SuperNode\n"
+           "\x1b[91mERROR \x1b[0m:     Exit Code: 302\nUnable to parse the private key file.\n"
+           "Node authentication requires elliptic curve private key.\n")  # fmt: skip
+    node = SimpleNamespace(log_tail=lambda n: log, process=SimpleNamespace(returncode=1), log_path="x.log")
+    assert _exit_reason(node) == "Exit Code: 302: Unable to parse the private key file."
+    quiet = SimpleNamespace(log_tail=lambda n: "", process=SimpleNamespace(returncode=0), log_path="x.log")
+    assert "dropped it" in _exit_reason(quiet)

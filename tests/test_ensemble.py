@@ -59,3 +59,33 @@ def test_evaluate_refuses_an_ensemble_across_tasks_in_one_line(tiny_windows, tmp
     assert main(["evaluate", str(first), str(second), "--data", str(tmp_path / "w.npz")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "does not match" in err[0] and "classes" in err[0]
+
+
+def test_subset_recipe_scores_the_full_set_as_fedhar_evaluate_does(tiny_windows, tmp_path):
+    """simulations/ensemble_subsets.py averages members' probabilities itself: the whole set must score
+    exactly what `fedhar evaluate` gives the same checkpoints as one ensemble."""
+    import sys
+    from pathlib import Path
+
+    from fedhar.config import ExperimentConfig, save_config
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "simulations"))
+    from ensemble_subsets import member_probabilities, score_subsets
+
+    tiny_windows.save(tmp_path / "w.npz")
+    runs = []
+    for seed in range(3):
+        run = tmp_path / f"base-s{seed}"
+        save_checkpoint(_model(tiny_windows, seed), run / "checkpoint")
+        cfg = ExperimentConfig()
+        cfg.data.path = str(tmp_path / "w.npz")
+        cfg.data.split.train, cfg.data.split.val, cfg.data.split.test = ["1", "2"], ["3"], ["4"]
+        save_config(cfg, run / "config.yaml")
+        runs.append(run)
+    probs, parts = member_probabilities(runs)
+    rows = score_subsets(probs, parts, [1, 3])
+    assert [r["size"] for r in rows] == [1, 1, 1, 3]
+    report = tmp_path / "e.json"
+    assert main(["evaluate", *(str(r / "checkpoint") for r in runs), "--data", str(tmp_path / "w.npz"),
+                 "--subjects", "4", "--json", str(report)]) == 0  # fmt: skip
+    assert rows[-1]["test_macro_f1"] == round(json.loads(report.read_text())["macro_f1"], 4)

@@ -156,7 +156,7 @@ def test_a_node_that_hangs_at_setup_costs_the_full_timeout_once(tmp_path, monkey
 
 def test_relative_config_files_are_found_outside_a_checkout(tmp_path, monkeypatch):
     from fedhar.config import load_config
-    from fedhar.federated import shipped_config
+    from fedhar.config import shipped_config
 
     monkeypatch.chdir(tmp_path)
     path = S.resolve_config_path("configs/default.yaml")

@@ -278,8 +278,13 @@ def test_read_signal_csv_errors(tmp_path):
     with pytest.raises(DataError, match="unknown unit `furlong`"):
         read_signal_csv(path)
     path.write_text("time,gyro_x,gyro_y,gyro_z\n" + "".join(f"{i / 50},120,0,0\n" for i in range(10)))
-    with pytest.raises(DataError, match=r"gyro columns have no unit and reach 120\.0"):
+    with pytest.raises(DataError, match=r"gyro columns have no unit and, read as rad/s, values up to 120\.0"):
         read_signal_csv(path)
+    # a stated unit that cannot be right: m/s^2 values declared as g (a wrong --units) fail too
+    path.write_text("time,acc_x,acc_y,acc_z\n" + "".join(f"{i / 50},0.1,9.7,1.0\n" for i in range(60)))
+    with pytest.raises(DataError, match=r"acc read in g \(the column header or the units option\) gives a median "
+                                        r"magnitude of 9\.75 g; check that unit"):  # fmt: skip
+        read_signal_csv(path, units="acc=g")
     with pytest.raises(DataError, match="does not exist"):
         read_signal_csv(tmp_path / "missing.csv")
 

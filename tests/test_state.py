@@ -78,6 +78,11 @@ def test_checkpoint_with_head_cues_roundtrips(tiny_windows, tmp_path):
 def test_checkpoint_errors(model, tmp_path):
     with pytest.raises(CheckpointError, match="not a fedhar checkpoint"):
         load_checkpoint(tmp_path)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "nope")
+    save_checkpoint(model, tmp_path / "run" / "checkpoint")
+    with pytest.raises(CheckpointError, match=r"is a run folder; its checkpoint is .*run/checkpoint"):
+        load_checkpoint(tmp_path / "run")
     save_checkpoint(model, tmp_path / "c")
     (tmp_path / "c" / "trainable.safetensors").write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match="not a readable safetensors"):

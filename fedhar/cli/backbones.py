@@ -18,6 +18,9 @@ def run(args: argparse.Namespace) -> int:
     from fedhar.model.backbones import NAMED, TINY, offline_ready, prepare_named
     from fedhar.errors import BackboneError
 
+    if args.action == "list" and args.names:
+        raise BackboneError(f"`fedhar backbones list` takes no names (got {args.names}); to fetch: "
+                            f"fedhar backbones fetch {' '.join(args.names)}")  # fmt: skip
     if args.action == "list":
         for name, src in NAMED.items():
             state = "cached" if offline_ready(name) else "not cached"

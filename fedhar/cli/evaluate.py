@@ -104,6 +104,23 @@ def _stored_calibration(args: argparse.Namespace) -> PairCalibration:
     return calibration
 
 
+def provenance_warnings(checkpoints: list[str], subjects: list[str]) -> list[str]:
+    """What the checkpoints record of their training data that makes these figures something else than a
+    held-out, real-data score: synthetic training data, or evaluated subjects they trained on."""
+    from fedhar.model.state import read_checkpoint
+
+    warnings = []
+    for checkpoint in checkpoints:
+        info = read_checkpoint(checkpoint)[0]
+        if info.get("synthetic_data"):
+            warnings.append(f"{checkpoint} was trained on SYNTHETIC data")
+        seen = [s for s in subjects if s in set(info.get("train_subjects", []))]
+        if seen:
+            warnings.append(f"subjects {seen} are training subjects of {checkpoint}: not a held-out score "
+                            "(pass --subjects with its validation or test subjects)")  # fmt: skip
+    return warnings
+
+
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -133,10 +150,15 @@ def run(args: argparse.Namespace) -> int:
         ws = all_windows.where(subject=wanted)
     logits = predict_logits(model, ws.x)  # one forward pass for the model's figures and the calibration
     metrics = metrics_from_logits(logits, ws, by=args.by)
+    warnings = provenance_warnings(args.checkpoint, sorted(set(ws.subject.tolist()), key=natural_key))
+    if warnings:
+        metrics["warnings"] = warnings
     if args.calibrate:
         metrics["calibrated"] = _calibrated(logits.argmax(axis=1), all_windows, ws, args)
     what = Path(args.checkpoint[0]).name if len(args.checkpoint) == 1 else f"ensemble of {len(args.checkpoint)}"
     print_metrics(f"{what} on {args.data}", metrics)
+    for warning in warnings:
+        console.print(f"[bold yellow]warning: {warning}[/]", soft_wrap=True)
     if args.by:
         print_breakdown(args.by, metrics[f"by_{args.by}"], model.data.label_names)
     if args.calibrate:

@@ -1,4 +1,11 @@
-"""``fedhar`` command line. Each subcommand lives in its own module with ``add_parser`` and ``run``."""
+"""fedhar: federated and continual human activity recognition on frozen pretrained language models.
+
+Train centrally (train), score and use checkpoints (evaluate, predict), inspect datasets (data), run
+federations in simulation (simulate) or on devices (server, client, certs). Runs land in
+runs/<name>/ (override with output_dir=...); README.md and docs/ say more.
+"""
+
+# Each subcommand lives in its own module of fedhar.cli with ``add_parser`` and ``run``.
 
 from __future__ import annotations
 
@@ -26,7 +33,7 @@ COMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fedhar", description=__doc__)
+    parser = argparse.ArgumentParser(prog="fedhar", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"fedhar {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="show debug logs and full tracebacks")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

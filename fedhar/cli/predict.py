@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - t0
     target = open(args.out, "w", newline="") if args.out else sys.stdout
     try:
-        w = csv.DictWriter(target, fieldnames=columns, extrasaction="ignore")
+        w = csv.DictWriter(target, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
         w.writeheader()
         w.writerows(rows)
     finally:
@@ -74,5 +74,5 @@ def calibration_summary(report: dict, min_gap: float) -> str:
         return (f"calibration {pair}: re-split {report['pair_windows']} windows, {report['changed']} changed "
                 f"(the split's halves lie {gap:.2f} of the training distance apart)")  # fmt: skip
     return (f"calibration {pair}: not applied, the split's halves lie only {gap:.2f} of the training distance "
-            f"apart (at least {min_gap:.2f} needed): the recordings look like one of the two, kept as the model saw "
-            "them")  # fmt: skip
+            f"apart (at least {min_gap:.2f} needed, what one posture cut in two looks like): kept as the model "
+            "labelled them")  # fmt: skip

@@ -68,7 +68,12 @@ def run(args: argparse.Namespace) -> int:
         cfg, _, _ = preflight(load_config(args.config, args.overrides), opts)  # before a run folder is made
         run_dir = RunDir.create(cfg, kind="server")
     console.print(f"[bold]fedhar server[/] {cfg.name} → {run_dir.path}")
-    summary = serve(cfg, run_dir, opts, resume=bool(args.resume), progress=not args.quiet)
+    try:
+        summary = serve(cfg, run_dir, opts, resume=bool(args.resume), progress=not args.quiet)
+    except BaseException:
+        if not args.resume:
+            run_dir.discard_if_unused()
+        raise
     final = summary.get("final", {})
     scores = [f"{split} F1 {final[f'{split}_macro_f1']:.4f} acc {final[f'{split}_accuracy']:.4f}"
               for split in ("val", "test") if f"{split}_macro_f1" in final]  # fmt: skip

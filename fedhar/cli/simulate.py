@@ -8,7 +8,7 @@ from pathlib import Path
 from fedhar.cli.common import add_config_args, console
 
 #: the embedded default experiment: synthetic devices/placements, a handful of clients and rounds
-DEFAULT_CONFIG = "default.yaml"  # shipped with fedhar (fedhar.federated.shipped_config)
+DEFAULT_CONFIG = "default.yaml"  # shipped with fedhar (fedhar.config.shipped_config)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -28,7 +28,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from fedhar.config import load_config, save_config
     from fedhar.errors import ConfigError
-    from fedhar.federated import shipped_config
+    from fedhar.config import shipped_config
     from fedhar.federated.simulate import preflight, simulate
     from fedhar.results.run import RunDir
 

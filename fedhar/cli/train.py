@@ -23,7 +23,11 @@ def run(args: argparse.Namespace) -> int:
     preflight(cfg)
     run_dir = RunDir.create(cfg, kind="train")
     console.print(f"[bold]fedhar train[/] {cfg.name} → {run_dir.path}")
-    summary = train_centralized(cfg, run_dir, progress=not args.quiet)
+    try:
+        summary = train_centralized(cfg, run_dir, progress=not args.quiet)
+    except BaseException:
+        run_dir.discard_if_unused()
+        raise
     p = summary["parameters"]
     console.print(f"trainable {p['trainable']:,} / total {p['total']:,} parameters ({summary['trainable_percent']}%)")
     if summary.get("warning"):

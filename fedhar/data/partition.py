@@ -209,7 +209,7 @@ def partition_summary(
         "files": {ext: str(out / f"{slug}.{ext}") for ext in ("csv", "json", "png")},
     }
     with open(out / f"{slug}.csv", "w", newline="") as f:
-        writer = csv.writer(f)
+        writer = csv.writer(f, lineterminator="\n")
         writer.writerow(["client", *ws.label_names, "total", "label_entropy"])
         for c in clients:
             writer.writerow([c["name"], *c["counts"], c["windows"], c["label_entropy"]])

@@ -131,7 +131,7 @@ def _interrupt(*_) -> None:
     raise KeyboardInterrupt
 
 
-def _announce(supernode: Service, stop: threading.Event, hint_after_s: float = 30.0) -> None:
+def _announce(supernode: Service, stop: threading.Event, hint_after_s: float = 15.0) -> None:
     """Say once when the SuperNode has joined (Flower logs its node id), or why it has not yet."""
     started, hinted = time.monotonic(), False
     while not stop.is_set() and supernode.alive():
@@ -141,21 +141,36 @@ def _announce(supernode: Service, stop: threading.Event, hint_after_s: float = 3
             say(f"joined the federation as node {found.group(1)}")
             return
         if not hinted and time.monotonic() - started > hint_after_s:
-            last = tail.splitlines()[-1] if tail else "nothing logged"
-            say(f"[yellow]not connected after {hint_after_s:.0f} s; the SuperNode's last word: {last}[/]")
+            last = _plain(tail.splitlines()[-1]) if tail.strip() else "nothing logged"
+            say(f"[yellow]not connected after {hint_after_s:.0f} s (is `fedhar server` running at --server, and "
+                f"reachable from here?); the SuperNode's last word: {last}[/]")  # fmt: skip
             hinted = True
         time.sleep(0.5)
 
 
+def _plain(line: str) -> str:
+    """A log line without its terminal colour codes."""
+    return re.sub(r"\x1b\[[0-9;]*m", "", line).strip()
+
+
 def _exit_reason(supernode: Service) -> str:
-    tail = supernode.log_tail(12)
-    for pattern in (r"\[code: \d+\][^\n]*", r"Failed to [^\n]*", r"Exit Code: \d+"):
-        found = re.search(pattern, tail)
+    """Why the SuperNode exited, from the end of its log: Flower's exit code with the sentence after it."""
+    tail = _plain_lines(supernode.log_tail(12))
+    for i in range(len(tail) - 1, -1, -1):
+        if re.search(r"Exit Code: \d+", tail[i]):
+            after = next((line for line in tail[i + 1:] if line), "")
+            return re.search(r"Exit Code: \d+", tail[i]).group(0) + (f": {after}" if after else "")
+    for pattern in (r"\[code: \d+\].*", r"Failed to .*"):
+        found = next((re.search(pattern, line) for line in reversed(tail) if re.search(pattern, line)), None)
         if found:
             return found.group(0).strip()
     if supernode.process.returncode == 0:
         return "the SuperLink dropped it: restarted, or this device is no longer registered"
     return f"exit code {supernode.process.returncode}; see {supernode.log_path}"
+
+
+def _plain_lines(text: str) -> list[str]:
+    return [_plain(line) for line in text.splitlines()]
 
 
 def _record(report: TaskReport, task_log: Path) -> None:

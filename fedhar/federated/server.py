@@ -59,8 +59,9 @@ from fedhar.calibration import PairCalibration, num_posture_cues
 from fedhar.cli.common import console
 from fedhar.config import ExperimentConfig, load_config
 from fedhar.data.preprocess import Normalizer
+from fedhar.data.recording import natural_key
 from fedhar.errors import ConfigError, DataError, FedharError
-from fedhar.federated import shipped_config
+from fedhar.config import shipped_config
 from fedhar.federated.client import MESSAGE_DESCRIBE, PAIR_STATISTICS
 from fedhar.federated.data import stage_of_round, subject_split
 from fedhar.federated.records import RoundJob, record_bytes, record_to_state, state_to_record
@@ -489,7 +490,7 @@ class RoundLoop:
         tmp = root / f".round-{rnd:04d}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         save_checkpoint(self.model, tmp, extra={"run": self.cfg.name, "seed": self.cfg.seed, "round": rnd,
-                                                **self.calibration_record()})  # fmt: skip
+                                                **self.calibration_record(), **self.provenance()})  # fmt: skip
         server_state = self.strategy.server_state()
         if server_state:
             save_file({k: np.ascontiguousarray(v) for k, v in server_state.items()}, str(tmp / SERVER_STATE_FILE))
@@ -652,6 +653,14 @@ class RoundLoop:
         out["central_eval_seconds"] = round(time.perf_counter() - t0, 3)
         return out
 
+    def provenance(self) -> dict:
+        """What a checkpoint records of its training data, so `fedhar evaluate` can flag figures on it: whether
+        it was synthetic and, in a simulation, the training subjects (deployed devices' own are unknown here)."""
+        record: dict = {"synthetic_data": self.cfg.data.dataset == "synthetic"}
+        if self.job.expected_nodes is not None:
+            record["train_subjects"] = sorted(set(subject_split(self.cfg)[0].subject.tolist()), key=natural_key)
+        return record
+
     def calibration_record(self) -> dict:
         """What a checkpoint stores of the calibration (``fedhar evaluate --calibrate`` reads it back)."""
         return {} if self.calibration is None else {"client_calibration": self.calibration.to_json()}
@@ -697,7 +706,7 @@ def run_federation(grid: Grid, job: ServerJob) -> dict:
     set_trainable_state(loop.model, loop.global_state, where="final state")
     save_checkpoint(loop.model, job.run.file("checkpoint"), extra={
         "run": cfg.name, "seed": cfg.seed, "strategy": cfg.federated.strategy, "rounds": cfg.federated.rounds,
-        **loop.calibration_record(),
+        **loop.calibration_record(), **loop.provenance(),
     })  # fmt: skip
     summary = summarize(cfg, loop.rows, loop.model, loop.federation.clients, time.perf_counter() - t_start)
     if loop.calibration is not None:  # a client-side step: reported beside the per-window figures
@@ -707,7 +716,8 @@ def run_federation(grid: Grid, job: ServerJob) -> dict:
         summary["client_calibration"] = loop.calibration.to_json()
     job.run.write_json("metrics.json", summary)
     if loop.rows:
-        plot_rounds(loop.rows, job.run.path, title=f"{cfg.name}: {cfg.federated.strategy}")
+        plot_rounds(loop.rows, job.run.path, title=f"{cfg.name}: {cfg.federated.strategy}"
+                    + (" (SYNTHETIC data)" if cfg.data.dataset == "synthetic" else ""))  # fmt: skip
     return summary
 
 

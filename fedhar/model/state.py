@@ -108,6 +108,10 @@ def read_checkpoint(folder: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
     if folder.is_file() and folder.name in (STATE_FILE, MODEL_FILE):
         folder = folder.parent
     info_path, state_path = folder / MODEL_FILE, folder / STATE_FILE
+    if not folder.exists():
+        raise CheckpointError(f"checkpoint {folder} does not exist (a run's is runs/<name>/checkpoint)")
+    if (folder / "checkpoint" / MODEL_FILE).is_file():
+        raise CheckpointError(f"{folder} is a run folder; its checkpoint is {folder / 'checkpoint'}")
     if not info_path.is_file() or not state_path.is_file():
         raise CheckpointError(
             f"{folder} is not a fedhar checkpoint: it needs {MODEL_FILE} and {STATE_FILE} "

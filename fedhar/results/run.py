@@ -6,6 +6,7 @@ import csv
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -86,6 +87,12 @@ class RunDir:
             return False
         return True
 
+    def discard_if_unused(self) -> None:
+        """Remove the folder of a run that failed before writing anything but its config and run.json,
+        so a failed attempt does not shift the next run's name (``name-2`` …)."""
+        if {p.name for p in self.path.iterdir()} <= {"config.yaml", "run.json"}:
+            shutil.rmtree(self.path, ignore_errors=True)
+
     def file(self, name: str) -> Path:
         return self.path / name
 
@@ -111,7 +118,7 @@ class RunDir:
             keys += [k for k in r if k not in keys and not isinstance(r[k], (dict, list))]
         tmp = target.with_name(target.name + ".tmp")
         with tmp.open("w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
+            w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore", lineterminator="\n")
             w.writeheader()
             w.writerows(rows)
         tmp.replace(target)

@@ -10,6 +10,7 @@ import torch
 from fedhar.calibration import PairCalibration, check_pair
 from fedhar.config import ExperimentConfig
 from fedhar.data.pipeline import split_windows
+from fedhar.data.recording import natural_key
 from fedhar.data.splits import low_label
 from fedhar.model.har_model import DataSpec, build_model, parameter_counts, predict_logits, windowing_record
 from fedhar.model.state import save_checkpoint
@@ -27,6 +28,7 @@ def preflight(cfg: ExperimentConfig) -> None:
     """Fail on an unknown backbone or missing data before any run folder is created."""
     from pathlib import Path
 
+    from fedhar.data.loaders import missing_data_path
     from fedhar.errors import DataError
     from fedhar.model.backbones import check_spec
 
@@ -36,7 +38,7 @@ def preflight(cfg: ExperimentConfig) -> None:
         if cfg.data.path is None:
             raise DataError(f"`data.path` is not set; point it at the unpacked {cfg.data.dataset} folder")
         if not Path(cfg.data.path).exists():
-            raise DataError(f"data path {cfg.data.path} does not exist; download the dataset and set `data.path`")
+            raise missing_data_path(cfg.data.path)
 
 
 def train_centralized(cfg: ExperimentConfig, run: RunDir | None = None, progress: bool = True) -> dict:
@@ -90,7 +92,8 @@ def train_centralized(cfg: ExperimentConfig, run: RunDir | None = None, progress
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "device": _device_name(next(model.parameters()).device),  # figures differ a little between devices
     }
-    extra = {"run": cfg.name, "seed": cfg.seed}
+    extra = {"run": cfg.name, "seed": cfg.seed, "synthetic_data": train.synthetic,  # evaluate flags figures on these
+             "train_subjects": sorted(set(train.subject.tolist()), key=natural_key)}  # fmt: skip
     if calibration is not None:  # a client-side step: reported beside the per-window figures
         summary["client_calibrated"] = {role: calibration.score(part, logits[role].argmax(axis=1))
                                         for role, part in (("val", val), ("test", test)) if role in logits}  # fmt: skip

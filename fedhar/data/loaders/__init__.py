@@ -29,17 +29,30 @@ def _module(name: str):
     return importlib.import_module(LOADERS[name])
 
 
+def missing_data_path(path: str | Path) -> DataError:
+    """The error for a dataset path that is not there; relative paths start from the working directory."""
+    root = Path(path)
+    where = "" if root.is_absolute() else f" (relative to the working directory: {Path.cwd() / root})"
+    return DataError(f"data path {root} does not exist{where}; point `data.path` (on the command line: the data "
+                     "argument) at the unpacked dataset folder, or run from the folder the path is relative to")  # fmt: skip
+
+
 def detect_layout(path: str | Path) -> str:
     """Name of the loader whose official layout ``path`` holds."""
     root = Path(path)
     if not root.exists():
-        raise DataError(f"data path {root} does not exist; download the dataset and point `data.path` at its folder")
-    for name in LOADERS:
-        if _module(name).detect(root):
-            return name
+        raise missing_data_path(root)
+    for candidate in (root, root.parent):
+        for name in LOADERS:
+            if _module(name).detect(candidate):
+                if candidate == root:
+                    return name
+                raise DataError(f"{root}: no known dataset layout here, but its parent {candidate} holds a {name} "
+                                "layout: point at the archive's top folder")  # fmt: skip
     raise DataError(
         f"{root}: no known dataset layout found (looked for {sorted(LOADERS)}); "
-        "check that the path is the unpacked archive's top folder, or set `data.dataset`"
+        "check that the path is the unpacked archive's top folder, or name the loader "
+        "(`data.dataset`; on the command line --dataset)"
     )
 
 
@@ -56,7 +69,7 @@ def load_recordings(path: str | Path, dataset: str = "auto", **options: Any) -> 
     name = detect_layout(path) if dataset == "auto" else dataset
     root = Path(path)
     if not root.exists():
-        raise DataError(f"data path {root} does not exist; download the dataset and point `data.path` at its folder")
+        raise missing_data_path(root)
     accepted = loader_options(name)
     unknown = sorted(set(options) - set(accepted))
     if unknown:

@@ -357,10 +357,9 @@ def _read_csv(
             )
         stated = next(iter(col_units), None) or option_units.get(group)
         values = np.stack([numeric(channels[group][a][0], f"{group}_{a}") for a in "xyz"], axis=1)
-        if stated is None:
-            _check_unstated_unit(path, group, values)
-            stated = CANONICAL_UNITS[group]
-        parts.append(to_canonical(values, group, stated))
+        canonical = to_canonical(values, group, stated or CANONICAL_UNITS[group])
+        _check_plausible(path, group, canonical, stated)
+        parts.append(canonical)
         groups[group] = [f"{group}_{a}" for a in "xyz"]
     layout = SensorLayout.from_groups(groups)
     signal = np.concatenate(parts, axis=1)
@@ -403,22 +402,24 @@ def _read_csv(
     return {"signal": signal.astype(np.float32), "layout": layout, "rate": rate, "labels": labels, "subjects": subjects}
 
 
-def _check_unstated_unit(path: Path, group: str, values: np.ndarray) -> None:
-    """Fail on values that cannot be in the default unit, instead of misreading them 9.8× or 57× off."""
+def _check_plausible(path: Path, group: str, values: np.ndarray, stated: str | None) -> None:
+    """Fail on values (in canonical units) that no body-worn sensor gives, instead of reading them 9.8× or 57×
+    off: a missing unit, or a wrong one in the header or the units option."""
     finite = values[np.isfinite(values).all(axis=1)]
-    if not len(finite):
+    if not len(finite) or group not in ("acc", "gyro"):
         return
-    magnitude = float(np.median(np.linalg.norm(finite, axis=1)))
+    magnitude, peak = float(np.median(np.linalg.norm(finite, axis=1))), float(np.abs(finite).max())
     if group == "acc" and magnitude > 3.0:
-        raise DataError(
-            f"{path}: acc columns have no unit and a median magnitude of {magnitude:.2f}, which is not g; "
-            "name them acc_x[m/s^2] etc. or pass units"
-        )
-    if group == "gyro" and np.abs(finite).max() > 35.0:
-        raise DataError(
-            f"{path}: gyro columns have no unit and reach {np.abs(finite).max():.1f}, beyond any gyro in rad/s; "
-            "name them gyro_x[deg/s] etc. or pass units"
-        )
+        problem = f"a median magnitude of {magnitude:.2f} g"
+    elif group == "gyro" and peak > 35.0:
+        problem = f"values up to {peak:.1f} rad/s, beyond any gyroscope"
+    else:
+        return
+    if stated is None:
+        raise DataError(f"{path}: {group} columns have no unit and, read as {CANONICAL_UNITS[group]}, {problem}; "
+                        f"name them {group}_x[{'m/s^2' if group == 'acc' else 'deg/s'}] etc. or pass units")  # fmt: skip
+    raise DataError(f"{path}: {group} read in {stated} (the column header or the units option) gives {problem}; "
+                    "check that unit")  # fmt: skip
 
 
 def _to_uniform(path, time_column, t, signal, labels, subjects, sample_rate, max_gap_s):
