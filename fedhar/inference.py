@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from fedhar.config import DataConfig
-from fedhar.data.pipeline import load_windows
+from fedhar.data.pipeline import load_windows, one_csv_as_folder
 from fedhar.data.windows import WindowSet
 from fedhar.errors import DataError
 from fedhar.model.har_model import DataSpec
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 def windows_for_model(spec: DataSpec, path: str | Path, dataset: str = "auto",
                       label_map: dict[str, str] | None = None) -> WindowSet:  # fmt: skip
     """Labelled windows from ``path`` prepared exactly as the model's training data was."""
-    path = Path(path)
+    path = one_csv_as_folder(path, "--data")  # one CSV of raw samples reads as a one-file folder
     if path.suffix == ".npz":
         ws = _onto_model_labels(WindowSet.load(path), spec, label_map or {}, str(path))
         check_compatible(spec, ws, str(path))
@@ -41,7 +41,7 @@ def windows_for_model(spec: DataSpec, path: str | Path, dataset: str = "auto",
         label_map={**(cut.get("label_map") or {}), **(label_map or {})} or None,
         sensors=[g for g, _ in spec.layout.groups],
     )
-    ws = load_windows(cfg)
+    ws = load_windows(cfg, missing_classes_ok=True)  # the data need not hold every class the model knows
     check_compatible(spec, ws, str(path))
     return ws
 

@@ -206,3 +206,14 @@ def test_evaluate_warns_about_training_subjects_and_synthetic_data(tmp_path, cap
                  "model.hidden=16", "train.epochs=1", "train.device=cpu"]) == 0  # fmt: skip
     info = json.loads((out / "syn" / "checkpoint" / "model.json").read_text())
     assert info["synthetic_data"] is True
+
+
+def test_evaluate_reads_one_labelled_csv(tiny_windows, tmp_path, monkeypatch):
+    monkeypatch.setenv("FEDHAR_WINDOW_CACHE", str(tmp_path / "cache"))
+    ckpt = str(_tiny_checkpoint(tiny_windows, tmp_path / "ckpt"))
+    rows = ["timestamp,acc_x,acc_y,acc_z,gyro_x,gyro_y,gyro_z,label"]
+    rows += [f"{i / 50:.2f},0,0,1,0,0,0,{'slow' if i < 160 else 'fast'}" for i in range(320)]
+    (tmp_path / "rec.csv").write_text("\n".join(rows) + "\n")
+    report = tmp_path / "e.json"
+    assert main(["evaluate", ckpt, "--data", str(tmp_path / "rec.csv"), "--json", str(report)]) == 0
+    assert json.loads(report.read_text())["num_windows"] == 18  # 9 windows of 32 samples wholly inside each label

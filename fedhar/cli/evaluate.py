@@ -35,7 +35,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("checkpoint", nargs="+",
                    help="checkpoint folder (runs/<name>/checkpoint); several are scored as one ensemble "
                         "(mean class probabilities), e.g. the runs of several seeds")  # fmt: skip
-    p.add_argument("--data", required=True, help="dataset folder (any supported layout) or .npz window set")
+    p.add_argument("--data", required=True,
+                   help="dataset folder (any supported layout), one CSV of raw samples with a label column, or .npz "
+                        "window set")  # fmt: skip
     p.add_argument("--dataset", default="auto", help="loader name (default: detect)")
     p.add_argument("--subjects", nargs="*", help="only these subjects")
     p.add_argument("--label-map", nargs="*", default=[], metavar="FROM=TO", help="rename data labels to the model's")

@@ -26,7 +26,7 @@ PIPELINE_VERSION = 2
 NOT_CACHED = ("split", "train_overlap", "cache_dir", "normalize", "labelled_per_class", "labelled_percent")
 
 
-def read_recordings(cfg: DataConfig, seed: int = 0) -> RecordingSet:
+def read_recordings(cfg: DataConfig, seed: int = 0, missing_classes_ok: bool = False) -> RecordingSet:
     """Load, relabel, select sensors and resample recordings as ``cfg`` says."""
     if cfg.dataset == "synthetic":
         from fedhar.data.synthetic import SyntheticSpec, generate
@@ -44,17 +44,19 @@ def read_recordings(cfg: DataConfig, seed: int = 0) -> RecordingSet:
         rs = load_recordings(cfg.path, name, **{**options, **cfg.loader_options})
     if cfg.common_labels:  # first onto the common names, then label_map renames those
         rs = relabel(rs, None, common_label_map(rs.dataset))
-    rs = relabel(rs, cfg.classes, cfg.label_map)
+    rs = relabel(rs, cfg.classes, cfg.label_map, missing_ok=missing_classes_ok)
     rs = select_sensors(rs, cfg.sensors)
     if cfg.sample_rate is not None:
         rs.recordings = [resample_recording(r, cfg.sample_rate) for r in rs.recordings]
     return rs
 
 
-def _fingerprint(cfg: DataConfig, seed: int) -> str:
+def _fingerprint(cfg: DataConfig, seed: int, lenient: bool = False) -> str:
     """Cache key: preprocessing parameters plus the names, sizes and mtimes (ns) of the input files."""
     params = {k: v for k, v in cfg.__dict__.items() if k not in NOT_CACHED}
     params["version"] = PIPELINE_VERSION
+    if lenient:  # windows that may lack some of data.classes never answer a strict (training) request
+        params["missing_classes_ok"] = True
     if cfg.dataset == "synthetic":
         from fedhar.data.synthetic import GENERATOR_VERSION
 
@@ -70,14 +72,38 @@ def _fingerprint(cfg: DataConfig, seed: int) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def load_windows(cfg: DataConfig, seed: int = 0, use_cache: bool = True) -> WindowSet:
-    """Windows for a data config; reuses the cached arrays when nothing they depend on changed."""
+def window_cache_dir(cfg: DataConfig | None = None) -> Path:
+    """Where windowed arrays are cached: data.cache_dir, $FEDHAR_WINDOW_CACHE or $FEDHAR_CACHE/windows."""
+    return Path((cfg and cfg.cache_dir) or os.environ.get("FEDHAR_WINDOW_CACHE") or cache_root() / "windows")
+
+
+def one_csv_as_folder(path: str | Path, option: str) -> Path:
+    """A path the loaders read. One CSV file becomes a one-file folder of the generic CSV layout: a folder in
+    the window cache holding a link to it (and to a ``labels.txt`` beside it), so the whole pipeline applies."""
+    path = Path(path).expanduser().resolve()
+    if not path.exists():
+        raise DataError(f"{path} does not exist; point {option} at the recordings (a folder, a CSV or an .npz)")
+    if not (path.is_file() and path.suffix.lower() == ".csv"):
+        return path
+    view = window_cache_dir() / "csv-views" / hashlib.sha256(str(path).encode()).hexdigest()[:16]
+    view.mkdir(parents=True, exist_ok=True)
+    for source, link in ((path, view / path.name), (path.parent / "labels.txt", view / "labels.txt")):
+        if source.is_file() and not link.is_symlink():
+            link.symlink_to(source)
+    return view
+
+
+def load_windows(cfg: DataConfig, seed: int = 0, use_cache: bool = True, missing_classes_ok: bool = False) -> WindowSet:
+    """Windows for a data config; reuses the cached arrays when nothing they depend on changed.
+
+    ``missing_classes_ok``: ``data.classes`` the files lack keep their place in the label table with no
+    windows (scoring a model), instead of failing (training: usually a misspelt class)."""
     if cfg.dataset == "auto":
         if cfg.path is None:
             raise DataError("`data.dataset: auto` needs `data.path`")
         cfg = DataConfig(**{**cfg.__dict__, "dataset": detect_layout(cfg.path)})
-    cache_dir = Path(cfg.cache_dir or os.environ.get("FEDHAR_WINDOW_CACHE") or cache_root() / "windows")
-    key = _fingerprint(cfg, seed)
+    cache_dir = window_cache_dir(cfg)
+    key = _fingerprint(cfg, seed, lenient=missing_classes_ok)
     cached = cache_dir / f"{cfg.dataset}-{key}.npz"
     skips_file = cached.with_suffix(".skipped.json")  # the skip report survives cache hits
     if use_cache and cached.is_file():
@@ -86,7 +112,7 @@ def load_windows(cfg: DataConfig, seed: int = 0, use_cache: bool = True) -> Wind
         ws.notes = {"skipped": skipped, "cache": str(cached), "cache_hit": True}
         return ws
     t0 = time.perf_counter()
-    rs = read_recordings(cfg, seed)
+    rs = read_recordings(cfg, seed, missing_classes_ok)
     ws = make_windows(rs, cfg.window, cfg.overlap, cfg.label_rule)
     ws.synthetic = cfg.dataset == "synthetic"
     ws.notes = {"skipped": list(rs.skipped), "cache": str(cached), "cache_hit": False,

@@ -56,12 +56,16 @@ def resample_recording(rec: Recording, rate: float) -> Recording:
     )
 
 
-def relabel(rs: RecordingSet, classes: list[str] | None, label_map: dict[str, str] | None) -> RecordingSet:
-    """Rename labels through ``label_map`` then keep ``classes`` in the given order (others → unlabelled)."""
+def relabel(rs: RecordingSet, classes: list[str] | None, label_map: dict[str, str] | None,
+            missing_ok: bool = False) -> RecordingSet:  # fmt: skip
+    """Rename labels through ``label_map`` then keep ``classes`` in the given order (others → unlabelled).
+
+    A class the data does not have is an error (a typo, usually) unless ``missing_ok``: data scored by a
+    trained model need not hold every class it knows."""
     names = [label_map.get(n, n) if label_map else n for n in rs.label_names]
     target = list(classes) if classes else list(dict.fromkeys(names))
     unknown = [c for c in target if c not in names]
-    if unknown:
+    if unknown and not missing_ok:
         raise DataError(
             f"classes {unknown} are not labels of {rs.dataset} (after label_map); its labels are {names}"
         )

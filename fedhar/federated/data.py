@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
-import os
 import re
 import socket
 from dataclasses import dataclass
@@ -34,10 +32,9 @@ from pathlib import Path
 
 import numpy as np
 
-from fedhar.cache import cache_root
 from fedhar.config import ExperimentConfig, SplitConfig
 from fedhar.data.partition import client_names, partition
-from fedhar.data.pipeline import load_windows, split_windows
+from fedhar.data.pipeline import load_windows, one_csv_as_folder, split_windows, window_cache_dir
 from fedhar.data.windows import WindowSet
 from fedhar.errors import ConfigError, DataError
 
@@ -123,7 +120,7 @@ def device_windows(cfg: ExperimentConfig, node_config: dict) -> tuple[str, Windo
     # a device's windows are all training windows: cut at train_overlap when it is set; its recordings are
     # read with their own loader's defaults (the server's loader_options describe the server's files)
     local = dataclasses.replace(
-        cfg.data, dataset=str(node_config.get(DATASET, "auto")), path=str(_loadable(path)), classes=None,
+        cfg.data, dataset=str(node_config.get(DATASET, "auto")), path=str(one_csv_as_folder(path, '--data')), classes=None,
         split=SplitConfig(), synthetic={}, cache_dir=None, loader_options={},
         overlap=cfg.data.overlap if cfg.data.train_overlap is None else cfg.data.train_overlap, train_overlap=None,
     )  # fmt: skip
@@ -154,7 +151,7 @@ def _window_cache_lock():
     except ImportError:  # not POSIX: no lock
         yield
         return
-    folder = _window_cache_dir()
+    folder = window_cache_dir()
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / ".devices.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -164,29 +161,10 @@ def _window_cache_lock():
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _window_cache_dir() -> Path:
-    return Path(os.environ.get("FEDHAR_WINDOW_CACHE") or cache_root() / "windows")  # where load_windows caches
-
-
 def default_client_name(path: Path, subjects: list[str]) -> str:
     """``<host>-<folder>`` (plus ``-s<subjects>``): unique per device folder, readable in results."""
     name = f"{socket.gethostname().split('.')[0]}-{path.stem}"
     return f"{name}-s{'+'.join(subjects)}" if subjects else name
-
-
-def _loadable(path: Path) -> Path:
-    """A path the loaders read. One CSV file becomes a one-file folder of the generic CSV layout: a folder in
-    the cache holding a link to it (and to a ``labels.txt`` beside it), so the whole pipeline applies."""
-    if not path.exists():
-        raise DataError(f"{path} does not exist; point --data at the device's recordings (a folder, a CSV or .npz)")
-    if not (path.is_file() and path.suffix.lower() == ".csv"):
-        return path
-    view = _window_cache_dir() / "csv-views" / hashlib.sha256(str(path).encode()).hexdigest()[:16]
-    view.mkdir(parents=True, exist_ok=True)
-    for source, link in ((path, view / path.name), (path.parent / "labels.txt", view / "labels.txt")):
-        if source.is_file() and not link.is_symlink():
-            link.symlink_to(source)
-    return view
 
 
 def onto_classes(ws: WindowSet, classes: list[str]) -> WindowSet:
