@@ -3,17 +3,18 @@ import json
 import pytest
 
 from fedhar.cli.main import main
-from tests.conftest import HAPT, requires_hapt
+from tests.conftest import HAPT, REPO, requires_hapt
 
 TINY = ["model.backbone=tiny-llama", "model.num_layers=2", "train.epochs=1", "train.max_steps_per_epoch=3",
         "train.device=cpu"]  # fmt: skip
+HAPT_CONFIG = str(REPO / "configs" / "hapt.yaml")  # not relative: tests run from any folder
 HAPT_SMALL = [f"data.path={HAPT}", "data.split.train=[1, 3]", "data.split.val=[25]", "data.split.test=[27]"]
 
 
 @requires_hapt
 def test_train_then_evaluate(tmp_path, capsys):
     out = tmp_path / "runs"
-    rc = main(["train", "--config", "configs/hapt.yaml", "--quiet", f"output_dir={out}", "name=t", *TINY, *HAPT_SMALL])
+    rc = main(["train", "--config", HAPT_CONFIG, "--quiet", f"output_dir={out}", "name=t", *TINY, *HAPT_SMALL])
     assert rc == 0
     run = out / "t"
     for f in ("config.yaml", "run.json", "epochs.csv", "metrics.json", "learning_curves.png", "confusion_matrix.png",
@@ -25,7 +26,7 @@ def test_train_then_evaluate(tmp_path, capsys):
     assert "UNTRAINED" in metrics["warning"] and metrics["subjects"]["test"] == ["27"]
     assert metrics["device"] == "cpu"
     # a second run with the same name never overwrites the first
-    assert main(["train", "--config", "configs/hapt.yaml", "--quiet", f"output_dir={out}", "name=t", *TINY,
+    assert main(["train", "--config", HAPT_CONFIG, "--quiet", f"output_dir={out}", "name=t", *TINY,
                  *HAPT_SMALL]) == 0  # fmt: skip
     assert (out / "t-2" / "metrics.json").is_file()
     report = tmp_path / "eval.json"
@@ -74,7 +75,8 @@ def test_predict_csv_of_raw_samples(tiny_windows, tmp_path):
         rows.append(",".join([f"{i / 50:.3f}", *(f"{v:.4f}" for v in rng.normal(0, 0.5, 6))]))
     (tmp_path / "rec.csv").write_text("\n".join(rows) + "\n")
     assert main(["predict", str(ckpt), str(tmp_path / "rec.csv"), "--out", str(tmp_path / "pred.csv")]) == 0
-    pred = list(csv.DictReader((tmp_path / "pred.csv").open()))
+    with (tmp_path / "pred.csv").open(newline="") as f:
+        pred = list(csv.DictReader(f))
     assert len(pred) == (200 - 32) // 16 + 1
     assert pred[1]["start_s"] == "0.32" and pred[1]["end_s"] == "0.96"
     assert all(p["activity"] in tiny_windows.label_names for p in pred)
@@ -89,6 +91,107 @@ def test_predict_needs_the_models_channels(tiny_windows, tmp_path, capsys):
     assert "needs channels" in capsys.readouterr().err
 
 
+PREDICT_COLUMNS = ["start_s", "end_s", "activity", "confidence"]
+
+
+def _distinct_checkpoint(tiny_windows, folder):
+    """An untrained DeepConvLSTM with its weight matrices scaled up 8x: untrained, every window gets nearly the
+    same confidence; scaled, windows get clearly different ones, so a prediction written on the wrong row shows."""
+    import torch
+
+    from fedhar.config import ModelConfig
+    from fedhar.model.har_model import DataSpec, build_model
+    from fedhar.model.state import save_checkpoint
+
+    model = build_model(ModelConfig(kind="deepconvlstm", hidden=16), DataSpec.from_windows(tiny_windows))
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim > 1:
+                p.mul_(8.0)
+    return save_checkpoint(model, folder)
+
+
+def _raw_recording(path, t0: float = 0.0, n: int = 200, nan_rows=(), jitter: bool = False):
+    """A 50 Hz CSV of raw samples (the same values for every call); timestamps from ``t0`` s, every tenth sample
+    0.003 s late with ``jitter`` (then it is put on a uniform grid), empty acc_x cells at ``nan_rows``."""
+    import numpy as np
+
+    values = np.random.default_rng(0).normal(0, 0.5, (n, 6))
+    rows = ["timestamp,acc_x,acc_y,acc_z,gyro_x,gyro_y,gyro_z"]
+    for i in range(n):
+        t = t0 + i / 50 + (0.003 if jitter and i % 10 == 5 else 0.0)
+        cells = [f"{v:.4f}" for v in values[i]]
+        if i in nan_rows:
+            cells[0] = ""
+        rows.append(",".join([f"{t:.3f}", *cells]))
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def _predict(ckpt, recordings, out):
+    import csv
+
+    assert main(["predict", str(ckpt), *map(str, recordings), "--out", str(out)]) == 0
+    with open(out, newline="") as f:
+        reader = csv.DictReader(f)
+        return reader.fieldnames, list(reader)
+
+
+def test_predict_columns_in_order(tiny_windows, tmp_path):
+    """One recording: start_s,end_s,activity,confidence exactly; several: `recording` first, each recording's
+    windows timed from its own first sample."""
+    ckpt = _tiny_checkpoint(tiny_windows, tmp_path / "ckpt")
+    a, b = _raw_recording(tmp_path / "a.csv"), _raw_recording(tmp_path / "b.csv", n=120)
+    header, one = _predict(ckpt, [a], tmp_path / "one.csv")
+    assert header == PREDICT_COLUMNS
+    assert (tmp_path / "one.csv").read_text().startswith("start_s,end_s,activity,confidence\n")
+    header, two = _predict(ckpt, [a, b], tmp_path / "two.csv")
+    assert header == ["recording", *PREDICT_COLUMNS]
+    assert [r["recording"] for r in two] == [str(a)] * len(one) + [str(b)] * ((120 - 32) // 16 + 1)
+    timed = ["start_s", "end_s", "activity"]
+    assert [{k: r[k] for k in timed} for r in two[: len(one)]] == [{k: r[k] for k in timed} for r in one]  # as alone
+    assert two[len(one)]["start_s"] == "0.0" and two[len(one) + 1]["start_s"] == "0.32"
+
+
+@pytest.mark.parametrize("jitter", [False, True], ids=["uniform", "gridded"])
+def test_predict_times_windows_from_the_recordings_first_sample(tiny_windows, tmp_path, jitter):
+    """start_s/end_s are seconds from the recording's first sample (inference.predict_recordings), not the
+    file's clock: a recording whose timestamps start at 100 s predicts exactly as the same one starting at 0 s,
+    whether its samples are kept as they are (near-uniform) or put on a uniform grid (jittered)."""
+    import numpy as np
+
+    ckpt = _distinct_checkpoint(tiny_windows, tmp_path / "ckpt")
+    _, at0 = _predict(ckpt, [_raw_recording(tmp_path / "t0.csv", jitter=jitter)], tmp_path / "p0.csv")
+    _, at100 = _predict(ckpt, [_raw_recording(tmp_path / "t100.csv", 100.0, jitter=jitter)], tmp_path / "p100.csv")
+    assert len(at100) == len(at0) == (200 - 32) // 16 + 1
+    assert [float(r["start_s"]) for r in at100] == pytest.approx([0.32 * i for i in range(len(at100))])
+    assert [float(r["end_s"]) for r in at100] == pytest.approx([0.32 * i + 0.64 for i in range(len(at100))])
+    assert [(r["start_s"], r["end_s"], r["activity"]) for r in at100] == [
+        (r["start_s"], r["end_s"], r["activity"]) for r in at0]  # fmt: skip
+    np.testing.assert_allclose([float(r["confidence"]) for r in at100], [float(r["confidence"]) for r in at0],
+                               atol=1e-4)  # fmt: skip
+
+
+def test_predict_leaves_windows_with_nan_samples_empty(tiny_windows, tmp_path):
+    """A window holding a NaN sample (an empty cell) gets no prediction: an empty activity and a NaN confidence
+    (inference.predict_recordings); it keeps its row and times, and every later window keeps its own times and
+    the prediction it gets without the gap (not its neighbour's)."""
+    import math
+
+    ckpt = _distinct_checkpoint(tiny_windows, tmp_path / "ckpt")
+    _, clean = _predict(ckpt, [_raw_recording(tmp_path / "clean.csv")], tmp_path / "clean-pred.csv")
+    _, gap = _predict(ckpt, [_raw_recording(tmp_path / "gap.csv", nan_rows={40})], tmp_path / "gap-pred.csv")
+    assert len(gap) == len(clean) == (200 - 32) // 16 + 1
+    assert len({r["confidence"] for r in clean}) == len(clean)  # windows tell apart: a shifted row would show
+    assert [(r["start_s"], r["end_s"]) for r in gap] == [(r["start_s"], r["end_s"]) for r in clean]
+    holed = [i for i, r in enumerate(gap) if r["activity"] == ""]
+    assert holed == [1, 2]  # windows [16, 48) and [32, 64) hold sample 40
+    assert all(math.isnan(float(gap[i]["confidence"])) for i in holed)
+    for i in sorted(set(range(len(gap))) - set(holed)):
+        assert gap[i]["activity"] == clean[i]["activity"] != "", i
+        assert float(gap[i]["confidence"]) == pytest.approx(float(clean[i]["confidence"]), abs=1e-4), i
+
+
 def test_low_label_protocol_on_synthetic_data(tmp_path):
     rc = main(["train", "--quiet", f"output_dir={tmp_path}", "name=ll", "data.dataset=synthetic", "model.kind=deepconvlstm",
                "model.hidden=16", "train.epochs=1", "data.labelled_per_class=5", "train.device=cpu"])  # fmt: skip
@@ -100,10 +203,55 @@ def test_low_label_protocol_on_synthetic_data(tmp_path):
 
 def test_overrides_may_follow_options(tmp_path):
     rc = main(["train", f"output_dir={tmp_path}", "--quiet", "name=mixed", "data.dataset=synthetic",
-               "model.kind=deepconvlstm", "--config", "configs/hapt.yaml", "model.hidden=16", "train.epochs=1",
+               "model.kind=deepconvlstm", "--config", HAPT_CONFIG, "model.hidden=16", "train.epochs=1",
                "data.classes=null", "data.path=null", "data.split.train=null", "data.split.val=null",
                "data.split.test=null"])  # fmt: skip
     assert rc == 0 and (tmp_path / "mixed" / "metrics.json").is_file()
+    # the run's resolved config: every override, before the options or after them, over the config file's values
+    from fedhar.config import load_config
+
+    cfg = load_config(tmp_path / "mixed" / "config.yaml")
+    assert (cfg.name, cfg.data.dataset, cfg.model.kind, cfg.model.hidden, cfg.train.epochs) == (
+        "mixed", "synthetic", "deepconvlstm", 16, 1)  # fmt: skip
+    assert cfg.data.classes is None and cfg.data.path is None
+    assert (cfg.data.split.train, cfg.data.split.val, cfg.data.split.test) == (None, None, None)
+    # what no override touched comes from configs/hapt.yaml, not the defaults
+    assert (cfg.train.batch_size, cfg.federated.rounds, cfg.model.tokens) == (32, 20, 16)
+    assert cfg.train.batch_size != type(cfg.train)().batch_size
+
+
+def test_synthetic_train_writes_the_whole_run_folder(tmp_path):
+    """Every file README lists for a run folder, from a DeepConvLSTM on synthetic data (no HAPT needed)."""
+    import csv
+
+    from fedhar.config import load_config
+    from fedhar.model.state import load_checkpoint
+
+    assert main(["train", "--quiet", f"output_dir={tmp_path}", "name=syn", "seed=3", "data.dataset=synthetic",
+                 "model.kind=deepconvlstm", "model.hidden=16", "train.epochs=2",
+                 "train.device=cpu"]) == 0  # fmt: skip
+    run = tmp_path / "syn"
+    for f in ("config.yaml", "run.json", "epochs.csv", "metrics.json", "learning_curves.png", "confusion_matrix.png",
+              "checkpoint/model.json", "checkpoint/trainable.safetensors"):  # fmt: skip
+        assert (run / f).is_file() and (run / f).stat().st_size > 0, f
+    for png in ("learning_curves.png", "confusion_matrix.png"):
+        assert (run / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
+    assert sorted(p.name for p in run.iterdir() if p.name.endswith(".tmp")) == []  # atomic writes left no temp files
+    cfg = load_config(run / "config.yaml")
+    resolved = (cfg.name, cfg.seed, cfg.data.dataset, cfg.model.kind, cfg.model.hidden)
+    assert resolved == ("syn", 3, "synthetic", "deepconvlstm", 16)
+    meta = json.loads((run / "run.json").read_text())
+    assert meta["kind"] == "train" and meta["name"] == "syn" and meta["seed"] == 3
+    assert meta["versions"]["torch"].startswith("2.13") and {"python", "fedhar", "numpy"} <= set(meta["versions"])
+    with (run / "epochs.csv").open(newline="") as f:
+        assert len(list(csv.DictReader(f))) == 2  # one row per epoch
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["synthetic_data"] is True and "SYNTHETIC" in metrics["data_note"]
+    assert metrics["epochs_run"] == 2 and 0 <= metrics["test"]["accuracy"] <= 1
+    assert metrics["windows"]["test"] == sum(map(sum, metrics["test"]["confusion_matrix"]))
+    info = json.loads((run / "checkpoint" / "model.json").read_text())
+    assert info["seed"] == 3 and info["synthetic_data"] is True and info["model"]["kind"] == "deepconvlstm"
+    assert load_checkpoint(run / "checkpoint").data.label_names == list(metrics["test"]["support"])  # it loads back
 
 
 def test_evaluate_refuses_what_it_cannot_score_honestly(tiny_windows, tmp_path, capsys):
@@ -193,7 +341,7 @@ def test_evaluate_cuts_a_dataset_folder_as_the_training_data_was_cut(tiny_window
 @requires_hapt
 def test_evaluate_warns_about_training_subjects_and_synthetic_data(tmp_path, capsys):
     out = tmp_path / "runs"
-    assert main(["train", "--config", "configs/hapt.yaml", "--quiet", f"output_dir={out}", "name=w", *TINY,
+    assert main(["train", "--config", HAPT_CONFIG, "--quiet", f"output_dir={out}", "name=w", *TINY,
                  *HAPT_SMALL]) == 0  # fmt: skip
     report = tmp_path / "e.json"
     assert main(["evaluate", str(out / "w" / "checkpoint"), "--data", str(HAPT), "--subjects", "3", "27",

@@ -132,3 +132,99 @@ def test_csvs_and_cache_key_follow_symlinked_folders(tmp_path):
         key = _fingerprint(cfg, 0)
         os.utime(target, ns=(second, second + 1000))  # rewritten within the same second, same size
         assert _fingerprint(cfg, 0) != key, target
+
+
+# ---- cache key: every setting the windows depend on ---------------------------------------------
+
+#: each cached DataConfig field → a value that changes the windows (the base below has the other one)
+_WINDOW_SETTINGS = {
+    "dataset": "hapt",
+    "sample_rate": 25.0,
+    "window": 32,
+    "overlap": 0.25,
+    "label_rule": "majority",
+    "classes": ["sit"],
+    "label_map": {"walk": "move"},
+    "common_labels": True,
+    "sensors": ["acc"],
+    "placement": "wrist",
+    "loader_options": {"units": "acc=g"},
+    "synthetic": {"subjects": 3},
+}
+
+
+def _keyed_folder(tmp_path):
+    return L.write_generic_csv(tmp_path / "csv")
+
+
+def test_every_data_setting_is_cached_or_deliberately_not():
+    """A new DataConfig field must be put in the window cache key (and in _WINDOW_SETTINGS here), or be listed
+    in NOT_CACHED as applied after the cached windows; never silently left out of both."""
+    from fedhar.data.pipeline import NOT_CACHED
+
+    fields = {f.name for f in dataclasses.fields(DataConfig)}
+    assert fields - set(NOT_CACHED) == set(_WINDOW_SETTINGS) | {"path"}
+
+
+@pytest.mark.parametrize("name", sorted(_WINDOW_SETTINGS))
+def test_cache_key_changes_with_every_window_setting(tmp_path, name):
+    """Windows cut with another setting are never answered from the cache of the first (a stale cache would
+    silently train on the old windows)."""
+    dataset = "synthetic" if name == "synthetic" else "generic"
+    base = DataConfig(dataset=dataset, path=str(_keyed_folder(tmp_path)), window=64)
+    assert getattr(base, name) != _WINDOW_SETTINGS[name]
+    changed = dataclasses.replace(base, **{name: _WINDOW_SETTINGS[name]})
+    assert _fingerprint(base, 0) == _fingerprint(dataclasses.replace(base), 0)  # deterministic
+    assert _fingerprint(changed, 0) != _fingerprint(base, 0), name
+
+
+def test_cache_key_changes_with_path_seed_and_leniency(tmp_path):
+    a = DataConfig(dataset="generic", path=str(_keyed_folder(tmp_path / "a")), window=64)
+    b = dataclasses.replace(a, path=str(_keyed_folder(tmp_path / "b")))  # the same files elsewhere
+    assert _fingerprint(a, 0) != _fingerprint(b, 0)
+    assert _fingerprint(a, 0) != _fingerprint(a, 0, lenient=True)
+    assert _fingerprint(a, 0) == _fingerprint(a, 1)  # recordings from files do not depend on the seed
+    synthetic = DataConfig()
+    assert _fingerprint(synthetic, 0) != _fingerprint(synthetic, 1)  # generated recordings do
+
+
+def test_settings_applied_after_the_cache_share_its_key(tmp_path):
+    """Splits, normalisation, label budgets and train_overlap act on the cached windows: changing them reuses
+    the cache instead of re-reading every file."""
+    base = DataConfig(dataset="generic", path=str(_keyed_folder(tmp_path)), window=64)
+    for changes in ({"split": dataclasses.replace(base.split, test=["x"])}, {"normalize": False},
+                    {"labelled_per_class": 3}, {"labelled_percent": 10.0}, {"train_overlap": 0.75},
+                    {"cache_dir": str(tmp_path / "elsewhere")}):  # fmt: skip
+        assert _fingerprint(dataclasses.replace(base, **changes), 0) == _fingerprint(base, 0), changes
+
+
+def _constant_csv(path, acc_x: str, rows: int = 200):
+    """acc_x is the same text on every row (so two values of one length give files of one size)."""
+    lines = ["timestamp,acc_x,acc_y,acc_z,gyro_x,gyro_y,gyro_z,label"]
+    lines += [f"{i / 50:.2f},{acc_x},0.000,1.000,0,0,0,{'sit' if i < rows // 2 else 'walk'}" for i in range(rows)]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_a_rewritten_file_of_the_same_size_is_read_again(tmp_path):
+    """The hard case of a stale cache: a CSV rewritten with other values but the same byte length, within the
+    same second. Its mtime in nanoseconds differs, so the windows are cut again from the new values."""
+    folder = tmp_path / "data" / "s1"
+    folder.mkdir(parents=True)
+    csv_path = folder / "rec.csv"
+    cfg = DataConfig(dataset="generic", path=str(tmp_path / "data"), window=32, cache_dir=str(tmp_path / "cache"))
+    second = 1_700_000_000 * 10**9
+    _constant_csv(csv_path, "0.125")
+    os.utime(csv_path, ns=(second, second))
+    first = load_windows(cfg)
+    assert not first.notes["cache_hit"] and len(first) > 0
+    np.testing.assert_allclose(first.x[:, 0], 0.125, atol=1e-6)
+    assert load_windows(cfg).notes["cache_hit"]  # unchanged files: the cache answers
+    size = csv_path.stat().st_size
+    _constant_csv(csv_path, "0.375")
+    assert csv_path.stat().st_size == size
+    os.utime(csv_path, ns=(second, second + 1000))  # 1 µs later: the same second, the same size
+    again = load_windows(cfg)
+    assert not again.notes["cache_hit"]
+    np.testing.assert_allclose(again.x[:, 0], 0.375, atol=1e-6)
+    assert len(again) == len(first) and again.notes["cache"] != first.notes["cache"]
+    assert load_windows(cfg).notes["cache_hit"]

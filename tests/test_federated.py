@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import json
 
 import numpy as np
@@ -169,6 +170,68 @@ def test_exact_lora_aggregation_truncates_to_the_best_rank_r_approximation():
     product = new["m.lora_B.default.weight"].astype(np.float64) @ new["m.lora_A.default.weight"]
     assert np.allclose(product, best, atol=1e-5)
     assert diag["lora_svd_residual"] == pytest.approx(np.sqrt((s[2:] ** 2).sum() / (s**2).sum()), rel=1e-6)
+
+
+#: the aggregator each ``federated.strategy`` name must build, and the name it reports
+STRATEGY_CLASSES = {"fedavg": (S.Strategy, "fedavg"), "fedprox": (S.FedProx, "fedprox"),
+                    "fedadam": (S.FedOpt, "fedadam"), "fedyogi": (S.FedOpt, "fedyogi"),
+                    "ffa-lora": (S.Strategy, "fedavg"), "lora-exact": (S.LoraExact, "lora-exact")}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(STRATEGY_CLASSES))
+def test_each_strategy_name_builds_its_own_aggregator_with_the_configured_settings(name):
+    cfg = tiny_cfg(f"federated.strategy={name}", "federated.proximal_mu=0.3", "federated.server_lr=0.05",
+                   "federated.server_beta1=0.8", "federated.server_beta2=0.95", "federated.server_tau=0.002",
+                   "model.lora.r=4", "model.lora.alpha=12")  # fmt: skip
+    strategy = S.make_strategy(cfg)
+    cls, built_as = STRATEGY_CLASSES[name]
+    assert type(strategy) is cls and strategy.name == built_as
+    assert strategy.proximal_mu == (0.3 if name == "fedprox" else 0.0)
+    if cls is S.FedOpt:
+        assert strategy.kind == name[3:]
+        assert (strategy.lr, strategy.beta1, strategy.beta2, strategy.tau) == (0.05, 0.8, 0.95, 0.002)
+    if cls is S.LoraExact:
+        assert (strategy.rank, strategy.scaling) == (4, 3.0)
+    assert set(STRATEGY_CLASSES) == set(S.STRATEGIES)  # a new strategy name needs a row above
+
+
+def test_exact_lora_aggregation_matches_an_independently_computed_weighted_product_mean():
+    """Reference: sum_i (n_i / N) · s · B_i @ A_i, written out here (not via ``exact_lora_mean``)."""
+    rng = np.random.default_rng(4)
+    a_name, b_name, r, scaling, counts = "m.lora_A.default.weight", "m.lora_B.default.weight", 2, 4.0, [1, 4, 9]
+    u, v = rng.standard_normal((6, r)), rng.standard_normal((r, 5))  # one shared rank-r space: exact at rank r
+    updates = [_update(f"c{i}", n, **{a_name: rng.standard_normal((r, r)) @ v, b_name: u @ rng.standard_normal((r, r))})
+               for i, n in enumerate(counts)]  # fmt: skip
+    factors = [(x.state[b_name].astype(np.float64), x.state[a_name].astype(np.float64)) for x in updates]
+    reference = np.zeros((6, 5))
+    for n, (b, a) in zip(counts, factors):
+        reference += (n / sum(counts)) * scaling * (b @ a)
+    assert np.allclose(S.exact_lora_mean(updates, a_name, b_name, scaling), reference, rtol=1e-12, atol=1e-12)
+    glob = {k: np.zeros_like(x) for k, x in updates[0].state.items()}
+    new, diag = S.LoraExact(rank=r, scaling=scaling).aggregate(glob, updates)
+    product = scaling * new[b_name].astype(np.float64) @ new[a_name].astype(np.float64)
+    tol = 1e-5 * np.abs(reference).max()
+    assert np.allclose(product, reference, rtol=1e-5, atol=tol) and diag["lora_svd_residual"] < 1e-5
+    # unequal counts: an unweighted mean would land far from the reference
+    unweighted = sum(scaling * (b @ a) for b, a in factors) / len(factors)
+    assert not np.allclose(unweighted, reference, rtol=0.05)
+
+
+@pytest.mark.parametrize("make", [
+    S.Strategy, lambda: S.FedProx(0.1), lambda: S.FedOpt("yogi", 0.1, 0.9, 0.99, 1e-3), lambda: S.LoraExact(2, 2.0),
+], ids=["fedavg", "fedprox", "fedyogi", "lora-exact"])  # fmt: skip
+def test_aggregation_is_bit_identical_whatever_the_reply_order(make):
+    """float64 sums depend on their order in the last bits: only a fixed order makes all 24 orders agree."""
+    rng = np.random.default_rng(5)
+    updates = [S.ClientUpdate(f"c{i}", {"m.lora_A.default.weight": rng.standard_normal((2, 16)),
+                                        "m.lora_B.default.weight": rng.standard_normal((16, 2)),
+                                        "head.weight": rng.standard_normal(64)}, n)
+               for i, n in enumerate([3, 7, 11, 5])]  # fmt: skip
+    glob = {k: np.zeros_like(x) for k, x in updates[0].state.items()}
+    outs = [make().aggregate(glob, list(order))[0] for order in itertools.permutations(updates)]
+    assert len(outs) == 24
+    for out in outs[1:]:
+        assert all(out[k].dtype == np.float64 and np.array_equal(out[k], outs[0][k]) for k in glob)
 
 
 def test_ffa_lora_freezes_a_so_plain_averaging_of_b_is_exact():
@@ -345,17 +408,52 @@ def _run_direct(tmp_path, name, *overrides, resume=False, grid=None):
     return run_federation(grid or DirectGrid(3), job), run
 
 
-def test_round_loop_resume_continues_exactly(tmp_path):
-    summary, run = _run_direct(tmp_path, "full")
+@pytest.mark.parametrize("strategy", ["fedavg", "fedyogi"])
+def test_round_loop_resume_continues_exactly(tmp_path, strategy):
+    from safetensors.numpy import load_file
+
+    from fedhar.federated.server import SERVER_STATE_FILE, STATE_DIR
+
+    summary, run = _run_direct(tmp_path, "full", f"federated.strategy={strategy}")
     rows = json.loads(run.file("rounds.json").read_text())["rounds"]
     assert [r["round"] for r in rows] == [1, 2] and summary["rounds_completed"] == 2
     assert rows[0]["clients_updated"] == 3 and rows[0]["bytes_up"] > 0
-    _run_direct(tmp_path, "part", "federated.rounds=1")
-    _run_direct(tmp_path, "part", "federated.rounds=2", resume=True)
+    _run_direct(tmp_path, "part", f"federated.strategy={strategy}", "federated.rounds=1")
+    keeps_state = strategy == "fedyogi"  # the server optimiser's moments m and v
+    assert (tmp_path / "part" / STATE_DIR / "round-0001" / SERVER_STATE_FILE).is_file() == keeps_state
+    _run_direct(tmp_path, "part", f"federated.strategy={strategy}", "federated.rounds=2", resume=True)
     resumed = json.loads((tmp_path / "part" / "rounds.json").read_text())["rounds"]
     for key in ("val_macro_f1", "test_accuracy", "test_loss", "bytes_total"):
         assert [r[key] for r in resumed] == [r[key] for r in rows], key
-    assert sorted(p.name for p in (tmp_path / "part" / "state").iterdir()) == ["round-0002"]
+    assert sorted(p.name for p in (tmp_path / "part" / STATE_DIR).iterdir()) == ["round-0002"]
+    full_dir, part_dir = tmp_path / "full" / STATE_DIR / "round-0002", tmp_path / "part" / STATE_DIR / "round-0002"
+    files = ["trainable.safetensors", SERVER_STATE_FILE] if keeps_state else ["trainable.safetensors"]
+    assert (part_dir / SERVER_STATE_FILE).is_file() == keeps_state
+    for name in files:  # the resumed run ends bit-for-bit where the uninterrupted one does
+        full, part = load_file(str(full_dir / name)), load_file(str(part_dir / name))
+        assert list(full) == list(part) and all(np.array_equal(full[k], part[k]) for k in full), name
+
+
+def test_a_resumed_run_trains_only_the_rounds_left(tmp_path, monkeypatch):
+    from fedhar.federated import client
+
+    real, trained = client.train_client, []
+
+    def counting(job, data, state):
+        trained.append((job.round, data.name))
+        return real(job, data, state)
+
+    monkeypatch.setattr(client, "train_client", counting)
+    subjects = ["subject-1", "subject-2", "subject-3"]
+    _run_direct(tmp_path, "part", "federated.rounds=1")
+    assert sorted(trained) == [(1, s) for s in subjects]
+    trained.clear()
+    summary, run = _run_direct(tmp_path, "part", "federated.rounds=2", resume=True)
+    assert sorted(trained) == [(2, s) for s in subjects]  # round 1 is restored, not trained again
+    assert [r["round"] for r in json.loads(run.file("rounds.json").read_text())["rounds"]] == [1, 2]
+    trained.clear()
+    _run_direct(tmp_path, "part", "federated.rounds=2", resume=True)  # nothing left to run
+    assert trained == []
 
 
 def test_round_loop_fails_clearly_when_clients_fail(tmp_path, monkeypatch):
@@ -470,6 +568,29 @@ def test_round_loop_fits_the_calibration_from_clients_and_scores_each_held_out_s
     stored = stored_calibration(run.file("checkpoint"))  # what `fedhar evaluate --calibrate` reuses
     assert stored is not None and stored.to_json() == summary["client_calibration"]
     assert read_checkpoint(run.file("state") / "round-0001")[0]["client_calibration"] == summary["client_calibration"]
+
+
+def test_the_server_fits_the_normaliser_and_the_calibration_from_every_client(tmp_path):
+    """Through the real setup round: what the server stores equals the fits on the pooled training windows,
+    so it summed every client's moments and pair statistics (not just one client's)."""
+    from fedhar.calibration import PairCalibration
+    from fedhar.federated.data import subject_split
+    from fedhar.model.state import read_checkpoint
+
+    summary, run = _run_direct(tmp_path, "pooled", PAIR, "federated.rounds=1")
+    train = subject_split(tiny_cfg(PAIR))[0]
+    central = Normalizer.fit(train)
+    stored = {"federation.json": json.loads(run.file("federation.json").read_text())["normalizer"],
+              "checkpoint": read_checkpoint(run.file("checkpoint"))[0]["data"]["normalizer"],
+              "round state": read_checkpoint(run.file("state") / "round-0001")[0]["data"]["normalizer"]}  # fmt: skip
+    for where, record in stored.items():
+        norm = Normalizer.from_json(record)
+        assert np.allclose(norm.mean, central.mean, atol=1e-5), where
+        assert np.allclose(norm.std, central.std, rtol=1e-4), where
+    pooled = PairCalibration.fit(train, ("SITTING", "STANDING"))
+    fitted = PairCalibration.from_json(summary["client_calibration"])
+    assert np.allclose(fitted.direction, pooled.direction, rtol=1e-5, atol=1e-8)
+    assert fitted.typical_gap == pytest.approx(pooled.typical_gap, rel=1e-5)
 
 
 def test_resumed_run_keeps_the_calibration_fitted_at_setup(tmp_path):

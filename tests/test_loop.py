@@ -41,9 +41,11 @@ def test_early_stopping_restores_best_epoch(tiny_windows):
     result = fit(model, tiny_windows, tiny_windows, cfg, seed=0)
     best = max(h["val_macro_f1"] for h in result.history)
     assert result.best_val_macro_f1 == best
+    assert result.stopped_early and len(result.history) < cfg.epochs  # this setting does stop early
+    assert len(result.history) - result.best_epoch == cfg.patience
+    assert result.history[result.best_epoch - 1]["val_macro_f1"] == best
+    assert result.history[-1]["val_macro_f1"] < best  # the last epoch was worse: only a restore gets best back
     assert evaluate(model, tiny_windows)["macro_f1"] == pytest.approx(best)
-    if result.stopped_early:
-        assert len(result.history) - result.best_epoch == 2
 
 
 def test_regularizer_is_added(tiny_windows):
@@ -56,6 +58,25 @@ def test_regularizer_is_added(tiny_windows):
 
     fit(model, tiny_windows, None, TrainConfig(epochs=1, **FAST), regularizer=reg)
     assert len(calls) == int(np.ceil(len(tiny_windows) / 16))
+
+
+def test_proximal_term_is_half_mu_times_the_squared_distance_and_holds_training_near_the_anchor(tiny_windows):
+    from fedhar.federated.client import proximal_term
+
+    model = _model(tiny_windows)
+    start = get_trainable_state(model)
+    numel = sum(a.size for a in start.values())
+    offset = {n: a + np.float32(0.5) for n, a in start.items()}
+    assert float(proximal_term(model, offset, 0.2)(model).detach()) == pytest.approx(0.5 * 0.2 * 0.25 * numel, rel=1e-5)
+
+    def drift(mu):
+        m = _model(tiny_windows)  # the same seeded init as ``start``
+        fit(m, tiny_windows, None, TrainConfig(epochs=2, **FAST), seed=0,
+            regularizer=proximal_term(m, start, mu) if mu else None)  # fmt: skip
+        return sum(float(((a.astype(np.float64) - start[n]) ** 2).sum()) for n, a in get_trainable_state(m).items())
+
+    free, held = drift(0.0), drift(50.0)
+    assert free > 0 and held < 0.1 * free  # about 0.005 x: mu=50 keeps the weights at the anchor
 
 
 def test_schedule_shape():

@@ -1,4 +1,5 @@
 import json
+import re
 
 import numpy as np
 import pytest
@@ -106,3 +107,22 @@ def test_diverged_weights_are_not_written(model, tmp_path):
     with pytest.raises(CheckpointError, match="NaN or Inf.*nothing was written"):
         save_checkpoint(model, tmp_path / "c")
     assert (tmp_path / "c" / "trainable.safetensors").read_bytes() == before  # the earlier checkpoint survives
+
+
+@pytest.mark.parametrize("which", ["one", "all"])
+def test_float64_checkpoint_is_refused_naming_the_dtype(model, tmp_path, which):
+    """A trainable.safetensors with the right names and shapes but float64 tensors (e.g. written from numpy
+    defaults) is refused, not silently cast into the float32 model."""
+    from safetensors.numpy import load_file, save_file
+
+    save_checkpoint(model, tmp_path / "c")
+    path = tmp_path / "c" / "trainable.safetensors"
+    state = load_file(str(path))
+    names = list(state)[:1] if which == "one" else list(state)
+    save_file({k: v.astype(np.float64) if k in names else v for k, v in state.items()}, str(path))
+    assert {k: v.shape for k, v in load_file(str(path)).items()} == {k: v.shape for k, v in state.items()}
+    named = re.escape(names[0]) if which == "one" else r"\S+"  # one tensor: that one is named
+    message = rf"does not fit this model: {named} has dtype float64, expected float32"
+    with pytest.raises(CheckpointError, match=message) as err:
+        load_checkpoint(tmp_path / "c")
+    assert str(tmp_path / "c") in str(err.value)

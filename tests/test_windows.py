@@ -30,6 +30,20 @@ def test_majority_rule():
     assert [(int(s), int(c)) for s, c in zip(starts, y)] == [(4, 1)]
 
 
+def test_majority_rule_drops_mostly_unlabelled_windows():
+    """Unlabelled samples (-1) never win a window: one mostly unlabelled is dropped (not labelled -1, nor given
+    its labelled minority's class); one mostly labelled keeps its class though it holds unlabelled samples."""
+    labels = [UNLABELLED] * 6 + [2] * 11 + [UNLABELLED] * 7  # 24 samples; class 2 spans samples 6..16
+    # windows of 8 every 4 samples: [0, 8) 6 unlabelled: dropped | [4, 12) 2 unlabelled: 2 | [8, 16) all 2 |
+    # [12, 20) 5 of class 2, 3 unlabelled: 2 | [16, 24) 7 unlabelled: dropped
+    _, y, starts = window_recording(_recording(labels), length=8, step=4, label_rule="majority")
+    assert [(int(s), int(c)) for s, c in zip(starts, y)] == [(4, 2), (8, 2), (12, 2)]
+    ws = make_windows(RecordingSet([_recording(labels)], ["a", "b", "c"], "toy"), length=8, overlap=0.5,
+                      label_rule="majority")  # fmt: skip
+    assert ws.y.tolist() == [2, 2, 2]
+    np.testing.assert_allclose(ws.start_s, [4 / 50, 8 / 50, 12 / 50])
+
+
 def test_segments_are_inclusive():
     lab = segments_to_labels(10, [(2, 4, 3)])
     assert list(lab) == [-1, -1, 3, 3, 3, -1, -1, -1, -1, -1]
