@@ -236,6 +236,10 @@ def test_server_checks_fail_before_a_run_folder_or_process_exists(tmp_path, caps
     keys = ["--client-keys", str(tmp_path / "certs" / "clients")]
     assert main(["server", "--config", str(config), *tls, *keys, "--address", "10.9.8.7:9092"]) == 2
     assert "is not valid for 10.9.8.7" in capsys.readouterr().err
+    # an override written after --client-keys is an override, not a key file argparse swallowed
+    assert main(["server", "--config", str(config), *tls, "--address", "10.9.8.7:9092", *keys,
+                 "federated.rounds=0"]) == 2  # fmt: skip
+    assert "federated.rounds must be >= 1" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
 
 

@@ -50,6 +50,10 @@ def run(args: argparse.Namespace) -> int:
     from fedhar.results.run import RunDir
 
     quiet_flower(args.verbose)
+    # `--client-keys certs/clients federated.rounds=3`: argparse gives the override to the key list
+    moved = [p for p in args.client_keys if "=" in str(p) and not p.exists()]
+    args.overrides += [str(p) for p in moved]
+    args.client_keys = [p for p in args.client_keys if p not in moved]
     opts = ServerOptions(address=args.address or DEFAULT_ADDRESS, certs=args.certs, client_keys=args.client_keys,
                          insecure=args.insecure, superlink=args.superlink, superexec_secret=args.superexec_secret,
                          wait_for_clients=args.clients)  # fmt: skip
