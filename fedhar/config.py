@@ -45,7 +45,8 @@ class DataConfig:
     dataset: str = "synthetic"  # a loader name, or "auto" to detect the layout of `path`
     path: str | None = None
     # resample to this rate (Hz); null keeps the native rate. Loaders that put unpaired sensors on a grid
-    # (hhar, realworld, wisdm) grid at it directly, and generic CSVs without a time column are read at it
+    # (hhar, realworld, wisdm) grid at it directly; generic CSVs without a time column need the rate they
+    # were recorded at in loader_options (it is never assumed)
     sample_rate: float | None = 50.0
     window: int = 128  # samples per window
     overlap: float = 0.5
@@ -62,7 +63,7 @@ class DataConfig:
     normalize: bool = True  # per-channel standardisation fitted on training windows only
     placement: str | None = None  # loaders with several IMUs (PAMAP2, RealWorld): which one
     # keyword options of the loader, e.g. generic {units: "acc=m/s^2", labels: [sit, walk], max_gap_s: 2,
-    # sample_rate: 100 (CSVs without a time column recorded at another rate than sample_rate)}, pamap2
+    # sample_rate: 100 (the rate CSVs without a time column were recorded at)}, pamap2
     # {optional: true}; an option the loader does not have is an error that lists the ones it has
     loader_options: dict[str, Any] = field(default_factory=dict)
     split: SplitConfig = field(default_factory=SplitConfig)
@@ -313,7 +314,7 @@ class ExperimentConfig:
         if not self.name or "/" in self.name or self.name.startswith("."):
             raise ConfigError(f"name must be a folder name without '/' or a leading '.', got `{self.name}`")
         window, tokens = self.data.window, self.model.tokens
-        if self.model.kind == "llm" and window % tokens:  # caught here, before a run folder exists
+        if self.model.kind in ("llm", "transformer") and window % tokens:  # both patch the window; caught early
             near = min((d for d in range(1, window + 1) if window % d == 0), key=lambda d: abs(d - tokens))
             raise ConfigError(f"model.tokens={tokens} must divide data.window={window} (e.g. model.tokens={near})")
 

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from fedhar.config import DataConfig
+from fedhar.data.activities import TO_COMMON
+from fedhar.data.loaders import detect_layout
 from fedhar.data.pipeline import load_windows, one_csv_as_folder
 from fedhar.data.windows import WindowSet
 from fedhar.errors import DataError
@@ -22,12 +24,16 @@ if TYPE_CHECKING:
 def windows_for_model(spec: DataSpec, path: str | Path, dataset: str = "auto",
                       label_map: dict[str, str] | None = None) -> WindowSet:  # fmt: skip
     """Labelled windows from ``path`` prepared exactly as the model's training data was."""
-    path = one_csv_as_folder(path, "--data")  # one CSV of raw samples reads as a one-file folder
+    given = Path(path)
+    path = one_csv_as_folder(given, "--data")  # one CSV of raw samples reads as a one-file folder
     if path.suffix == ".npz":
         ws = _onto_model_labels(WindowSet.load(path), spec, label_map or {}, str(path))
         check_compatible(spec, ws, str(path))
         return ws
+    if dataset == "auto":
+        dataset = "generic" if given.suffix.lower() == ".csv" else detect_layout(path)
     cut = spec.windowing  # as the training data was cut (older checkpoints: the defaults)
+    same_loader = cut.get("dataset") == dataset  # a placement or loader option only means something to its loader
     cfg = DataConfig(
         dataset=dataset,
         path=str(path),
@@ -35,8 +41,9 @@ def windows_for_model(spec: DataSpec, path: str | Path, dataset: str = "auto",
         window=spec.window_len,
         overlap=cut.get("overlap", 0.5),
         label_rule=cut.get("label_rule", "inside"),
-        placement=cut.get("placement"),
-        common_labels=cut.get("common_labels", False),
+        placement=cut.get("placement") if same_loader else None,
+        loader_options=cut.get("loader_options", {}) if same_loader else {},
+        common_labels=bool(cut.get("common_labels")) and dataset in TO_COMMON,  # other data: already common names
         classes=spec.label_names,
         label_map={**(cut.get("label_map") or {}), **(label_map or {})} or None,
         sensors=[g for g, _ in spec.layout.groups],

@@ -365,3 +365,26 @@ def test_evaluate_reads_one_labelled_csv(tiny_windows, tmp_path, monkeypatch):
     report = tmp_path / "e.json"
     assert main(["evaluate", ckpt, "--data", str(tmp_path / "rec.csv"), "--json", str(report)]) == 0
     assert json.loads(report.read_text())["num_windows"] == 18  # 9 windows of 32 samples wholly inside each label
+
+
+def test_evaluate_applies_training_only_settings_to_the_same_loader(tiny_windows, tmp_path, monkeypatch):
+    """A checkpoint trained with common_labels / a placement / loader options on one dataset still scores a
+    CSV whose labels are already the common names: those settings only apply to their own loader."""
+    import dataclasses
+
+    from fedhar.config import DataConfig, ModelConfig
+    from fedhar.model.har_model import DataSpec, build_model, windowing_record
+    from fedhar.model.state import save_checkpoint
+
+    monkeypatch.setenv("FEDHAR_WINDOW_CACHE", str(tmp_path / "cache"))
+    cut = windowing_record(DataConfig(dataset="pamap2", placement="chest", common_labels=True,
+                                      loader_options={"optional": True}))  # fmt: skip
+    assert cut["dataset"] == "pamap2" and cut["loader_options"] == {"optional": True}
+    spec = dataclasses.replace(DataSpec.from_windows(tiny_windows, windowing=cut), label_names=["sitting", "walking"])
+    ckpt = save_checkpoint(build_model(ModelConfig(kind="deepconvlstm", hidden=16), spec), tmp_path / "ckpt")
+    rows = ["timestamp,acc_x,acc_y,acc_z,gyro_x,gyro_y,gyro_z,label"]
+    rows += [f"{i / 50:.2f},0,0,1,0,0,0,{'sitting' if i < 160 else 'walking'}" for i in range(320)]
+    (tmp_path / "rec.csv").write_text("\n".join(rows) + "\n")
+    report = tmp_path / "e.json"
+    assert main(["evaluate", str(ckpt), "--data", str(tmp_path / "rec.csv"), "--json", str(report)]) == 0
+    assert json.loads(report.read_text())["num_windows"] == 18

@@ -84,7 +84,7 @@ def test_bad_client_evaluations_are_left_out_with_a_reason_and_the_round_goes_on
 
 def test_setup_fails_clearly_when_no_node_holds_training_windows():
     grid = ScriptedGrid([1, 2], lambda m: reply(m, f"node-{m.metadata.dst_node_id}", **{"num-examples": 0}))
-    with pytest.raises(DataError, match="none of the 2 connected nodes holds training windows.*data.classes"):
+    with pytest.raises(DataError, match="none of the 2 nodes that answered holds training windows.*data.classes"):
         bare_loop(grid).describe(0, 1, fit_normalizer=True)
 
 

@@ -398,13 +398,13 @@ class ErrorReplyGrid(DirectGrid):
             return Message(Error(code=1, reason=f"ClientAppException: {e}"), reply_to=message)
 
 
-def _run_direct(tmp_path, name, *overrides, resume=False, grid=None):
+def _run_direct(tmp_path, name, *overrides, resume=False, grid=None, simulated=True):
     from fedhar.federated.server import ServerJob, run_federation
     from fedhar.results.run import RunDir
 
     cfg = tiny_cfg(f"output_dir={tmp_path}", f"name={name}", *overrides)
     run = RunDir(tmp_path / name) if resume else RunDir.create(cfg, kind="simulate")
-    job = ServerJob(cfg, run, resume=resume, expected_nodes=3, progress=False)
+    job = ServerJob(cfg, run, resume=resume, expected_nodes=3, progress=False, simulated=simulated)
     return run_federation(grid or DirectGrid(3), job), run
 
 
@@ -650,3 +650,17 @@ def test_clients_apply_the_calibration_to_their_local_evaluation(tmp_path):
         assert 0 <= c["client_eval_calibrated_macro_f1"] <= 1 and 0 <= c["client_eval_calibrated_accuracy"] <= 1
     _, plain = _run_direct(tmp_path, "plain", "federated.rounds=1", "federated.client_val_fraction=0.5")
     assert not any("calibrated" in k for c in json.loads(plain.file("rounds.json").read_text())["clients"] for k in c)
+
+
+def test_checkpoints_record_training_subjects_only_when_the_server_knows_them(tmp_path):
+    """A simulation's clients hold the config's training split; deployed devices hold their own recordings,
+    so a deployment must not claim the server config's split (fedhar evaluate warns on those subjects)."""
+    from fedhar.federated.data import subject_split
+
+    _run_direct(tmp_path, "sim", "federated.rounds=1")
+    info = json.loads((tmp_path / "sim" / "checkpoint" / "model.json").read_text())
+    cfg = tiny_cfg(f"output_dir={tmp_path}", "name=sim")
+    assert info["train_subjects"] == sorted(set(subject_split(cfg)[0].subject.tolist()), key=int)
+    assert info["synthetic_data"] is True
+    _run_direct(tmp_path, "devices", "federated.rounds=1", simulated=False)
+    assert "train_subjects" not in json.loads((tmp_path / "devices" / "checkpoint" / "model.json").read_text())

@@ -120,7 +120,7 @@ def device_windows(cfg: ExperimentConfig, node_config: dict) -> tuple[str, Windo
     # a device's windows are all training windows: cut at train_overlap when it is set; its recordings are
     # read with their own loader's defaults (the server's loader_options describe the server's files)
     local = dataclasses.replace(
-        cfg.data, dataset=str(node_config.get(DATASET, "auto")), path=str(one_csv_as_folder(path, '--data')), classes=None,
+        cfg.data, dataset=_device_dataset(node_config, path), path=str(one_csv_as_folder(path, "--data")), classes=None,
         split=SplitConfig(), synthetic={}, cache_dir=None, loader_options={},
         overlap=cfg.data.overlap if cfg.data.train_overlap is None else cfg.data.train_overlap, train_overlap=None,
     )  # fmt: skip
@@ -165,6 +165,12 @@ def default_client_name(path: Path, subjects: list[str]) -> str:
     """``<host>-<folder>`` (plus ``-s<subjects>``): unique per device folder, readable in results."""
     name = f"{socket.gethostname().split('.')[0]}-{path.stem}"
     return f"{name}-s{'+'.join(subjects)}" if subjects else name
+
+
+def _device_dataset(node_config: dict, path: Path) -> str:
+    """The loader a device's --data needs: as given, else detected (one CSV file: the generic layout)."""
+    given = str(node_config.get(DATASET, "auto"))
+    return "generic" if given == "auto" and path.suffix.lower() == ".csv" else given
 
 
 def onto_classes(ws: WindowSet, classes: list[str]) -> WindowSet:

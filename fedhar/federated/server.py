@@ -91,6 +91,7 @@ class ServerJob:
     progress: bool = True
     stop: threading.Event | None = None  # set when the engine under the server has ended (the loop stops)
     poll_interval_s: float = PULL_INTERVAL_S  # how often replies are pulled from the Grid
+    simulated: bool = False  # `fedhar simulate`: the clients hold the config's training split (else unknown here)
 
 
 @dataclass
@@ -187,8 +188,8 @@ def _send(grid: Grid, messages: list[Message], timeout: float | None, stop: thre
     if len(ids) != len(messages):  # HttpGrid answers HTTP 413 with []; InMemoryGrid drops what it refuses
         raise FedharError(
             f"the SuperLink accepted {len(ids)} of {len(messages)} `{messages[0].metadata.message_type}` messages "
-            "without saying which (Flower's log above says why; HTTP 413: the request was too large): sample "
-            "fewer clients per round (federated.fraction_train)"
+            "without saying which (Flower's log above says why; a deployment's HTTP 413 means the request was too "
+            "large: sample fewer clients per round, federated.fraction_train)"
         )
     dst = {i: m.metadata.dst_node_id for i, m in zip(ids, messages, strict=True) if i}
     replies: dict[int, Message | None] = {
@@ -359,8 +360,11 @@ class RoundLoop:
         if errors and not clients:
             raise FedharError(f"every client failed the setup round; first error: {errors[0]}")
         if not clients:
-            raise DataError(f"none of the {len(answered)} connected nodes holds training windows at stage {stage}: "
-                            "check data.classes and data.split.train against the clients' data (a device: its "
+            waiting = len(nodes) - len(fresh) - len(retry)  # failed earlier, not yet due to be asked again
+            raise DataError(f"none of the {len(answered)} nodes that answered holds training windows at stage {stage}"
+                            + (f" ({waiting} more failed their setup earlier and wait to be asked again)" if waiting
+                               else "")
+                            + ": check data.classes and data.split.train against the clients' data (a device: its "
                             "--data / --subjects)")  # fmt: skip
         clients.sort(key=lambda c: c.name)
         names = [c.name for c in clients]
@@ -657,7 +661,7 @@ class RoundLoop:
         """What a checkpoint records of its training data, so `fedhar evaluate` can flag figures on it: whether
         it was synthetic and, in a simulation, the training subjects (deployed devices' own are unknown here)."""
         record: dict = {"synthetic_data": self.cfg.data.dataset == "synthetic"}
-        if self.job.expected_nodes is not None:
+        if self.job.simulated:
             record["train_subjects"] = sorted(set(subject_split(self.cfg)[0].subject.tolist()), key=natural_key)
         return record
 

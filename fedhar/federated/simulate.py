@@ -89,7 +89,8 @@ def simulate(cfg: ExperimentConfig, run: RunDir, resume: bool = False, verbose: 
     # Flower's logger propagates to the root handler; quiet unless -v (client errors come back in replies)
     logging.getLogger("flwr").setLevel(logging.DEBUG if verbose else logging.CRITICAL)
     stop = threading.Event()
-    job = ServerJob(cfg, run, resume=resume, expected_nodes=len(names), progress=progress, stop=stop)
+    job = ServerJob(cfg, run, resume=resume, expected_nodes=len(names), progress=progress, stop=stop,
+                    simulated=True)  # fmt: skip
     children_before = _child_pids()
     t0 = time.perf_counter()
     try:

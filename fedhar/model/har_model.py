@@ -60,9 +60,16 @@ class DataSpec:
 
 
 def windowing_record(cfg: DataConfig) -> dict:
-    """The data settings that decide which windows a dataset folder yields (stored in DataSpec)."""
-    return {"overlap": cfg.overlap, "label_rule": cfg.label_rule, "placement": cfg.placement,
-            "common_labels": cfg.common_labels, "label_map": cfg.label_map}  # fmt: skip
+    """The data settings that decide which windows a dataset folder yields (stored in DataSpec); the
+    dataset's loader too, since its placement and options only mean something to that loader."""
+    dataset = cfg.dataset
+    if dataset == "auto" and cfg.path is not None:
+        from fedhar.data.loaders import detect_layout
+
+        dataset = detect_layout(cfg.path)
+    return {"dataset": dataset, "overlap": cfg.overlap, "label_rule": cfg.label_rule, "placement": cfg.placement,
+            "loader_options": dict(cfg.loader_options), "common_labels": cfg.common_labels,
+            "label_map": cfg.label_map}  # fmt: skip
 
 
 class HARNet(nn.Module):

@@ -71,12 +71,12 @@ def set_trainable_state(model: nn.Module, state: dict[str, np.ndarray], where: s
 def save_checkpoint(model: nn.Module, folder: str | Path, extra: dict | None = None) -> Path:
     """Write ``trainable.safetensors`` + ``model.json`` (written to temp names, then renamed)."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     state = get_trainable_state(model)
     bad = [n for n, a in state.items() if not np.isfinite(a).all()]
     if bad:  # refuse now rather than write a checkpoint that every later load rejects
         raise CheckpointError(f"trainable tensors {bad[:3]} hold NaN or Inf (the training diverged); "
                               "nothing was written — lower train.lr or set train.grad_clip > 0")  # fmt: skip
+    folder.mkdir(parents=True, exist_ok=True)
     info = {
         "format_version": FORMAT_VERSION,
         "model": _model_cfg_dict(model.model_cfg),
