@@ -172,9 +172,9 @@ class PairCalibration:
 
 def stored_calibration(checkpoint: str | Path) -> PairCalibration | None:
     """The calibration a checkpoint stores (``train.client_calibration``), if any."""
-    from fedhar.model.state import read_checkpoint
+    from fedhar.model.state import read_checkpoint_info
 
-    stored = read_checkpoint(checkpoint)[0].get("client_calibration")
+    stored = read_checkpoint_info(checkpoint).get("client_calibration")
     return None if stored is None else PairCalibration.from_json(stored)
 
 

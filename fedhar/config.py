@@ -315,8 +315,8 @@ class ExperimentConfig:
             raise ConfigError(f"name must be a folder name without '/' or a leading '.', got `{self.name}`")
         window, tokens = self.data.window, self.model.tokens
         if self.model.kind in ("llm", "transformer") and window % tokens:  # both patch the window; caught early
-            near = min((d for d in range(1, window + 1) if window % d == 0), key=lambda d: abs(d - tokens))
-            raise ConfigError(f"model.tokens={tokens} must divide data.window={window} (e.g. model.tokens={near})")
+            raise ConfigError(f"model.tokens={tokens} must divide data.window={window} "
+                              f"(e.g. model.tokens={divisor_near(window, tokens)})")  # fmt: skip
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -452,6 +452,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 def save_config(cfg: ExperimentConfig, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def divisor_near(n: int, k: int) -> int:
+    """The divisor of ``n`` closest to ``k`` (a token count that cuts a window into equal patches)."""
+    return min((d for d in range(1, n + 1) if n % d == 0), key=lambda d: abs(d - k))
 
 
 def shipped_config(name: str) -> Path:

@@ -60,8 +60,7 @@ def _onto_model_labels(ws: WindowSet, spec: DataSpec, label_map: dict[str, str],
     if unknown:
         raise DataError(f"{where}: labels {unknown} are not among the model's {spec.label_names}; "
                         "pass --label-map FROM=TO for each")  # fmt: skip
-    index = np.array([spec.label_names.index(n) for n in names], dtype=ws.y.dtype)
-    return dataclasses.replace(ws, y=index[ws.y], label_names=list(spec.label_names))
+    return dataclasses.replace(ws, label_names=names).onto_classes(spec.label_names)
 
 
 def check_compatible(spec: DataSpec, ws: WindowSet, where: str) -> None:

@@ -109,11 +109,11 @@ def _stored_calibration(args: argparse.Namespace) -> PairCalibration:
 def provenance_warnings(checkpoints: list[str], subjects: list[str]) -> list[str]:
     """What the checkpoints record of their training data that makes these figures something else than a
     held-out, real-data score: synthetic training data, or evaluated subjects they trained on."""
-    from fedhar.model.state import read_checkpoint
+    from fedhar.model.state import read_checkpoint_info
 
     warnings = []
     for checkpoint in checkpoints:
-        info = read_checkpoint(checkpoint)[0]
+        info = read_checkpoint_info(checkpoint)
         if info.get("synthetic_data"):
             warnings.append(f"{checkpoint} was trained on SYNTHETIC data")
         seen = [s for s in subjects if s in set(info.get("train_subjects", []))]

@@ -12,7 +12,7 @@ from pathlib import Path
 from fedhar.cache import cache_root
 from fedhar.config import DataConfig
 from fedhar.data.activities import common_label_map
-from fedhar.data.loaders import detect_layout, load_recordings, loader_options
+from fedhar.data.loaders import check_data_path, detect_layout, load_recordings, loader_options
 from fedhar.data.loaders.common import walk_files
 from fedhar.data.preprocess import relabel, resample_recording, select_sensors
 from fedhar.data.recording import RecordingSet
@@ -33,8 +33,7 @@ def read_recordings(cfg: DataConfig, seed: int = 0, missing_classes_ok: bool = F
 
         rs = generate(SyntheticSpec.from_dict(cfg.synthetic), seed=seed)
     else:
-        if cfg.path is None:
-            raise DataError(f"`data.path` is not set; point it at the unpacked {cfg.dataset} folder")
+        check_data_path(cfg.dataset, cfg.path)
         name = detect_layout(cfg.path) if cfg.dataset == "auto" else cfg.dataset
         options = {"placement": cfg.placement} if cfg.placement else {}
         # loaders that fuse unpaired sensors onto a grid grid at the target rate at once (one interpolation,

@@ -85,6 +85,15 @@ class WindowSet:
             mask &= np.isin(getattr(self, name), np.asarray(values, dtype=str))
         return self.subset(mask)
 
+    def onto_classes(self, classes: list[str]) -> "WindowSet":
+        """Labels re-indexed onto ``classes`` (a model's order); windows of other labels are dropped."""
+        index = {name: i for i, name in enumerate(classes)}
+        lut = np.array([index.get(name, -1) for name in self.label_names], dtype=np.int64)
+        y = lut[self.y] if len(self) else self.y
+        kept = self.subset(y >= 0)
+        kept.y, kept.label_names = y[y >= 0], list(classes)
+        return kept
+
     def class_counts(self) -> np.ndarray:
         return np.bincount(self.y, minlength=self.num_classes)
 

@@ -157,11 +157,11 @@ def _exit_reason(supernode: Service) -> str:
     """Why the SuperNode exited, from the end of its log: Flower's exit code with the sentence after it."""
     tail = _plain_lines(supernode.log_tail(12))
     for i in range(len(tail) - 1, -1, -1):
-        if re.search(r"Exit Code: \d+", tail[i]):
+        if code := re.search(r"Exit Code: \d+", tail[i]):
             after = next((line for line in tail[i + 1:] if line), "")
-            return re.search(r"Exit Code: \d+", tail[i]).group(0) + (f": {after}" if after else "")
+            return code.group(0) + (f": {after}" if after else "")
     for pattern in (r"\[code: \d+\].*", r"Failed to .*"):
-        found = next((re.search(pattern, line) for line in reversed(tail) if re.search(pattern, line)), None)
+        found = next((m for line in reversed(tail) if (m := re.search(pattern, line))), None)
         if found:
             return found.group(0).strip()
     if supernode.process.returncode == 0:

@@ -60,13 +60,9 @@ def check_deployable(cfg: ExperimentConfig) -> None:
                           "recordings onto that list")  # fmt: skip
     if cfg.data.sample_rate is None:
         raise ConfigError("set `data.sample_rate`: devices record at different rates and must resample to one")
-    if cfg.data.dataset != "synthetic":  # the server scores the held-out subjects on its own copy
-        from fedhar.data.loaders import missing_data_path
+    from fedhar.data.loaders import check_data_path
 
-        if cfg.data.path is None:
-            raise ConfigError("set `data.path`: the server scores the validation and test subjects on its own copy")
-        if not Path(cfg.data.path).exists():
-            raise missing_data_path(cfg.data.path)
+    check_data_path(cfg.data.dataset, cfg.data.path)  # the server scores the held-out subjects on its own copy
 
 
 def server_tls(opts: ServerOptions) -> Tls:

@@ -135,7 +135,7 @@ def device_windows(cfg: ExperimentConfig, node_config: dict) -> tuple[str, Windo
             if missing:
                 raise DataError(f"{path}: subjects {missing} are not in these recordings (they have {present})")
             windows = windows.where(subject=subjects)
-        windows = onto_classes(windows, list(cfg.data.classes))
+        windows = windows.onto_classes(list(cfg.data.classes))  # a device need not have recorded every class
         name = str(node_config.get(CLIENT_NAME) or default_client_name(path, subjects))
         _LOCAL.clear()
         _LOCAL[key] = (name, windows)
@@ -171,17 +171,6 @@ def _device_dataset(node_config: dict, path: Path) -> str:
     """The loader a device's --data needs: as given, else detected (one CSV file: the generic layout)."""
     given = str(node_config.get(DATASET, "auto"))
     return "generic" if given == "auto" and path.suffix.lower() == ".csv" else given
-
-
-def onto_classes(ws: WindowSet, classes: list[str]) -> WindowSet:
-    """Re-index labels onto ``classes`` (the global model's order); windows of other labels are dropped.
-    A device need not have recorded every class."""
-    index = {name: i for i, name in enumerate(classes)}
-    lut = np.array([index.get(name, -1) for name in ws.label_names], dtype=np.int64)
-    y = lut[ws.y] if len(ws) else ws.y
-    kept = ws.subset(y >= 0)
-    kept.y, kept.label_names = y[y >= 0], list(classes)
-    return kept
 
 
 def local_holdout(ws: WindowSet, fraction: float) -> tuple[WindowSet, WindowSet | None]:

@@ -279,7 +279,12 @@ class RoundLoop:
     def __init__(self, grid: Grid, job: ServerJob):
         self.grid, self.job, self.cfg, self.run = grid, job, job.cfg, job.run
         self.strategy: Strategy = make_strategy(self.cfg)
-        _, self.val, self.test = subject_split(self.cfg)
+        train, self.val, self.test = subject_split(self.cfg)
+        # what checkpoints record of the training data (fedhar evaluate warns on it); in a simulation the clients
+        # hold the config's training split, deployed devices' own subjects are unknown here
+        self.provenance = {"synthetic_data": self.cfg.data.dataset == "synthetic"}
+        if job.simulated:
+            self.provenance["train_subjects"] = sorted(set(train.subject.tolist()), key=natural_key)
         reference = self.val if len(self.val) else self.test
         if len(reference) == 0:
             raise ConfigError("federated runs evaluate centrally on held-out subjects: data.split must leave "
@@ -494,7 +499,7 @@ class RoundLoop:
         tmp = root / f".round-{rnd:04d}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         save_checkpoint(self.model, tmp, extra={"run": self.cfg.name, "seed": self.cfg.seed, "round": rnd,
-                                                **self.calibration_record(), **self.provenance()})  # fmt: skip
+                                                **self.calibration_record(), **self.provenance})  # fmt: skip
         server_state = self.strategy.server_state()
         if server_state:
             save_file({k: np.ascontiguousarray(v) for k, v in server_state.items()}, str(tmp / SERVER_STATE_FILE))
@@ -657,14 +662,6 @@ class RoundLoop:
         out["central_eval_seconds"] = round(time.perf_counter() - t0, 3)
         return out
 
-    def provenance(self) -> dict:
-        """What a checkpoint records of its training data, so `fedhar evaluate` can flag figures on it: whether
-        it was synthetic and, in a simulation, the training subjects (deployed devices' own are unknown here)."""
-        record: dict = {"synthetic_data": self.cfg.data.dataset == "synthetic"}
-        if self.job.simulated:
-            record["train_subjects"] = sorted(set(subject_split(self.cfg)[0].subject.tolist()), key=natural_key)
-        return record
-
     def calibration_record(self) -> dict:
         """What a checkpoint stores of the calibration (``fedhar evaluate --calibrate`` reads it back)."""
         return {} if self.calibration is None else {"client_calibration": self.calibration.to_json()}
@@ -710,7 +707,7 @@ def run_federation(grid: Grid, job: ServerJob) -> dict:
     set_trainable_state(loop.model, loop.global_state, where="final state")
     save_checkpoint(loop.model, job.run.file("checkpoint"), extra={
         "run": cfg.name, "seed": cfg.seed, "strategy": cfg.federated.strategy, "rounds": cfg.federated.rounds,
-        **loop.calibration_record(), **loop.provenance(),
+        **loop.calibration_record(), **loop.provenance,
     })  # fmt: skip
     summary = summarize(cfg, loop.rows, loop.model, loop.federation.clients, time.perf_counter() - t_start)
     if loop.calibration is not None:  # a client-side step: reported beside the per-window figures

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from fedhar.config import divisor_near
 from fedhar.errors import ConfigError
 
 
@@ -49,7 +50,7 @@ class ConvProjection(nn.Module):
         if window_len % tokens:
             raise ConfigError(
                 f"model.tokens={tokens} must divide the window length {window_len} "
-                f"(e.g. tokens={_divisor_near(window_len, tokens)})"
+                f"(e.g. tokens={divisor_near(window_len, tokens)})"
             )
         self.group_index = {g: list(idx) for g, idx in groups.items()}
         for g, idx in self.group_index.items():
@@ -111,7 +112,3 @@ class WindowCues(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(self.cues(x))
-
-
-def _divisor_near(n: int, k: int) -> int:
-    return min((d for d in range(1, n + 1) if n % d == 0), key=lambda d: abs(d - k))

@@ -104,30 +104,43 @@ def _model_cfg_dict(cfg: ModelConfig) -> dict:
 
 def read_checkpoint(folder: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
     """The model description and trainable tensors of a checkpoint folder."""
+    folder = _checkpoint_folder(folder)
+    info = read_checkpoint_info(folder)
+    state_path = folder / STATE_FILE
+    try:
+        state = load_file(str(state_path))
+    except Exception as e:  # safetensors raises its own error types for corrupt files
+        raise CheckpointError(f"{state_path} is not a readable safetensors file ({e})") from e
+    return info, state
+
+
+def _checkpoint_folder(folder: str | Path) -> Path:
+    """The folder of a checkpoint given as its folder or one of its two files."""
     folder = Path(folder)
     if folder.is_file() and folder.name in (STATE_FILE, MODEL_FILE):
         folder = folder.parent
-    info_path, state_path = folder / MODEL_FILE, folder / STATE_FILE
     if not folder.exists():
         raise CheckpointError(f"checkpoint {folder} does not exist (a run's is runs/<name>/checkpoint)")
     if (folder / "checkpoint" / MODEL_FILE).is_file():
         raise CheckpointError(f"{folder} is a run folder; its checkpoint is {folder / 'checkpoint'}")
-    if not info_path.is_file() or not state_path.is_file():
+    if not (folder / MODEL_FILE).is_file() or not (folder / STATE_FILE).is_file():
         raise CheckpointError(
             f"{folder} is not a fedhar checkpoint: it needs {MODEL_FILE} and {STATE_FILE} "
             "(as written by `fedhar train` into runs/<name>/checkpoint)"
         )
+    return folder
+
+
+def read_checkpoint_info(folder: str | Path) -> dict:
+    """A checkpoint's ``model.json`` (model, data, provenance, calibration), without reading its tensors."""
+    info_path = _checkpoint_folder(folder) / MODEL_FILE
     try:
         info = json.loads(info_path.read_text())
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{info_path} is not valid JSON ({e})") from e
     if info.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"{info_path} has format version {info.get('format_version')}, expected {FORMAT_VERSION}")
-    try:
-        state = load_file(str(state_path))
-    except Exception as e:  # safetensors raises its own error types for corrupt files
-        raise CheckpointError(f"{state_path} is not a readable safetensors file ({e})") from e
-    return info, state
+    return info
 
 
 def load_checkpoint(folder: str | Path, device: str = "cpu") -> nn.Module:

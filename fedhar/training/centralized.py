@@ -26,19 +26,12 @@ def peak_rss_mb() -> float:
 
 def preflight(cfg: ExperimentConfig) -> None:
     """Fail on an unknown backbone or missing data before any run folder is created."""
-    from pathlib import Path
-
-    from fedhar.data.loaders import missing_data_path
-    from fedhar.errors import DataError
+    from fedhar.data.loaders import check_data_path
     from fedhar.model.backbones import check_spec
 
     if cfg.model.kind == "llm":
         check_spec(cfg.model.backbone)
-    if cfg.data.dataset != "synthetic":
-        if cfg.data.path is None:
-            raise DataError(f"`data.path` is not set; point it at the unpacked {cfg.data.dataset} folder")
-        if not Path(cfg.data.path).exists():
-            raise missing_data_path(cfg.data.path)
+    check_data_path(cfg.data.dataset, cfg.data.path)
 
 
 def train_centralized(cfg: ExperimentConfig, run: RunDir | None = None, progress: bool = True) -> dict:

@@ -37,6 +37,16 @@ def missing_data_path(path: str | Path) -> DataError:
                      "argument) at the unpacked dataset folder, or run from the folder the path is relative to")  # fmt: skip
 
 
+def check_data_path(dataset: str, path: str | Path | None) -> None:
+    """Fail before any work (and before a run folder exists) when a real dataset's path is unset or missing."""
+    if dataset == "synthetic":
+        return
+    if path is None:
+        raise DataError(f"`data.path` is not set; point it at the unpacked {dataset} folder")
+    if not Path(path).exists():
+        raise missing_data_path(path)
+
+
 def detect_layout(path: str | Path) -> str:
     """Name of the loader whose official layout ``path`` holds."""
     root = Path(path)

@@ -417,7 +417,8 @@ def _check_plausible(path: Path, group: str, values: np.ndarray, stated: str | N
         return
     if stated is None:
         raise DataError(f"{path}: {group} columns have no unit and, read as {CANONICAL_UNITS[group]}, {problem}; "
-                        f"name them {group}_x[{'m/s^2' if group == 'acc' else 'deg/s'}] etc., or state the unit (data.loader_options.units; fedhar predict --units)")  # fmt: skip
+                        f"name them {group}_x[{'m/s^2' if group == 'acc' else 'deg/s'}] etc., or state the unit "
+                        "(data.loader_options.units; fedhar predict --units)")  # fmt: skip
     raise DataError(f"{path}: {group} read in {stated} (the column header or the units option) gives {problem}; "
                     "check that unit")  # fmt: skip
 
