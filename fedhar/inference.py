@@ -11,7 +11,7 @@ import numpy as np
 from fedhar.config import DataConfig
 from fedhar.data.activities import TO_COMMON
 from fedhar.data.loaders import detect_layout
-from fedhar.data.pipeline import load_windows, one_csv_as_folder
+from fedhar.data.pipeline import load_windows, naming_the_csv, one_csv_as_folder
 from fedhar.data.windows import WindowSet
 from fedhar.errors import DataError
 from fedhar.model.har_model import DataSpec
@@ -22,8 +22,12 @@ if TYPE_CHECKING:
 
 
 def windows_for_model(spec: DataSpec, path: str | Path, dataset: str = "auto",
-                      label_map: dict[str, str] | None = None) -> WindowSet:  # fmt: skip
-    """Labelled windows from ``path`` prepared exactly as the model's training data was."""
+                      label_map: dict[str, str] | None = None, units: str | None = None,
+                      sample_rate: float | None = None) -> WindowSet:  # fmt: skip
+    """Labelled windows from ``path`` prepared exactly as the model's training data was.
+
+    ``units`` and ``sample_rate`` describe CSV files of raw samples whose header does not (units of
+    unnamed channels, the recording rate of a file without a time column), as for ``fedhar predict``."""
     given = Path(path)
     path = one_csv_as_folder(given, "--data")  # one CSV of raw samples reads as a one-file folder
     if path.suffix == ".npz":
@@ -32,6 +36,10 @@ def windows_for_model(spec: DataSpec, path: str | Path, dataset: str = "auto",
         return ws
     if dataset == "auto":
         dataset = "generic" if given.suffix.lower() == ".csv" else detect_layout(path)
+    csv_options = {k: v for k, v in (("units", units), ("sample_rate", sample_rate)) if v is not None}
+    if csv_options and dataset != "generic":
+        raise DataError(f"{given} is read by the {dataset} loader, which knows its files' units and rate; "
+                        "--units and --sample-rate describe CSV files of raw samples (the generic layout)")  # fmt: skip
     cut = spec.windowing  # as the training data was cut (older checkpoints: the defaults)
     same_loader = cut.get("dataset") == dataset  # a placement or loader option only means something to its loader
     cfg = DataConfig(
@@ -42,14 +50,15 @@ def windows_for_model(spec: DataSpec, path: str | Path, dataset: str = "auto",
         overlap=cut.get("overlap", 0.5),
         label_rule=cut.get("label_rule", "inside"),
         placement=cut.get("placement") if same_loader else None,
-        loader_options=cut.get("loader_options", {}) if same_loader else {},
+        loader_options={**(cut.get("loader_options", {}) if same_loader else {}), **csv_options},
         common_labels=bool(cut.get("common_labels")) and dataset in TO_COMMON,  # other data: already common names
         classes=spec.label_names,
         label_map={**(cut.get("label_map") or {}), **(label_map or {})} or None,
         sensors=[g for g, _ in spec.layout.groups],
     )
-    ws = load_windows(cfg, missing_classes_ok=True)  # the data need not hold every class the model knows
-    check_compatible(spec, ws, str(path))
+    with naming_the_csv(path, given):
+        ws = load_windows(cfg, missing_classes_ok=True)  # the data need not hold every class the model knows
+    check_compatible(spec, ws, str(given))
     return ws
 
 
@@ -76,16 +85,30 @@ def check_compatible(spec: DataSpec, ws: WindowSet, where: str) -> None:
 
 
 def recording_windows(spec: DataSpec, path: str | Path, overlap: float = 0.5, units: str | None = None,
-                      sample_rate: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+                      sample_rate: float | None = None
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:  # fmt: skip
     """A CSV of raw samples cut as the model's data was: (window starts in samples, windows [N, C, T],
-    which windows are wholly finite)."""
-    from fedhar.data.loaders.generic import read_signal_csv
-    from fedhar.data.recording import Recording
+    which windows are wholly finite, each window's label or None when the file has no ``label`` column).
 
-    signal, layout, rate, _ = read_signal_csv(path, units=units, sample_rate=sample_rate)
-    rec = Recording(signal, np.zeros(len(signal), np.int64), rate, "-", "-", "predict", layout=layout,
-                    source=str(path))  # fmt: skip
-    return cut_recording(spec, conform_recording(spec, rec), overlap)
+    A window's label is the one label all its samples carry ("" otherwise: the training data's
+    ``inside`` rule), so a labelled recording can be read against the predictions."""
+    from fedhar.data.loaders.generic import read_signal_csv
+    from fedhar.data.recording import UNLABELLED, Recording
+
+    signal, layout, rate, text = read_signal_csv(path, units=units, sample_rate=sample_rate)
+    names = sorted(set(text.tolist()) - {""}) if text is not None else []
+    ids = np.full(len(signal), UNLABELLED, np.int64)
+    if text is not None:
+        lookup = {name: i for i, name in enumerate(names)}
+        ids = np.array([lookup.get(t, UNLABELLED) for t in text.tolist()], np.int64)
+    rec = conform_recording(spec, Recording(signal, ids, rate, "-", "-", "predict", layout=layout, source=str(path)))
+    starts, x, finite = cut_recording(spec, rec, overlap)
+    if text is None:
+        return starts, x, finite, None
+    per_sample = rec.labels[starts[:, None] + np.arange(spec.window_len)]
+    whole = (per_sample == per_sample[:, :1]).all(axis=1) & (per_sample[:, 0] != UNLABELLED)
+    window_labels = np.array([names[k] if ok else "" for k, ok in zip(per_sample[:, 0], whole)], dtype=object)
+    return starts, x, finite, window_labels
 
 
 def conform_recording(spec: DataSpec, rec: Recording) -> Recording:
@@ -118,8 +141,9 @@ def cut_recording(spec: DataSpec, rec: Recording, overlap: float = 0.5) -> tuple
 def predict_recordings(model, paths: list[str | Path], overlap: float = 0.5, units: str | None = None,
                        sample_rate: float | None = None, calibration: PairCalibration | None = None
                        ) -> tuple[list[dict], dict | None]:  # fmt: skip
-    """Activity per window of CSVs of raw samples (recording, start/end time in s from its first sample, label,
-    confidence), and the calibration's report (None without ``calibration``).
+    """Activity per window of CSVs of raw samples (recording, start/end time in s from its first sample,
+    activity, confidence, and the window's own ``label`` where the file has a label column), and the
+    calibration's report (None without ``calibration``).
 
     With ``calibration`` the recordings together are one client (one wearer's history): the windows
     the model gives either class of the pair are re-split on their own posture cues, unless the
@@ -133,7 +157,7 @@ def predict_recordings(model, paths: list[str | Path], overlap: float = 0.5, uni
 
     spec: DataSpec = model.data
     cut = [recording_windows(spec, path, overlap, units, sample_rate) for path in paths]
-    x = np.concatenate([w[finite] for _, w, finite in cut])
+    x = np.concatenate([w[finite] for _, w, finite, _ in cut])
     probs = torch.softmax(torch.from_numpy(predict_logits(model, x)), dim=1).numpy()
     model_labels = labels = probs.argmax(axis=1)
     report = None
@@ -144,10 +168,12 @@ def predict_recordings(model, paths: list[str | Path], overlap: float = 0.5, uni
                                                       spec.layout)  # fmt: skip
             report.update(next(iter(per_client.values())))
     rows, j = [], 0
-    for path, (starts, _, finite) in zip(paths, cut):
+    for path, (starts, _, finite, window_labels) in zip(paths, cut):
         for i, s in enumerate(starts):
             row = {"recording": str(path), "start_s": round(s / spec.sample_rate, 3),
                    "end_s": round((s + spec.window_len) / spec.sample_rate, 3)}  # fmt: skip
+            if window_labels is not None:
+                row["label"] = window_labels[i]
             if finite[i]:
                 k = int(labels[j])
                 row.update(activity=spec.label_names[k], confidence=round(float(probs[j, k]), 4))

@@ -153,6 +153,35 @@ def test_predict_columns_in_order(tiny_windows, tmp_path):
     assert two[len(one)]["start_s"] == "0.0" and two[len(one) + 1]["start_s"] == "0.32"
 
 
+@pytest.mark.parametrize("rate", [50, 100], ids=["model-rate", "resampled"])
+def test_predict_copies_a_label_column_per_window(tiny_windows, tmp_path, capsys, rate):
+    """A recording with a label column: each window gets the label all its samples carry, "" where it straddles
+    a change or an unlabelled stretch (the `inside` rule), also after resampling to the model's rate; the
+    summary line counts the windows whose activity matches their label."""
+    import numpy as np
+
+    ckpt = _tiny_checkpoint(tiny_windows, tmp_path / "ckpt")
+    n = 4 * rate  # 4 s: 0-1.6 s slow, 1.6-2.4 s unlabelled, 2.4-4 s fast
+    values = np.random.default_rng(0).normal(0, 0.5, (n, 6))
+    rows = ["timestamp,acc_x,acc_y,acc_z,gyro_x,gyro_y,gyro_z,label"]
+    for i in range(n):
+        t = i / rate
+        label = "slow" if t < 1.6 else "" if t < 2.4 else "fast"
+        rows.append(",".join([f"{t:.4f}", *(f"{v:.4f}" for v in values[i]), label]))
+    (tmp_path / "rec.csv").write_text("\n".join(rows) + "\n")
+    header, pred = _predict(ckpt, [tmp_path / "rec.csv"], tmp_path / "pred.csv")
+    assert header == [*PREDICT_COLUMNS, "label"]
+    for r in pred:
+        start, end = float(r["start_s"]), float(r["end_s"])
+        expected = "slow" if end <= 1.6 else "fast" if start >= 2.4 else ""
+        assert r["label"] == expected, r
+    labelled = [r for r in pred if r["label"]]
+    assert {r["label"] for r in labelled} == {"slow", "fast"}
+    agree = sum(r["activity"] == r["label"] for r in labelled)
+    out = " ".join(capsys.readouterr().err.split())  # the console writes to stderr
+    assert f"{len(labelled)} windows lie inside one labelled stretch" in out and f"label on {agree} (" in out
+
+
 @pytest.mark.parametrize("jitter", [False, True], ids=["uniform", "gridded"])
 def test_predict_times_windows_from_the_recordings_first_sample(tiny_windows, tmp_path, jitter):
     """start_s/end_s are seconds from the recording's first sample (inference.predict_recordings), not the
@@ -365,6 +394,33 @@ def test_evaluate_reads_one_labelled_csv(tiny_windows, tmp_path, monkeypatch):
     report = tmp_path / "e.json"
     assert main(["evaluate", ckpt, "--data", str(tmp_path / "rec.csv"), "--json", str(report)]) == 0
     assert json.loads(report.read_text())["num_windows"] == 18  # 9 windows of 32 samples wholly inside each label
+
+
+def test_evaluate_one_csv_takes_units_and_rate_and_names_the_file(tiny_windows, tmp_path, monkeypatch, capsys):
+    """One CSV without units or time column: its errors name the user's file (not the link the window cache
+    reads it through) and the fix; --units and --sample-rate describe it as they do for predict, and a
+    dataset with its own loader refuses them."""
+    monkeypatch.setenv("FEDHAR_WINDOW_CACHE", str(tmp_path / "cache"))
+    ckpt = str(_tiny_checkpoint(tiny_windows, tmp_path / "ckpt"))
+    rows = ["acc_x,acc_y,acc_z,gyro_x,gyro_y,gyro_z,label"]  # acc in m/s^2, recorded at 100 Hz
+    rows += [f"0,0,9.81,0,0,0,{'slow' if i < 320 else 'fast'}" for i in range(640)]
+    data = tmp_path / "data" / "rec.csv"
+    data.parent.mkdir()
+    data.write_text("\n".join(rows) + "\n")
+    assert main(["evaluate", ckpt, "--data", str(data)]) == 2
+    err = capsys.readouterr().err
+    assert f"{data.resolve()}: acc columns have no unit" in err and "--units" in err and "csv-views" not in err
+    assert main(["evaluate", ckpt, "--data", str(data), "--units", "acc=m/s^2"]) == 2
+    err = capsys.readouterr().err
+    assert f"{data.resolve()} line 1: no time column" in err and "--sample-rate" in err and "csv-views" not in err
+    report = tmp_path / "e.json"
+    assert main(["evaluate", ckpt, "--data", str(data), "--sample-rate", "100", "--units", "acc=m/s^2",
+                 "--json", str(report)]) == 0  # fmt: skip
+    assert json.loads(report.read_text())["num_windows"] == 18  # resampled to 50 Hz: 160 samples per label
+    (tmp_path / "npz").mkdir()
+    tiny_windows.save(tmp_path / "npz" / "w.npz")
+    assert main(["evaluate", ckpt, "--data", str(tmp_path / "npz"), "--dataset", "hapt", "--units", "acc=g"]) == 2
+    assert "--units and --sample-rate describe CSV files" in capsys.readouterr().err
 
 
 def test_evaluate_applies_training_only_settings_to_the_same_loader(tiny_windows, tmp_path, monkeypatch):

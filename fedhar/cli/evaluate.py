@@ -41,6 +41,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", default="auto", help="loader name (default: detect)")
     p.add_argument("--subjects", nargs="*", help="only these subjects")
     p.add_argument("--label-map", nargs="*", default=[], metavar="FROM=TO", help="rename data labels to the model's")
+    p.add_argument("--units", help="CSV data: units when the header has none, e.g. acc=m/s^2,gyro=deg/s")
+    p.add_argument("--sample-rate", type=float, help="CSV data: rate in Hz of files without a timestamp column")
     p.add_argument("--by", choices=META_FIELDS,
                    help="also score each subject (device, ...) on its own")  # fmt: skip
     p.add_argument("--calibrate", nargs=2, metavar=("FIRST", "SECOND"),
@@ -141,7 +143,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json_out:
         check_writable(args.json_out, "--json")
     model = load_model(args.checkpoint)
-    all_windows = windows_for_model(model.data, args.data, args.dataset, label_map or None)
+    all_windows = windows_for_model(model.data, args.data, args.dataset, label_map or None, args.units,
+                                    args.sample_rate)
     ws = all_windows
     if args.subjects:
         wanted = [str(s) for s in args.subjects]

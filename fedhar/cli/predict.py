@@ -11,8 +11,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="activity per window of CSVs of raw samples")
     p.add_argument("checkpoint", help="checkpoint folder (runs/<name>/checkpoint)")
     p.add_argument("recordings", nargs="+", metavar="recording",
-                   help="CSV with a header: timestamp, acc_x..acc_z, gyro_x..gyro_z (label optional); several: "
-                        "one wearer's recordings (a `recording` column says which)")  # fmt: skip
+                   help="CSV with a header: timestamp, acc_x..acc_z, gyro_x..gyro_z (label optional: copied to a "
+                        "`label` column per window); several: one wearer's recordings (a `recording` column says which)")  # fmt: skip
     p.add_argument("--out", help="write the predictions to this CSV (default: print them)")
     p.add_argument("--overlap", type=float, default=0.5, help="window overlap in [0, 1) (default 0.5)")
     p.add_argument("--units", help="units when the header has none, e.g. acc=m/s^2,gyro=deg/s")
@@ -48,6 +48,9 @@ def run(args: argparse.Namespace) -> int:
         columns.insert(0, "recording")
     if calibration is not None:
         columns.append("model_activity")
+    labelled = [r for r in rows if r.get("label") and r["activity"]]
+    if any("label" in r for r in rows):
+        columns.append("label")
     seconds = time.perf_counter() - t0
     target = open(args.out, "w", newline="") if args.out else sys.stdout
     try:
@@ -59,6 +62,11 @@ def run(args: argparse.Namespace) -> int:
             target.close()
     console.print(f"{len(rows)} windows in {seconds:.2f} s ({1000 * seconds / max(1, len(rows)):.1f} ms/window)"
                   + (f" → {args.out}" if args.out else ""))  # fmt: skip
+    if labelled:
+        agree = sum(r["activity"] == r["label"] for r in labelled)
+        console.print(f"{len(labelled)} windows lie inside one labelled stretch: the activity written matches the "
+                      f"label on {agree} ({agree / len(labelled):.1%}); per-class scores: fedhar evaluate "
+                      f"{args.checkpoint} --data RECORDING.csv", soft_wrap=True)  # fmt: skip
     if report is not None:
         console.print(calibration_summary(report, calibration.min_gap), soft_wrap=True)
     return 0

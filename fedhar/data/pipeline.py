@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -90,6 +91,19 @@ def one_csv_as_folder(path: str | Path, option: str) -> Path:
         if source.is_file() and not link.is_symlink():
             link.symlink_to(source)
     return view
+
+
+@contextmanager
+def naming_the_csv(view: Path, given: str | Path):
+    """Errors raised while reading a one-CSV view (:func:`one_csv_as_folder`) name the user's file and folder,
+    not the links in the window cache."""
+    given = Path(given).expanduser().resolve()
+    try:
+        yield
+    except DataError as e:
+        if view == given:
+            raise
+        raise DataError(str(e).replace(str(view), str(given.parent))) from None
 
 
 def load_windows(cfg: DataConfig, seed: int = 0, use_cache: bool = True, missing_classes_ok: bool = False) -> WindowSet:

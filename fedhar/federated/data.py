@@ -34,7 +34,7 @@ import numpy as np
 
 from fedhar.config import ExperimentConfig, SplitConfig
 from fedhar.data.partition import client_names, partition
-from fedhar.data.pipeline import load_windows, one_csv_as_folder, split_windows, window_cache_dir
+from fedhar.data.pipeline import load_windows, naming_the_csv, one_csv_as_folder, split_windows, window_cache_dir
 from fedhar.data.windows import WindowSet
 from fedhar.errors import ConfigError, DataError
 
@@ -127,7 +127,7 @@ def device_windows(cfg: ExperimentConfig, node_config: dict) -> tuple[str, Windo
     key = json.dumps([dataclasses.asdict(local), cfg.data.classes, cfg.seed, subjects,
                       str(node_config.get(CLIENT_NAME, ""))], sort_keys=True, default=str)  # fmt: skip
     if key not in _LOCAL:
-        with _window_cache_lock():
+        with _window_cache_lock(), naming_the_csv(Path(local.path), path):
             windows = load_windows(local, cfg.seed)
         if subjects:
             present = sorted(set(windows.subject.tolist()))

@@ -395,7 +395,7 @@ def _read_csv(
     elif sample_rate is None:
         raise DataError(
             f"{path} line 1: no time column (timestamp [s], timestamp_ms or timestamp_ns); add one or give the "
-            "rate it was recorded at (data.loader_options.sample_rate; fedhar predict --sample-rate)"
+            "rate it was recorded at (data.loader_options.sample_rate; fedhar predict/evaluate --sample-rate)"
         )
     else:
         rate = float(sample_rate)
@@ -418,7 +418,7 @@ def _check_plausible(path: Path, group: str, values: np.ndarray, stated: str | N
     if stated is None:
         raise DataError(f"{path}: {group} columns have no unit and, read as {CANONICAL_UNITS[group]}, {problem}; "
                         f"name them {group}_x[{'m/s^2' if group == 'acc' else 'deg/s'}] etc., or state the unit "
-                        "(data.loader_options.units; fedhar predict --units)")  # fmt: skip
+                        "(data.loader_options.units; fedhar predict/evaluate --units)")  # fmt: skip
     raise DataError(f"{path}: {group} read in {stated} (the column header or the units option) gives {problem}; "
                     "check that unit")  # fmt: skip
 
