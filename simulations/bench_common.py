@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import subprocess
 import sys
 import time
@@ -17,6 +18,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from run_inputs import check_reusable, write_json_atomic  # noqa: E402
 
 COLUMNS = ["variant", "device", "model", "test_accuracy", "test_macro_f1", "best_val_macro_f1", "trainable", "total",
            "trainable_percent", "epochs_run", "train_seconds", "train_windows_per_s", "wall_seconds", "peak_rss_mb"]  # fmt: skip
@@ -31,13 +33,42 @@ def run_variant(config: str, name: str, out: Path, overrides: list[str]) -> dict
     proc = subprocess.run(cmd)
     if proc.returncode != 0:
         raise SystemExit(f"variant {name} failed (exit {proc.returncode}); command: {' '.join(cmd)}")
-    runs = sorted(out.glob(f"{name}*/metrics.json"), key=lambda p: p.stat().st_mtime)
-    metrics = json.loads(runs[-1].read_text())
+    run_dir = written_run_dir(out, name)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
     metrics["variant"] = name
     metrics["overrides"] = overrides
-    metrics["run_dir"] = str(runs[-1].parent)
+    metrics["run_dir"] = str(run_dir)
     print(f"    done in {time.perf_counter() - t0:.0f} s: test macro-F1 {metrics['test']['macro_f1']:.4f}", flush=True)
     return metrics
+
+
+def written_run_dir(out: Path, name: str) -> Path:
+    """The folder a finished run called ``name`` wrote: ``name`` itself, or ``name-2``, ``name-3``… when the name
+    was taken (never ``name-other``), the newest if several."""
+    pattern = re.compile(rf"{re.escape(name)}(-\d+)?")
+    found = [p for p in out.glob(f"{name}*/metrics.json") if pattern.fullmatch(p.parent.name)]
+    if not found:
+        raise SystemExit(f"no finished run `{name}` under {out} (no metrics.json)")
+    return max(found, key=lambda p: p.stat().st_mtime).parent
+
+
+def measured_before(results: dict, name: str, config: str, overrides: list[str], kind: str = "train") -> bool:
+    """Whether ``name`` is already measured in this recipe's results, with the settings asked for now; a run
+    measured with other settings stops the recipe (run_inputs.check_reusable) instead of being reported."""
+    if name not in results:
+        return False
+    run_dir = Path(results[name]["run_dir"])
+    if (run_dir / "config.yaml").is_file():
+        check_reusable(run_dir, config, overrides, kind)
+        print(f"{name}: already measured in {run_dir}")
+    else:
+        print(f"{name}: already measured in {run_dir} (that folder is gone: its settings are not re-checked)")
+    return True
+
+
+def save_index(results: dict, path: Path) -> None:
+    """The recipe's index of finished variants, written atomically: it is how an interrupted run resumes."""
+    write_json_atomic(path, list(results.values()))
 
 
 def row(m: dict) -> dict:

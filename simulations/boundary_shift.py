@@ -17,14 +17,14 @@ windows predicted as either (it assumes each subject holds windows of both postu
     python simulations/boundary_shift.py --out runs/boundary-shift runs/seed-study/base-s0 ...
 
 Writes boundary_shift.csv (one row per run), boundary_shift.json (with the sweep curves,
-versions and git revision) and boundary_shift.png.
+command, versions and git revision) and boundary_shift.png. ``--set data.path=...`` when the
+runs' data moved.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import json
 import re
 from pathlib import Path
 
@@ -33,9 +33,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from run_inputs import add_run_arguments, check_runs, provenance, run_config, write_json_atomic  # noqa: E402
 
 from fedhar.calibration import otsu_threshold  # noqa: E402
-from fedhar.config import load_config  # noqa: E402
 from fedhar.metrics import classification_metrics  # noqa: E402
 
 SHIFTS = np.round(np.linspace(-8, 8, 161), 2)
@@ -53,9 +53,15 @@ def shift_curve(logits: np.ndarray, y: np.ndarray, label_names: list[str], favou
     return np.asarray(curve)
 
 
+def best_shift(curve: np.ndarray, shifts: np.ndarray = SHIFTS) -> int:
+    """Index of the best shift; among equally good ones the smallest |b| (the least change to the model)."""
+    best = np.flatnonzero(curve == curve.max())
+    return int(best[np.argmin(np.abs(shifts[best]))])
+
+
 def summarize(val_curve: np.ndarray, test_curve: np.ndarray, shifts: np.ndarray = SHIFTS) -> dict:
     """Test macro-F1 as trained, after the validation-chosen shift, and at the test-oracle shift."""
-    zero, by_val, oracle = int(np.argmin(np.abs(shifts))), int(np.argmax(val_curve)), int(np.argmax(test_curve))
+    zero, by_val, oracle = int(np.argmin(np.abs(shifts))), best_shift(val_curve, shifts), best_shift(test_curve, shifts)
     return {"test_as_trained": round(float(test_curve[zero]), 4), "val_as_trained": round(float(val_curve[zero]), 4),
             "val_chosen_shift": float(shifts[by_val]), "test_at_val_chosen_shift": round(float(test_curve[by_val]), 4),
             "oracle_shift": float(shifts[oracle]), "test_oracle_ceiling": round(float(test_curve[oracle]), 4)}  # fmt: skip
@@ -74,23 +80,24 @@ def per_subject_oracle(logits: np.ndarray, y: np.ndarray, subject: np.ndarray, l
         m = subject == s
         accuracy = np.array([np.mean(np.argmax(logits[m] + b * np.eye(len(label_names))[k], axis=1) == y[m])
                              for b in shifts])  # fmt: skip
-        best = np.flatnonzero(accuracy == accuracy.max())
-        adjusted[m, k] += shifts[best[np.argmin(np.abs(shifts[best]))]]
+        adjusted[m, k] += shifts[best_shift(accuracy, shifts)]
     return _macro_f1(adjusted, y, label_names)
 
 
 def per_subject_unsupervised(logits: np.ndarray, subject: np.ndarray, label_names: list[str], favoured: str,
                              rival: str) -> np.ndarray:
-    """Logits with each subject's boundary moved to Otsu's split of its own (favoured - rival) logit gap."""
+    """Predictions with each subject's pair boundary moved to Otsu's split of its own (favoured - rival) logit
+    gap; only the windows predicted as either class of the pair are re-decided, the others keep theirs."""
     f, r = label_names.index(favoured), label_names.index(rival)
-    adjusted = logits.copy()
+    predictions = logits.argmax(axis=1)
     for s in np.unique(subject):
         rows = np.flatnonzero(subject == s)
-        pair = rows[np.isin(logits[rows].argmax(axis=1), [f, r])]
+        pair = rows[np.isin(predictions[rows], [f, r])]
         if len(pair) < 2:
             continue  # nothing to split: the subject's boundary stays where training put it
-        adjusted[rows, f] -= otsu_threshold(logits[pair, f] - logits[pair, r])
-    return adjusted
+        gap = logits[pair, f] - logits[pair, r]
+        predictions[pair] = np.where(gap > otsu_threshold(gap), f, r)
+    return predictions
 
 
 def group_means(rows: list[dict]) -> dict[str, dict]:
@@ -107,16 +114,13 @@ def group_means(rows: list[dict]) -> dict[str, dict]:
 
 def write_results(out: Path, stem: str, rows: list[dict], fig, record: dict) -> None:
     """``<stem>.csv`` (one row per run), ``.json`` (record, rows, means per candidate, versions, git) and ``.png``."""
-    from fedhar.results.run import git_revision, versions
-
     out.mkdir(parents=True, exist_ok=True)
     with (out / f"{stem}.csv").open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)), lineterminator="\n")
         w.writeheader()
         w.writerows(rows)
     means = group_means(rows)
-    record = {**record, "per_run": rows, "mean_per_candidate": means, "versions": versions(), "git": git_revision()}
-    (out / f"{stem}.json").write_text(json.dumps(record, indent=2, default=str))
+    write_json_atomic(out / f"{stem}.json", {**record, "per_run": rows, "mean_per_candidate": means, **provenance()})
     fig.tight_layout()
     fig.savefig(out / f"{stem}.png", dpi=120)
     for group, m in means.items():
@@ -141,37 +145,30 @@ def _held_out_logits(run: Path, data_path: str, dataset: str, val: list, test: l
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("runs", nargs="+", type=Path,
-                   help="run folders of `fedhar train`: each is scored on its own config's val and test subjects")  # fmt: skip
+    add_run_arguments(p, "run folders of `fedhar train`: each is scored on its own config's val and test subjects")
     p.add_argument("--out", type=Path, default=Path("runs/boundary-shift"))
     p.add_argument("--favour", default="STANDING", help="the class whose logit is shifted (one side of the pair)")
     p.add_argument("--against", default="SITTING", help="the other side of the confused pair")
-    p.add_argument("overrides", nargs="*", default=[],
-                   help="key=value overrides of every run's config (e.g. data.path=... when the data moved)")  # fmt: skip
     args = p.parse_args()
-    missing = [str(r) for r in args.runs if not (r / "checkpoint").is_dir() or not (r / "config.yaml").is_file()]
-    if missing:
-        raise SystemExit(f"no checkpoint/ or config.yaml in {', '.join(missing)}: pass run folders of `fedhar train`")
+    check_runs(args.runs)
 
     rows, curves = [], {}
     for run in args.runs:
-        cfg = load_config(run / "config.yaml", args.overrides)
+        cfg = run_config(run, args.overrides)
         split = cfg.data.split
-        if not split.val or not split.test:
-            raise SystemExit(f"{run}/config.yaml needs validation and test subjects (data.split.val, data.split.test)")
         held_out = _held_out_logits(run, cfg.data.path, cfg.data.dataset, split.val, split.test)
         names = held_out["names"]
         for cls in (args.favour, args.against):
             if cls not in names:
                 raise SystemExit(f"{cls} (--favour/--against) is not a class of {run}: {names}")
-        (val_logits, val_y, val_subject), (test_logits, test_y, test_subject) = held_out["val"], held_out["test"]
+        (val_logits, val_y, _), (test_logits, test_y, test_subject) = held_out["val"], held_out["test"]
         val_curve = shift_curve(val_logits, val_y, names, args.favour)
         test_curve = shift_curve(test_logits, test_y, names, args.favour)
         unsupervised = {}
         for role in ("val", "test"):
             logits, y, subject = held_out[role]
-            adjusted = per_subject_unsupervised(logits, subject, names, args.favour, args.against)
-            unsupervised[role] = round(_macro_f1(adjusted, y, names), 4)
+            predictions = per_subject_unsupervised(logits, subject, names, args.favour, args.against)
+            unsupervised[role] = round(classification_metrics(y, predictions, names)["macro_f1"], 4)
         rows.append({"run": run.name, "val_subjects": " ".join(map(str, split.val)),
                      "test_subjects": " ".join(map(str, split.test)), **summarize(val_curve, test_curve),
                      "test_per_subject_oracle": round(per_subject_oracle(test_logits, test_y, test_subject, names,
@@ -187,7 +184,8 @@ def main() -> None:
         ax.plot(SHIFTS, c["test"], color=color, label=f"{name} test")
         ax.plot(SHIFTS, c["val"], color=color, ls=":", label=f"{name} val")
     ax.axvline(0, color="k", lw=0.5)
-    ax.set(xlabel=f"bias added to the {args.favour} logit", ylabel="macro-F1", ylim=(0.85, 1.0),
+    lowest = min(min(c["val"] + c["test"]) for c in curves.values())
+    ax.set(xlabel=f"bias added to the {args.favour} logit", ylabel="macro-F1", ylim=(min(0.85, lowest - 0.01), 1.0),
            title="held-out macro-F1 against a class-bias shift")  # fmt: skip
     if len(curves) <= 12:  # beyond that a legend hides the curves
         ax.legend(fontsize=6, ncol=2)

@@ -43,16 +43,21 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from predict_recordings import window_truth  # noqa: E402
+from run_inputs import add_run_arguments, check_runs, checkpoint_fingerprint, provenance, run_config, write_json_atomic  # noqa: E402
 
 from fedhar.calibration import PairCalibration, otsu_threshold, posture_cues, split_per_subject  # noqa: E402
-from fedhar.config import load_config  # noqa: E402
 from fedhar.metrics import classification_metrics  # noqa: E402
 
 RULES = ("otsu", "min-error", "gmm")
 
 
-def collect(run: Path, pair: tuple[str, str], cache: Path) -> dict[str, np.ndarray]:
-    """Predictions, cues, labels and client ids of the run's held-out subjects: segment windows and raw recordings."""
+def collect(run: Path, pair: tuple[str, str], cache_dir: Path, overrides: list[str]) -> dict[str, np.ndarray]:
+    """Predictions, cues, labels and client ids of the run's held-out subjects: segment windows and raw recordings.
+
+    Cached per run, keyed by the pair, the overrides and the checkpoint's files: another pair or a
+    retrained checkpoint never reads an earlier cache."""
+    cfg = run_config(run, overrides, roles=("train", "val", "test"))
+    cache = cache_dir / f"{run.parent.name}-{run.name}-{checkpoint_fingerprint(run, pair, overrides)}.npz"
     if cache.is_file():
         return dict(np.load(cache, allow_pickle=False))
     from fedhar.data.loaders import load_recordings
@@ -60,7 +65,6 @@ def collect(run: Path, pair: tuple[str, str], cache: Path) -> dict[str, np.ndarr
     from fedhar.model.har_model import predict_logits
     from fedhar.model.state import load_checkpoint
 
-    cfg = load_config(run / "config.yaml")
     split = cfg.data.split
     model = load_checkpoint(run / "checkpoint")
     classes = list(model.data.label_names)
@@ -88,7 +92,8 @@ def collect(run: Path, pair: tuple[str, str], cache: Path) -> dict[str, np.ndarr
     out.update(raw_pred=predict_logits(model, x).argmax(axis=1), raw_cues=posture_cues(model.data.layout, x),
                raw_y=np.concatenate(ys), raw_client=np.concatenate(clients))  # fmt: skip
     cache.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(cache, **out)
+    np.savez(cache.with_name(cache.stem + ".tmp.npz"), **out)
+    cache.with_name(cache.stem + ".tmp.npz").replace(cache)
     return out
 
 
@@ -208,7 +213,7 @@ def score(data: dict, rule: str, guard: str, bound: float, min_share: float, pai
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("runs", nargs="+", type=Path, help="run folders of `fedhar train` (checkpoint/ and config.yaml)")
+    add_run_arguments(p, "run folders of `fedhar train` (checkpoint/ and config.yaml)")
     p.add_argument("--out", type=Path, default=Path("runs/calibration-rules"))
     p.add_argument("--pair", nargs=2, default=["SITTING", "STANDING"], metavar=("FIRST", "SECOND"))
     p.add_argument("--min-share", type=float, default=0.2, help="the share guard's bound (fedhar's default)")
@@ -218,15 +223,13 @@ def main() -> None:
                    help="gap guard bounds: the split's gap over the training windows' distance between the "
                         "pair's means")  # fmt: skip
     args = p.parse_args()
-    missing = [str(r) for r in args.runs if not (r / "checkpoint").is_dir() or not (r / "config.yaml").is_file()]
-    if missing:
-        raise SystemExit(f"no checkpoint/ or config.yaml in {', '.join(missing)}: pass run folders of `fedhar train`")
+    check_runs(args.runs)
     pair = tuple(args.pair)
-    bounds = {"share": [0.0], "separation": args.separations, "gap": args.gaps, "gap+share": args.gaps}
+    bounds = {"share": [args.min_share], "separation": args.separations, "gap": args.gaps, "gap+share": args.gaps}
 
     rows = []
     for run in args.runs:
-        data = collect(run, pair, args.out / "cache" / f"{run.parent.name}-{run.name}.npz")
+        data = collect(run, pair, args.out / "cache", args.overrides)
         base = {"run": f"{run.parent.name}/{run.name}"}
         none = score(data, "otsu", "share", 0.0, 1.0, pair)  # min_share 1: never applied, the model's labels
         rows.append({**base, "rule": "as-trained", "guard": "-", "bound": 0.0,
@@ -259,15 +262,12 @@ def main() -> None:
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3, axis="y")
     write_table(args.out, rows, table, fig, {"runs": [str(r) for r in args.runs], "pair": args.pair,
-                                             "min_share": args.min_share})  # fmt: skip
+                                             "min_share": args.min_share, "overrides": args.overrides})  # fmt: skip
 
 
 def write_table(out: Path, rows: list[dict], table: list[dict], fig, record: dict) -> None:
     """calibration_rules.csv (run x rule x guard), calibration_rules_summary.csv (means), .json and .png."""
     import csv
-    import json
-
-    from fedhar.results.run import git_revision, versions
 
     out.mkdir(parents=True, exist_ok=True)
     for stem, rs in (("calibration_rules", rows), ("calibration_rules_summary", table)):
@@ -275,8 +275,7 @@ def write_table(out: Path, rows: list[dict], table: list[dict], fig, record: dic
             w = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rs for k in r)), lineterminator="\n")
             w.writeheader()
             w.writerows(rs)
-    record = {**record, "summary": table, "per_run": rows, "versions": versions(), "git": git_revision()}
-    (out / "calibration_rules.json").write_text(json.dumps(record, indent=2, default=str))
+    write_json_atomic(out / "calibration_rules.json", {**record, "summary": table, "per_run": rows, **provenance()})
     fig.tight_layout()
     fig.savefig(out / "calibration_rules.png", dpi=120)
     print(f"written to {out}/calibration_rules.csv, calibration_rules_summary.csv, .json and .png")

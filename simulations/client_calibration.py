@@ -37,9 +37,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from boundary_shift import write_results  # noqa: E402
+from run_inputs import add_run_arguments, check_runs, run_config  # noqa: E402
 
 from fedhar.calibration import PairCalibration, posture_cues, split_per_subject  # noqa: E402
-from fedhar.config import load_config  # noqa: E402
 from fedhar.errors import FedharError  # noqa: E402
 from fedhar.metrics import classification_metrics  # noqa: E402
 
@@ -49,10 +49,8 @@ def _score_run(run: Path, overrides: list[str], pair: tuple[str, str], min_gap: 
     from fedhar.model.har_model import predict_logits
     from fedhar.model.state import load_checkpoint
 
-    cfg = load_config(run / "config.yaml", overrides)
+    cfg = run_config(run, overrides, roles=("train", "val", "test"))
     split = cfg.data.split
-    if not split.train or not split.val or not split.test:
-        raise SystemExit(f"{run}/config.yaml needs train, validation and test subjects (data.split)")
     model = load_checkpoint(run / "checkpoint")
     ws = windows_for_model(model.data, cfg.data.path, cfg.data.dataset, None)
     names = list(ws.label_names)
@@ -109,20 +107,17 @@ def _one_posture_stress(part, pred, cues, calibration: PairCalibration, first: i
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("runs", nargs="+", type=Path, help="run folders of `fedhar train` (checkpoint/ and config.yaml)")
+    add_run_arguments(p, "run folders of `fedhar train` (checkpoint/ and config.yaml)")
     p.add_argument("--out", type=Path, default=Path("runs/client-calibration"))
     p.add_argument("--pair", nargs=2, default=["SITTING", "STANDING"], metavar=("FIRST", "SECOND"),
                    help="the confused pair each client re-splits")  # fmt: skip
     p.add_argument("--min-gap", type=float, default=0.7,
                    help="leave a subject as trained when its split's two sides lie closer than this share of the "
                         "training windows' sitting-standing distance")  # fmt: skip
-    p.add_argument("overrides", nargs="*", default=[], help="key=value overrides of every run's config")
     args = p.parse_args()
     if not args.min_gap >= 0:
         raise SystemExit(f"--min-gap must be >= 0, got {args.min_gap}")
-    missing = [str(r) for r in args.runs if not (r / "checkpoint").is_dir() or not (r / "config.yaml").is_file()]
-    if missing:
-        raise SystemExit(f"no checkpoint/ or config.yaml in {', '.join(missing)}: pass run folders of `fedhar train`")
+    check_runs(args.runs)
 
     rows, details = [], {}
     for run in args.runs:
@@ -135,7 +130,8 @@ def main() -> None:
     for ax, role in zip(axes, ("val", "test")):
         ax.bar(x - 0.2, [r[f"{role}_as_trained"] for r in rows], 0.4, label="as trained")
         ax.bar(x + 0.2, [r[f"{role}_calibrated"] for r in rows], 0.4, label="per-client calibrated")
-        ax.set(title=f"{role} subjects", xticks=x, ylim=(0.8, 1.0))
+        lowest = min(min(r[f"{role}_as_trained"], r[f"{role}_calibrated"]) for r in rows)
+        ax.set(title=f"{role} subjects", xticks=x, ylim=(min(0.8, lowest - 0.02), 1.0))
         ax.set_xticklabels([r["run"] for r in rows], rotation=60, ha="right", fontsize=7)
         ax.grid(alpha=0.3, axis="y")
     axes[0].set_ylabel("macro-F1")

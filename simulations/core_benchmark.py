@@ -4,17 +4,17 @@
     python simulations/core_benchmark.py --out runs/bench-core --only a,c  # a subset
     python simulations/core_benchmark.py ... train.epochs=5               # extra overrides for every model
 
-Writes core_benchmark.{json,csv,md} and core_benchmark.png (macro-F1 vs trainable parameters)
-into --out, and every model's own run folder below it. Re-running skips finished variants.
+Writes core_benchmark.{json,csv,md} and core_benchmark.png (macro-F1 vs trainable parameters) into
+--out, and every model's own run folder below it. Re-running skips variants finished with the same
+settings, and stops on one finished with others.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from bench_common import load_existing, plot_f1_vs_params, row, run_variant, write_table
+from bench_common import load_existing, measured_before, plot_f1_vs_params, row, run_variant, save_index, write_table
 
 MODELS = {
     "a": ("smollm2-lora", ["model.backbone=smollm2-135m", "model.finetune=lora"]),
@@ -38,11 +38,10 @@ def main() -> None:
         if key not in MODELS:
             raise SystemExit(f"unknown model `{key}`; choose from {list(MODELS)}")
         name, overrides = MODELS[key]
-        if name in results:
-            print(f"{name}: already measured in {results[name]['run_dir']}")
+        if measured_before(results, name, args.config, [*overrides, *args.overrides]):
             continue
         results[name] = run_variant(args.config, name, args.out, [*overrides, *args.overrides])
-        (args.out / "core_benchmark.json").write_text(json.dumps(list(results.values()), indent=2))
+        save_index(results, args.out / "core_benchmark.json")
     rows = [row(m) for m in results.values()]
     write_table(rows, args.out, "core_benchmark")
     plot_f1_vs_params(rows, args.out / "core_benchmark.png", "HAPT test subjects 27-30")

@@ -11,7 +11,7 @@ one load, interpreter and imports included:
 Prints the figures and writes ``data_load_benchmark.json`` into ``--out``. Targets: cold <= 30 s,
 cached <= 3 s, peak RSS <= 1 GB.
 
-    python simulations/data_load_benchmark.py --data ../shared/data/hapt-train --out results/data-load
+    python simulations/data_load_benchmark.py --data ../shared/data/hapt-train --out runs/data-load
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from run_inputs import provenance, write_json_atomic
 
 BASIC6 = ["WALKING", "WALKING_UPSTAIRS", "WALKING_DOWNSTAIRS", "SITTING", "STANDING", "LAYING"]
 TARGETS = {"cold_s": 30.0, "cached_s": 3.0, "peak_rss_mb": 1024.0}
@@ -72,7 +74,7 @@ def run_child(mode: str, data: str, cache: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "hapt-train"))
-    parser.add_argument("--out", default="results/data-load")
+    parser.add_argument("--out", default="runs/data-load")
     parser.add_argument("--repeats", type=int, default=3, help="runs of the cold and cached measurements")
     parser.add_argument("--child", choices=["cold", "fill", "cached"], help=argparse.SUPPRESS)
     parser.add_argument("--cache", help=argparse.SUPPRESS)
@@ -112,7 +114,7 @@ def main() -> None:
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "data_load_benchmark.json").write_text(json.dumps(report, indent=2))
+    write_json_atomic(out / "data_load_benchmark.json", {**report, **provenance()})
     print(f"HAPT training copy → {report['windows']} windows (128 samples, 50 % overlap, 6 classes)")
     for key, target in TARGETS.items():
         verdict = "ok" if report["meets_targets"][key] else "OVER TARGET"

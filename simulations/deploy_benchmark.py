@@ -39,6 +39,7 @@ import time
 from pathlib import Path
 
 import psutil
+from run_inputs import provenance, write_json_atomic
 
 REPO = Path(__file__).resolve().parents[1]
 FEDHAR = [sys.executable, "-m", "fedhar.cli.main"]
@@ -323,7 +324,7 @@ def main() -> None:
             "peak_rss_mb": base["peak_rss_mb"],
             "run_dir": base["run_dir"],
         }
-    (out / "deploy_benchmark.json").write_text(json.dumps(report, indent=2))
+    write_json_atomic(out / "deploy_benchmark.json", {**report, **provenance()})
     summarize(report)
     print(f"\nwrote {out / 'deploy_benchmark.json'}")
 

@@ -29,12 +29,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from boundary_shift import write_results  # noqa: E402
+from run_inputs import add_run_arguments, check_runs, run_config  # noqa: E402
 
-from fedhar.config import load_config  # noqa: E402
 from fedhar.metrics import classification_metrics  # noqa: E402
 
 
-def member_probabilities(runs: list[Path]) -> tuple[dict, dict]:
+def member_probabilities(runs: list[Path], overrides: list[str]) -> tuple[dict, dict]:
     """Each run's class probabilities on its config's validation and test subjects (which all runs must share)."""
     import torch
 
@@ -42,11 +42,11 @@ def member_probabilities(runs: list[Path]) -> tuple[dict, dict]:
     from fedhar.model.har_model import predict_logits
     from fedhar.model.state import load_checkpoint
 
-    cfg = load_config(runs[0] / "config.yaml")
-    roles = {"val": [str(s) for s in cfg.data.split.val or []], "test": [str(s) for s in cfg.data.split.test or []]}
+    cfg = run_config(runs[0], overrides)
+    roles = {"val": [str(s) for s in cfg.data.split.val], "test": [str(s) for s in cfg.data.split.test]}
     for run in runs[1:]:
-        split = load_config(run / "config.yaml").data.split
-        if [str(s) for s in split.val or []] != roles["val"] or [str(s) for s in split.test or []] != roles["test"]:
+        split = run_config(run, overrides).data.split
+        if [str(s) for s in split.val] != roles["val"] or [str(s) for s in split.test] != roles["test"]:
             raise SystemExit(f"{run} holds out other subjects than {runs[0]}: ensemble runs of one split")
     probs: dict[str, dict[str, np.ndarray]] = {role: {} for role in roles}
     parts = {}
@@ -55,6 +55,8 @@ def member_probabilities(runs: list[Path]) -> tuple[dict, dict]:
         ws = windows_for_model(model.data, cfg.data.path, cfg.data.dataset, None)
         for role, subjects in roles.items():
             part = parts.setdefault(role, ws.where(subject=subjects))
+            if not len(part):
+                raise SystemExit(f"{run}: none of the {role} subjects {subjects} are in {cfg.data.path}")
             logits = torch.from_numpy(predict_logits(model, part.x))
             probs[role][run.name] = logits.float().softmax(dim=-1).numpy()
         print(f"  {run.name}: scored", flush=True)
@@ -92,22 +94,20 @@ def time_cli(runs: list[Path], subjects: list[str], data: str) -> list[dict]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("runs", nargs="+", type=Path, help="run folders of `fedhar train` on one split (e.g. seeds)")
+    add_run_arguments(p, "run folders of `fedhar train` on one split (e.g. seeds)")
     p.add_argument("--out", type=Path, default=Path("runs/ensemble"))
     p.add_argument("--sizes", nargs="+", type=int, help="subset sizes (default: 1 to the number of runs)")
     p.add_argument("--no-timing", action="store_true", help="skip timing `fedhar evaluate`")
     args = p.parse_args()
-    missing = [str(r) for r in args.runs if not (r / "checkpoint").is_dir() or not (r / "config.yaml").is_file()]
-    if missing:
-        raise SystemExit(f"no checkpoint/ or config.yaml in {', '.join(missing)}: pass run folders of `fedhar train`")
+    check_runs(args.runs)
     sizes = args.sizes or list(range(1, len(args.runs) + 1))
     if not all(1 <= s <= len(args.runs) for s in sizes):
         raise SystemExit(f"--sizes must lie in 1..{len(args.runs)} (the number of runs), got {sizes}")
 
-    probs, parts = member_probabilities(args.runs)
+    probs, parts = member_probabilities(args.runs, args.overrides)
     rows = score_subsets(probs, parts, sizes)
     timings = [] if args.no_timing else time_cli(
-        args.runs, sorted(set(parts["test"].subject.tolist())), load_config(args.runs[0] / "config.yaml").data.path
+        args.runs, sorted(set(parts["test"].subject.tolist())), run_config(args.runs[0], args.overrides).data.path
     )  # fmt: skip
 
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -119,7 +119,8 @@ def main() -> None:
     ax.legend()
     ax.grid(alpha=0.3)
     write_results(args.out, "ensemble_subsets", rows, fig,
-                  {"runs": [str(r) for r in args.runs], "sizes": sizes, "cli_timing": timings})  # fmt: skip
+                  {"runs": [str(r) for r in args.runs], "sizes": sizes, "overrides": args.overrides,
+                   "cli_timing": timings})  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -8,11 +8,12 @@ same model on the same subjects with ``fedhar train``. Every variant runs in a f
     python simulations/fed_hapt.py --out runs/fed-hapt --strategies fedavg   # the headline comparison only
     python simulations/fed_hapt.py --out runs/fed-hapt federated.rounds=30   # overrides for every run
 
-Writes into --out: fed_hapt.json (everything), fed_hapt.csv / .md (one row per variant: final
-and best-round test accuracy / macro-F1, gap to centralized, bytes per client per round, ratio to
-full-model FedAvg, wall time), fed_hapt_rounds.csv (test and validation macro-F1 per round per
-strategy), fed_hapt.png (test macro-F1 vs round, centralized as a line) and fed_hapt_bytes.png
-(final test macro-F1 vs total bytes). Re-running skips variants already measured.
+Writes into --out: fed_hapt.json (everything), fed_hapt.csv / .md (one row per variant: final test
+accuracy and macro-F1, the best round and its test macro-F1, gap to centralized, bytes per client
+per round, ratio to full-model FedAvg, wall time), fed_hapt_rounds.csv (test and validation
+macro-F1 per round per strategy), fed_hapt.png (test macro-F1 vs round, centralized as a line) and
+fed_hapt_bytes.png (final test macro-F1 vs total bytes). Re-running skips variants already
+measured with the same settings, and stops on one measured with others.
 """
 
 from __future__ import annotations
@@ -25,7 +26,10 @@ import sys
 import time
 from pathlib import Path
 
-from bench_common import plt, save_plot
+from bench_common import load_existing, measured_before, plt, save_index, save_plot, written_run_dir
+from run_inputs import check_reusable
+
+from fedhar.config import load_config
 
 STRATEGIES = ("fedavg", "ffa-lora", "lora-exact", "fedprox", "fedadam", "fedyogi")
 DEFAULT_STRATEGIES = "fedavg,ffa-lora,lora-exact,fedprox"
@@ -48,25 +52,30 @@ def run(cmd: list[str], name: str) -> float:
 def centralized(config: str, out: Path, overrides: list[str]) -> dict:
     cmd = [sys.executable, "-m", "fedhar.cli.main", "train", "--config", config, "--quiet", "name=centralized",
            f"output_dir={out}", *overrides]  # fmt: skip
-    if (out / "centralized").exists() and not (out / "centralized" / "metrics.json").is_file():
-        raise SystemExit(f"{out / 'centralized'} holds an unfinished run; delete it and rerun")
     wall = run(cmd, "centralized")
-    m = json.loads((out / "centralized" / "metrics.json").read_text())
+    run_dir = written_run_dir(out, "centralized")  # `centralized-2` when an earlier attempt holds the name
+    m = json.loads((run_dir / "metrics.json").read_text())
     return {"variant": "centralized", "test_accuracy": round(m["test"]["accuracy"], 4),
             "test_macro_f1": round(m["test"]["macro_f1"], 4),
             "epochs_run": m["epochs_run"], "best_epoch": m["best_epoch"], "wall_seconds": round(wall, 1),
-            "run_dir": str(out / "centralized")}  # fmt: skip
+            "overrides": overrides, "run_dir": str(run_dir)}  # fmt: skip
+
+
+def federated_overrides(strategy: str, overrides: list[str]) -> list[str]:
+    return [f"federated.strategy={strategy}", *FEDERATED, *overrides]
 
 
 def federated(config: str, strategy: str, out: Path, overrides: list[str]) -> dict:
     name = f"fed-{strategy}"
     cmd = [sys.executable, "-m", "fedhar.cli.main", "simulate", "--config", config, "--quiet", f"name={name}",
-           f"output_dir={out}", f"federated.strategy={strategy}", *FEDERATED, *overrides]  # fmt: skip
+           f"output_dir={out}", *federated_overrides(strategy, overrides)]  # fmt: skip
     if (out / name / "config.yaml").is_file() and not (out / name / "metrics.json").is_file():
+        check_reusable(out / name, config, federated_overrides(strategy, overrides), kind="simulate")
         cmd = [sys.executable, "-m", "fedhar.cli.main", "simulate", "--quiet", "--resume", str(out / name)]
     wall = run(cmd, name)
-    m = json.loads((out / name / "metrics.json").read_text())
-    rows = json.loads((out / name / "rounds.json").read_text())["rounds"]
+    run_dir = written_run_dir(out, name)
+    m = json.loads((run_dir / "metrics.json").read_text())
+    rows = json.loads((run_dir / "rounds.json").read_text())["rounds"]
     comm = m["communication"]
     return {
         "variant": name,
@@ -81,16 +90,17 @@ def federated(config: str, strategy: str, out: Path, overrides: list[str]) -> di
         "wall_seconds": round(wall, 1),
         "per_round": [{k: r.get(k) for k in ("round", "val_macro_f1", "test_macro_f1", "test_accuracy", "bytes_total",
                                              "lora_product_gap", "lora_svd_residual")} for r in rows],  # fmt: skip
-        "run_dir": str(out / name),
+        "overrides": federated_overrides(strategy, overrides),
+        "run_dir": str(run_dir),
     }
 
 
-def write_outputs(results: dict[str, dict], out: Path) -> None:
+def write_outputs(results: dict[str, dict], out: Path, test_subjects: str) -> None:
     central = results.get("centralized")
     for r in results.values():
         if central and r["variant"] != "centralized":
             r["gap_to_centralized"] = round(r["test_macro_f1"] - central["test_macro_f1"], 4)
-    (out / "fed_hapt.json").write_text(json.dumps(list(results.values()), indent=2))
+    save_index(results, out / "fed_hapt.json")
     rows = [{c: r.get(c, "") for c in COLUMNS} for r in results.values()]
     with (out / "fed_hapt.csv").open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=COLUMNS, lineterminator="\n")
@@ -115,7 +125,7 @@ def write_outputs(results: dict[str, dict], out: Path) -> None:
                 ms=3, label=r["variant"])  # fmt: skip
     if central:
         ax.axhline(central["test_macro_f1"], color="k", ls="--", label=f"centralized ({central['test_macro_f1']:.3f})")
-    ax.set(xlabel="round", ylabel="test macro-F1 (subjects 27-30)", ylim=(0, 1.02),
+    ax.set(xlabel="round", ylabel=f"test macro-F1 (subjects {test_subjects})", ylim=(0, 1.02),
            title="HAPT: federated vs centralized")  # fmt: skip
     save_plot(fig, ax, out / "fed_hapt.png")
 
@@ -140,19 +150,19 @@ def main() -> None:
     p.add_argument("overrides", nargs="*", help="overrides for every run (centralized and federated)")
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    existing = args.out / "fed_hapt.json"
-    results = {r["variant"]: r for r in json.loads(existing.read_text())} if existing.is_file() else {}
-    if not args.skip_centralized and "centralized" not in results:
+    results = {r["variant"]: r for r in load_existing(args.out, "fed_hapt")}
+    test_subjects = " ".join(map(str, load_config(args.config, args.overrides).data.split.test or [])) or "held out"
+    if not args.skip_centralized and not measured_before(results, "centralized", args.config, args.overrides):
         results["centralized"] = centralized(args.config, args.out, args.overrides)
-        write_outputs(results, args.out)
+        write_outputs(results, args.out, test_subjects)
     for strategy in args.strategies.split(","):
         if strategy not in STRATEGIES:
             raise SystemExit(f"unknown strategy `{strategy}`; choose from {list(STRATEGIES)}")
-        if f"fed-{strategy}" in results:
-            print(f"fed-{strategy}: already measured in {results[f'fed-{strategy}']['run_dir']}")
+        if measured_before(results, f"fed-{strategy}", args.config, federated_overrides(strategy, args.overrides),
+                           kind="simulate"):  # fmt: skip
             continue
         results[f"fed-{strategy}"] = federated(args.config, strategy, args.out, args.overrides)
-        write_outputs(results, args.out)
+        write_outputs(results, args.out, test_subjects)
 
 
 if __name__ == "__main__":

@@ -20,10 +20,10 @@ Without the HAPT copy, (a) and (b) are skipped with a message; (c) always runs.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
+from run_inputs import provenance, write_json_atomic
 
 from fedhar.config import DataConfig, SplitConfig
 from fedhar.data.partition import client_names, partition, partition_summary
@@ -93,7 +93,7 @@ def main() -> None:
             synthetic, scheme, args.out, f"Synthetic 3 devices x 3 placements, one client per {scheme}", args.seed
         )
     headlines["synthetic_train_subjects"] = sorted(set(synthetic.subject.tolist()), key=int)
-    (args.out / "headlines.json").write_text(json.dumps(headlines, indent=2))
+    write_json_atomic(args.out / "headlines.json", {**headlines, "seed": args.seed, **provenance()})
     print(f"wrote {args.out}")
 
 

@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
+from run_inputs import provenance, write_json_atomic
 
 from fedhar.config import load_config
 from fedhar.data.pipeline import load_windows
@@ -57,7 +57,13 @@ def main() -> None:
     p.add_argument("overrides", nargs="*", help="key=value config overrides (e.g. data.path=...)")
     args = p.parse_args()
     cfg = load_config(args.config, args.overrides)
+    if not cfg.data.split.train or cfg.data.path is None:
+        raise SystemExit(f"{args.config}: this recipe needs recordings on disk (data.path) and named training "
+                         "subjects (data.split.train), e.g. --config configs/hapt.yaml")  # fmt: skip
     ws = load_windows(cfg.data, cfg.seed)
+    missing = [c for c in POSTURES if c not in ws.label_names]
+    if missing:
+        raise SystemExit(f"{args.config}: classes {missing} are not in the data's {ws.label_names}")
     classes = [ws.label_names.index(c) for c in POSTURES]
     keep = np.isin(ws.y, classes)
     x, y, subject = ws.x[keep], (ws.y[keep] == classes[1]).astype(int), ws.subject[keep]
@@ -88,8 +94,8 @@ def main() -> None:
         w = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
         w.writeheader()
         w.writerows(rows)
-    (args.out / "posture_cues.json").write_text(json.dumps({"per_subject": rows, "linear_sit_vs_stand": linear},
-                                                           indent=2))  # fmt: skip
+    write_json_atomic(args.out / "posture_cues.json", {"per_subject": rows, "linear_sit_vs_stand": linear,
+                                                       "config": cfg.to_dict(), **provenance()})  # fmt: skip
     print("subject  posture   gravity direction (x y z)   acc sway g  gyro sway rad/s")
     for r in rows:
         print(f"{r['subject']:>7}  {r['posture']:<8}  {r['gravity_x']:6.3f} {r['gravity_y']:6.3f} {r['gravity_z']:6.3f}"

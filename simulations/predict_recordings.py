@@ -30,9 +30,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from boundary_shift import write_results  # noqa: E402
+from run_inputs import add_run_arguments, check_runs, run_config  # noqa: E402
 
 from fedhar.calibration import PairCalibration, stored_calibration  # noqa: E402
-from fedhar.config import load_config  # noqa: E402
 from fedhar.data.loaders import load_recordings  # noqa: E402
 from fedhar.data.recording import Recording  # noqa: E402
 from fedhar.metrics import classification_metrics  # noqa: E402
@@ -61,7 +61,7 @@ def window_truth(rec: Recording, names: list[str], model_classes: list[str], sta
     return truth
 
 
-def calibration_for(run: Path, model, pair: tuple[str, str]) -> tuple[PairCalibration, str]:
+def calibration_for(run: Path, model, pair: tuple[str, str], overrides: list[str]) -> tuple[PairCalibration, str]:
     """The run's stored calibration, or one fitted on the run's training subjects."""
     from fedhar.inference import windows_for_model
 
@@ -70,21 +70,21 @@ def calibration_for(run: Path, model, pair: tuple[str, str]) -> tuple[PairCalibr
         if (stored.first, stored.second) != pair:
             raise SystemExit(f"{run}: the checkpoint stores a {stored.first}/{stored.second} calibration, not {pair}")
         return stored, "stored in the checkpoint"
-    cfg = load_config(run / "config.yaml")
+    cfg = run_config(run, overrides, roles=("train",))
     ws = windows_for_model(model.data, cfg.data.path, cfg.data.dataset, None)
     train = ws.where(subject=[str(s) for s in cfg.data.split.train])
     return PairCalibration.fit(train, pair), "fitted on the run's training subjects"
 
 
 def score_run(run: Path, recordings: list[tuple[str, Recording]], names: list[str], csv_dir: Path,
-              pair: tuple[str, str]) -> tuple[dict, dict]:  # fmt: skip
+              pair: tuple[str, str], overrides: list[str]) -> tuple[dict, dict]:  # fmt: skip
     """Scored windows as trained, with each recording one client, and with each wearer's recordings one client."""
     from fedhar.inference import predict_recordings
     from fedhar.model.state import load_checkpoint
 
     model = load_checkpoint(run / "checkpoint")
     classes = list(model.data.label_names)
-    calibration, source = calibration_for(run, model, pair)
+    calibration, source = calibration_for(run, model, pair, overrides)
 
     def labels(rows: list[dict]) -> np.ndarray:
         return np.array([classes.index(r["activity"]) if r["activity"] else -1 for r in rows])
@@ -122,15 +122,13 @@ def score_run(run: Path, recordings: list[tuple[str, Recording]], names: list[st
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("runs", nargs="+", type=Path, help="run folders of `fedhar train` (checkpoint/ and config.yaml)")
+    add_run_arguments(p, "run folders of `fedhar train` (checkpoint/ and config.yaml)")
     p.add_argument("--data", type=Path, default=Path("../shared/data/hapt-train"), help="the HAPT folder")
     p.add_argument("--subjects", nargs="+", default=["27", "28", "29", "30"], help="whose recordings to predict")
     p.add_argument("--pair", nargs=2, default=["SITTING", "STANDING"], metavar=("FIRST", "SECOND"))
     p.add_argument("--out", type=Path, default=Path("runs/predict-recordings"))
     args = p.parse_args()
-    missing = [str(r) for r in args.runs if not (r / "checkpoint").is_dir() or not (r / "config.yaml").is_file()]
-    if missing:
-        raise SystemExit(f"no checkpoint/ or config.yaml in {', '.join(missing)}: pass run folders of `fedhar train`")
+    check_runs(args.runs)
     if not args.data.is_dir():
         raise SystemExit(f"{args.data} is not a folder; pass the unpacked HAPT folder with --data")
 
@@ -144,7 +142,7 @@ def main() -> None:
 
     rows, details = [], {}
     for run in args.runs:
-        row, details[run.name] = score_run(run, recordings, rs.label_names, csv_dir, tuple(args.pair))
+        row, details[run.name] = score_run(run, recordings, rs.label_names, csv_dir, tuple(args.pair), args.overrides)
         rows.append(row)
         print("  ".join(f"{k} {v}" for k, v in row.items()), flush=True)
 
@@ -154,13 +152,14 @@ def main() -> None:
                                           ("per_recording", "fedhar predict REC --calibrate"),
                                           ("per_wearer", "fedhar predict REC1 REC2 --calibrate"))):  # fmt: skip
         ax.bar(x + (i - 1) * 0.27, [r[f"macro_f1_{variant}"] for r in rows], 0.27, label=label)
+    lowest = min(r[f"macro_f1_{v}"] for r in rows for v in ("as_trained", "per_recording", "per_wearer"))
     ax.set(title=f"whole recordings of subjects {' '.join(args.subjects)}", ylabel="macro-F1 (labelled windows)",
-           xticks=x, ylim=(0.8, 1.0))  # fmt: skip
+           xticks=x, ylim=(min(0.8, lowest - 0.02), 1.0))  # fmt: skip
     ax.set_xticklabels([r["run"] for r in rows], rotation=60, ha="right", fontsize=7)
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=8)
     write_results(args.out, "predict_recordings", rows, fig,
-                  {"subjects": args.subjects, "pair": args.pair, "runs": details})  # fmt: skip
+                  {"subjects": args.subjects, "pair": args.pair, "overrides": args.overrides, "runs": details})  # fmt: skip
 
 
 if __name__ == "__main__":

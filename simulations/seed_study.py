@@ -17,8 +17,10 @@ training subjects of each fold:
 
     python simulations/seed_study.py --out runs/subject-cv --candidates base cues --seeds 0 --folds 3
 
-``--no-run`` tabulates what is there without training. Finished runs (``<out>/<candidate>-s<seed>/metrics.json``) are reused, so an interrupted study
-resumes. Writes seed_study_runs.csv (one row per run), seed_study.csv/.json/.md (mean and sd per
+``--no-run`` tabulates what is there without training. Finished runs
+(``<out>/<candidate>-s<seed>/metrics.json``) are reused, so an interrupted study resumes; a run
+finished with other settings stops the study. The tables hold the candidates asked for and the
+base, whose finished runs are always read. Writes seed_study_runs.csv (one row per run), seed_study.csv/.json/.md (mean and sd per
 candidate) and seed_study.png.
 """
 
@@ -35,6 +37,7 @@ import time
 from pathlib import Path
 
 from bench_common import plt, save_plot
+from run_inputs import check_reusable, provenance, write_json_atomic
 
 from fedhar.config import load_config
 from fedhar.data.recording import natural_key
@@ -81,22 +84,35 @@ def _finished(out: Path, candidate: str, seed: int, fold: int | None = None) -> 
     return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
 
-def _command(args: argparse.Namespace, candidate: str, seed: int, fold: int | None, threads: int) -> list[str]:
+def _settings(args: argparse.Namespace, candidate: str, seed: int, fold: int | None) -> list[str]:
+    """The overrides that make one run of the study what it is (seed, candidate, the study's overrides, fold)."""
     split = [] if fold is None else [f"data.split.{role}=[{', '.join(subjects)}]"
                                      for role, subjects in args.fold_splits[fold].items()]  # fmt: skip
+    return [f"seed={seed}", *CANDIDATES[candidate], *args.overrides, *split]
+
+
+def _command(args: argparse.Namespace, candidate: str, seed: int, fold: int | None, threads: int) -> list[str]:
     return [sys.executable, "-m", "fedhar.cli.main", "train", "--config", args.config, "--quiet",
-            f"name={run_name(candidate, seed, fold)}", f"output_dir={args.out}", f"seed={seed}",
-            f"train.num_threads={threads}", *CANDIDATES[candidate], *args.overrides, *split]  # fmt: skip
+            f"name={run_name(candidate, seed, fold)}", f"output_dir={args.out}", f"train.num_threads={threads}",
+            *_settings(args, candidate, seed, fold)]  # fmt: skip
 
 
-def _jobs(args: argparse.Namespace) -> list[tuple[str, int, int | None]]:
+def _reused(args: argparse.Namespace, job: tuple[str, int, int | None]) -> Path | None:
+    """A finished run of ``job`` to reuse, checked to have the settings this study asks for now."""
+    found = _finished(args.out, *job)
+    if found is not None:
+        check_reusable(found.parent, args.config, _settings(args, *job))
+    return found
+
+
+def _jobs(args: argparse.Namespace, candidates: list[str] | None = None) -> list[tuple[str, int, int | None]]:
     folds = range(len(args.fold_splits)) if args.fold_splits else [None]
-    return [(c, s, f) for s in args.seeds for f in folds for c in args.candidates]  # pairs finish together
+    return [(c, s, f) for s in args.seeds for f in folds for c in candidates or args.candidates]  # pairs finish together
 
 
 def run_all(args: argparse.Namespace) -> None:
     """Start the missing runs, ``--parallel`` at a time; a failed run stops the study with its log's path."""
-    todo = [job for job in _jobs(args) if _finished(args.out, *job) is None]
+    todo = [job for job in _jobs(args) if _reused(args, job) is None]
     threads = max(1, (os.cpu_count() or 1) // args.parallel)
     running: list[tuple[subprocess.Popen, Path, float]] = []
     print(f"{len(todo)} runs to do, {args.parallel} at a time with {threads} threads each", flush=True)
@@ -146,7 +162,7 @@ def summarize(rows: list[dict], candidates: list[str]) -> list[dict]:
         out.append({
             "candidate": c,
             "overrides": " ".join(CANDIDATES[c]),
-            "seeds": len(mine),
+            "runs": len(mine),  # (seed, fold) pairs under --folds
             "val_mean": round(statistics.mean(val), 4),
             "val_sd": round(statistics.stdev(val), 4) if len(val) > 1 else None,
             "test_mean": round(statistics.mean(test), 4),
@@ -183,7 +199,7 @@ def _unit(row: dict) -> tuple[int, int | None]:
     return row["seed"], row.get("fold")
 
 
-def write_outputs(out: Path, rows: list[dict], summary: list[dict], roles: tuple[str, str]) -> None:
+def write_outputs(out: Path, rows: list[dict], summary: list[dict], roles: tuple[str, str], record: dict) -> None:
     with (out / "seed_study_runs.csv").open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
         w.writeheader()
@@ -192,7 +208,7 @@ def write_outputs(out: Path, rows: list[dict], summary: list[dict], roles: tuple
         w = csv.DictWriter(f, fieldnames=list(summary[0]), lineterminator="\n")
         w.writeheader()
         w.writerows(summary)
-    (out / "seed_study.json").write_text(json.dumps({"summary": summary, "runs": rows}, indent=2))
+    write_json_atomic(out / "seed_study.json", {"summary": summary, "runs": rows, **record, **provenance()})
     cols = list(summary[0])
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(str(s[c]) for c in cols) + " |" for s in summary]
@@ -230,11 +246,13 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     if not args.no_run:
         run_all(args)
-    rows = [run_row(args.out, *job) for job in _jobs(args) if _finished(args.out, *job)]
+    tabulated = list(dict.fromkeys(["base", *args.candidates]))  # every candidate is judged against the base
+    rows = [run_row(args.out, *job) for job in _jobs(args, tabulated) if _reused(args, job)]
     if not rows:
         raise SystemExit(f"no finished runs of {args.candidates} under {args.out}")
-    summary = summarize(rows, [c for c in args.candidates if any(r["candidate"] == c for r in rows)])
-    write_outputs(args.out, rows, summary, roles)
+    summary = summarize(rows, [c for c in tabulated if any(r["candidate"] == c for r in rows)])
+    write_outputs(args.out, rows, summary, roles, {"config": args.config, "overrides": args.overrides,
+                                                   "seeds": args.seeds, "folds": args.folds})  # fmt: skip
     for s in summary:
         if s["verdict"] is not None:
             print(f"{s['candidate']} vs base on {roles[0]}, runs {s['paired_seeds']}: {s['val_vs_base']:+.4f} "

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import psutil
+from run_inputs import provenance, write_json_atomic
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -93,7 +94,7 @@ def main() -> None:
         "load_average_at_end": [round(x, 2) for x in psutil.getloadavg()],
         "run_dir": str(runs[-1].parent) if runs else None,
     }
-    (out / "sim_footprint.json").write_text(json.dumps(result, indent=2))
+    write_json_atomic(out / "sim_footprint.json", {**result, **provenance()})
     print(json.dumps(result, indent=2))
     if proc.returncode != 0:
         raise SystemExit(proc.returncode)

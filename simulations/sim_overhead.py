@@ -35,6 +35,8 @@ import sys
 import time
 from pathlib import Path
 
+from run_inputs import provenance, write_json_atomic
+
 REPO = Path(__file__).resolve().parents[1]
 METRICS = ("val_macro_f1", "test_macro_f1", "test_accuracy", "test_loss")
 
@@ -93,7 +95,7 @@ def sequential(config: str, overrides: list[str], out: Path) -> None:
               flush=True)  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     summary = {"rounds": rows, "seconds": time.perf_counter() - t_start}
-    (out / "sequential.json").write_text(json.dumps(summary, indent=2))
+    write_json_atomic(out / "sequential.json", {**summary, "config": config, "overrides": overrides, **provenance()})
 
 
 def timed(cmd: list[str], label: str) -> float:
@@ -120,6 +122,9 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     same = [f"federated.cpus_per_client={args.threads}", "federated.max_concurrent_clients=1"]
     variants = {"same-resources": same, "parallel": [f"federated.cpus_per_client={args.threads}"]}
+    taken = [str(out / name) for name in ("sequential", *(f"simulate-{v}" for v in variants)) if (out / name).exists()]
+    if taken:  # checked before anything runs: an earlier measurement is never half overwritten
+        raise SystemExit(f"{', '.join(taken)} exist from an earlier measurement; choose another --out")
     results = []
     wall = timed([sys.executable, __file__, "--sequential", "--out", str(out / "sequential"), "--config", args.config,
                   *same, *args.overrides], "sequential (one process, no Flower/Ray)")  # fmt: skip
@@ -130,8 +135,6 @@ def main() -> None:
                     "steady_rounds_seconds": round(seq_steady, 2)})  # fmt: skip
     for name, extra in variants.items():
         run_dir = out / f"simulate-{name}"
-        if run_dir.exists():
-            raise SystemExit(f"{run_dir} exists from an earlier measurement; choose another --out")
         cmd = [sys.executable, "-m", "fedhar.cli.main", "simulate", "--config", args.config, "--quiet",
                f"name=simulate-{name}", f"output_dir={out}", *extra, *args.overrides]  # fmt: skip
         wall = timed(cmd, f"simulate ({name})")
@@ -146,9 +149,9 @@ def main() -> None:
                         "steady_rounds_seconds": round(steady_s, 2),
                         "steady_rounds_ratio": round(steady_s / seq_steady, 3) if seq_steady else None,
                         "metrics_equal_to_sequential": same_metrics})  # fmt: skip
-    (out / "sim_overhead.json").write_text(json.dumps({"config": args.config, "overrides": args.overrides,
-                                                       "threads": args.threads, "cpus": os.cpu_count(),
-                                                       "results": results}, indent=2))  # fmt: skip
+    write_json_atomic(out / "sim_overhead.json", {"config": args.config, "overrides": args.overrides,
+                                                  "threads": args.threads, "cpus": os.cpu_count(),
+                                                  "results": results, **provenance()})  # fmt: skip
     cols = ["variant", "wall_seconds", "wall_ratio", "rounds_seconds", "rounds_ratio", "steady_rounds_seconds",
             "steady_rounds_ratio", "metrics_equal_to_sequential"]  # fmt: skip
     with (out / "sim_overhead.csv").open("w", newline="") as f:

@@ -4,7 +4,7 @@ One factor at a time around a base setting (changing all at once would cost a fu
 hours); chosen on *validation* macro-F1 (subjects 25 26), never on the test subjects, with the
 cost (windows/s, trainable parameters) beside it.
 
-    python simulations/sweep_defaults.py --out runs/sweep train.epochs=10 train.patience=4
+    python simulations/sweep_defaults.py --out runs/sweep train.epochs=10 train.patience=4 train.device=cpu
 
 For the table in docs/benchmarks.md the depth variants ran on a lent GPU
 (simulations/device/gpu_sweep.sh) and the others on the 2-core CPU; layers16, r32, all-linear
@@ -17,10 +17,9 @@ variant is measured separately by simulations/throughput.py.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from bench_common import load_existing, plot_f1_vs_params, row, run_variant, write_table
+from bench_common import load_existing, measured_before, plot_f1_vs_params, row, run_variant, save_index, write_table
 
 BASE = {"model.num_layers": "4", "model.lora.r": "8", "model.lora.alpha": "16",
         "model.lora.targets": "[q_proj, v_proj]", "model.tokens": "16", "model.pooling": "auto"}  # fmt: skip
@@ -44,15 +43,6 @@ VARIANTS = {
 }
 
 
-def _device(overrides: list[str]) -> str:
-    import torch
-
-    wanted = next((o.split("=", 1)[1] for o in reversed(overrides) if o.startswith("train.device=")), "auto")
-    if wanted == "cpu" or not torch.cuda.is_available():
-        return "cpu"
-    return torch.cuda.get_device_name(0)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("runs/sweep"), help="where the sweep table and plot go")
@@ -66,15 +56,13 @@ def main() -> None:
     for name in args.only.split(","):
         if name not in VARIANTS:
             raise SystemExit(f"unknown variant `{name}`; choose from {list(VARIANTS)}")
-        if name in results:
-            print(f"{name}: already measured in {results[name]['run_dir']}")
-            continue
         setting = {**BASE, **VARIANTS[name]}
         overrides = [f"{k}={v}" for k, v in setting.items()] + args.overrides
+        if measured_before(results, name, args.config, overrides):
+            continue
         results[name] = run_variant(args.config, f"sweep-{name}", args.runs or args.out, overrides)
         results[name]["variant"] = name
-        results[name]["device"] = _device(overrides)
-        (args.out / "sweep.json").write_text(json.dumps(list(results.values()), indent=2))
+        save_index(results, args.out / "sweep.json")
     rows = sorted((row(m) for m in results.values()), key=lambda r: -(r["best_val_macro_f1"] or 0))
     write_table(rows, args.out, "sweep")
     plot_f1_vs_params(rows, args.out / "sweep.png", "default sweep (HAPT)")

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from run_inputs import provenance, write_json_atomic
 import torch
 
 from fedhar.config import LoraConfig, ModelConfig
@@ -86,7 +87,7 @@ def main() -> None:
         rows.append(row)
         print(json.dumps(row), flush=True)
     info = {"threads": args.threads, "batch": args.batch, "steps": args.steps, "torch": torch.__version__}
-    (args.out / "throughput.json").write_text(json.dumps({"settings": info, "rows": rows}, indent=2))
+    write_json_atomic(args.out / "throughput.json", {"settings": info, "rows": rows, **provenance()})
     lines = ["| setting | trainable | total | train windows/s | inference windows/s |", "|---|---|---|---|---|"]
     lines += [f"| {r['setting']} | {r['trainable']:,} | {r['total']:,} | {r['train_windows_per_s']} | "
               f"{r['inference_windows_per_s']} |" for r in rows]  # fmt: skip

@@ -63,10 +63,29 @@ def test_unsupervised_threshold_splits_a_subjects_two_clusters_without_labels():
     gap = np.r_[rng.normal(2.0, 0.3, 20), rng.normal(6.0, 0.3, 20)]  # all read as standing, two clusters
     logits = np.c_[np.zeros(40), gap, np.full(40, -9.0)]
     assert otsu_threshold(gap) == pytest.approx(4.0, abs=0.5)
-    adjusted = per_subject_unsupervised(logits, np.full(40, "a"), NAMES, "STANDING", "SITTING")
-    assert (adjusted[:20].argmax(1) == 0).all() and (adjusted[20:].argmax(1) == 1).all()
+    predicted = per_subject_unsupervised(logits, np.full(40, "a"), NAMES, "STANDING", "SITTING")
+    assert (predicted[:20] == 0).all() and (predicted[20:] == 1).all()
     lone = per_subject_unsupervised(logits[:1], np.array(["b"]), NAMES, "STANDING", "SITTING")
-    assert np.array_equal(lone, logits[:1])  # one window: nothing to split, left as trained
+    assert np.array_equal(lone, [1])  # one window: nothing to split, left as trained
+
+
+def test_unsupervised_threshold_leaves_windows_outside_the_pair_alone():
+    """A negative threshold moves the boundary towards STANDING inside the pair only: a LAYING window whose
+    STANDING logit is its runner-up keeps LAYING."""
+    gap = np.r_[np.full(10, -6.0), np.full(10, -2.0)]  # all read as sitting, two clusters: threshold near -4
+    logits = np.c_[np.zeros(20), gap, np.full(20, -9.0)]
+    laying = np.array([[-9.0, 2.5, 3.0]])  # STANDING 0.5 below LAYING: a global -4 shift would flip it
+    predicted = per_subject_unsupervised(np.r_[logits, laying], np.full(21, "a"), NAMES, "STANDING", "SITTING")
+    assert (predicted[:10] == 0).all() and (predicted[10:20] == 1).all() and predicted[20] == 2
+
+
+def test_ties_pick_the_smallest_shift():
+    """A flat maximum (the model already optimal over a range) keeps the shift nearest zero, for the
+    validation choice and for the oracle alike."""
+    shifts = np.array([-2.0, -1.0, 0.0, 1.0])
+    val, test = np.array([0.95, 0.95, 0.95, 0.90]), np.array([0.90, 0.97, 0.97, 0.97])
+    s = summarize(val, test, shifts)
+    assert s["val_chosen_shift"] == 0.0 and s["oracle_shift"] == 0.0
 
 
 def test_recipe_scores_each_run_on_its_own_split(posture_run, tmp_path, monkeypatch):
@@ -83,3 +102,23 @@ def test_recipe_scores_each_run_on_its_own_split(posture_run, tmp_path, monkeypa
     assert all(0 <= row[k] <= 1 for k in ("test_per_subject_oracle", "val_per_subject_unsupervised"))
     assert record["mean_per_candidate"]["base"]["runs"] == 1
     assert (tmp_path / "out" / "boundary_shift.png").is_file() and (tmp_path / "out" / "boundary_shift.csv").is_file()
+    assert record["command"].startswith("boundary_shift.py") and record["git"] and record["cwd"]
+
+
+def test_recipe_takes_overrides_after_the_runs(posture_run, tmp_path, monkeypatch, capsys):
+    """Data moved since training: `--set data.path=...` reaches every run's config (a positional list after
+    the runs never could); without it the error names the missing path and that fix."""
+    import json
+
+    import boundary_shift
+
+    moved = tmp_path / "moved.npz"
+    (tmp_path / "w.npz").rename(moved)
+    monkeypatch.setattr("sys.argv", ["boundary_shift.py", str(posture_run), "--out", str(tmp_path / "out")])
+    with pytest.raises(SystemExit, match="does not exist.*--set data.path="):
+        boundary_shift.main()
+    monkeypatch.setattr("sys.argv", ["boundary_shift.py", str(posture_run), "--out", str(tmp_path / "out"),
+                                     "--set", f"data.path={moved}"])  # fmt: skip
+    boundary_shift.main()
+    record = json.loads((tmp_path / "out" / "boundary_shift.json").read_text())
+    assert record["overrides"] == [f"data.path={moved}"] and record["per_run"][0]["test_subjects"] == "4"

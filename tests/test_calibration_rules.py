@@ -44,7 +44,12 @@ def test_recipe_scores_every_rule_and_guard_on_segments_recordings_and_one_postu
     assert ours["test_one_posture_split"].endswith("/2")  # subject 27 without sitting, and without standing
     record = json.loads((out / "calibration_rules.json").read_text())
     assert record["git"] and record["versions"] and record["summary"][0]["runs"] == 1
-    cache = dict(np.load(out / "cache" / f"{tmp_path.name}-tiny-s0.npz"))
+    (cached,) = (out / "cache").glob(f"{tmp_path.name}-tiny-s0-*.npz")
+    cache = dict(np.load(cached))
     clients = set(cache["raw_client"].tolist())  # every held-out recording is its own client
     assert len(clients) == 4 and {c.split("/")[0] for c in clients} == {"25", "27"} and "27/exp54" in clients
     assert (out / "calibration_rules.png").is_file()
+    # another pair is its own cache entry, never the first pair's direction
+    other = calibration_rules.collect(run, ("WALKING", "WALKING_UPSTAIRS"), out / "cache", [])
+    assert len(list((out / "cache").glob("*.npz"))) == 2
+    assert not np.allclose(other["direction"], cache["direction"])

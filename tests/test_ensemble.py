@@ -82,10 +82,13 @@ def test_subset_recipe_scores_the_full_set_as_fedhar_evaluate_does(tiny_windows,
         cfg.data.split.train, cfg.data.split.val, cfg.data.split.test = ["1", "2"], ["3"], ["4"]
         save_config(cfg, run / "config.yaml")
         runs.append(run)
-    probs, parts = member_probabilities(runs)
+    probs, parts = member_probabilities(runs, [])
     rows = score_subsets(probs, parts, [1, 3])
     assert [r["size"] for r in rows] == [1, 1, 1, 3]
     report = tmp_path / "e.json"
     assert main(["evaluate", *(str(r / "checkpoint") for r in runs), "--data", str(tmp_path / "w.npz"),
                  "--subjects", "4", "--json", str(report)]) == 0  # fmt: skip
     assert rows[-1]["test_macro_f1"] == round(json.loads(report.read_text())["macro_f1"], 4)
+    # a run on a fractional split has no named held-out subjects: refused, not scored 0.0 on no windows
+    with pytest.raises(SystemExit, match="names no val / test subjects"):
+        member_probabilities(runs, ["data.split.val=null", "data.split.test=null"])

@@ -93,6 +93,8 @@ def test_simulate_end_to_end_deterministic_and_resumable(tmp_path, process_mark,
                  "federated.max_concurrent_clients=1", "--quiet"]) == 0  # fmt: skip
     assert [r["round"] for r in rounds(out / "b")] == [1]
     assert main(["simulate", "--resume", str(out / "b"), "federated.rounds=2", "--quiet"]) == 0
+    assert load_config(out / "b" / "config.before-resume-1.yaml").federated.rounds == 1  # what it started with
+    assert json.loads((out / "b" / "run.json").read_text())["resumes"][0]["overrides"] == ["federated.rounds=2"]
     for key in METRICS:
         assert [r[key] for r in rounds(out / "b")] == [r[key] for r in rounds(run)], key
     assert leftovers(process_mark) == []

@@ -32,7 +32,7 @@ def test_a_positive_mean_from_one_lucky_seed_is_noise():
 def test_consistent_loss_is_worse_and_unpaired_seeds_are_ignored():
     rows = _rows("base", [0.95, 0.96], [0.9, 0.9]) + _rows("meanpool", [0.93, 0.945, 0.99], [0.9, 0.9, 0.9])
     s = summarize(rows, ["base", "meanpool"])[1]
-    assert s["paired_seeds"] == "0 1" and s["verdict"] == "worse" and s["seeds"] == 3
+    assert s["paired_seeds"] == "0 1" and s["verdict"] == "worse" and s["runs"] == 3
 
 
 def test_folds_pair_on_seed_and_fold():
@@ -55,3 +55,39 @@ def test_fold_splits_cover_training_subjects_once_and_never_the_test_subjects():
         fold_splits(train, ["25"], 8)
     with pytest.raises(SystemExit, match="needs validation subjects"):
         fold_splits(train, [], 3)
+
+
+def _fake_run(out, name, config, overrides, val, test):
+    """A finished run folder as `fedhar train` leaves it, for the study's tabulation."""
+    import json
+
+    from fedhar.config import load_config, save_config
+
+    (out / name).mkdir(parents=True)
+    save_config(load_config(config, overrides), out / name / "config.yaml")
+    per_class = {"SITTING": 0.9, "STANDING": 0.9}
+    (out / name / "metrics.json").write_text(json.dumps({
+        "best_val_macro_f1": val, "best_epoch": 3, "epochs_run": 5, "train_seconds": 60.0,
+        "test": {"macro_f1": test, "accuracy": test, "per_class_f1": per_class}}))  # fmt: skip
+
+
+def test_study_reads_the_base_and_stops_on_runs_with_other_settings(tmp_path, monkeypatch):
+    """`--candidates X` alone still judges X against the finished base runs; a finished run whose saved config
+    differs from what the study asks for now (another override) stops the study, naming the setting."""
+    import json
+
+    import seed_study
+
+    config = str(Path(__file__).parents[1] / "configs" / "hapt.yaml")
+    for seed in (0, 1):
+        _fake_run(tmp_path, f"base-s{seed}", config, [f"seed={seed}"], 0.95, 0.94)
+        _fake_run(tmp_path, f"meanpool-s{seed}", config, [f"seed={seed}", "model.pooling=mean"], 0.96, 0.95)
+    argv = ["seed_study.py", "--out", str(tmp_path), "--config", config, "--candidates", "meanpool",
+            "--seeds", "0", "1", "--no-run"]  # fmt: skip
+    monkeypatch.setattr("sys.argv", argv)
+    seed_study.main()
+    summary = {s["candidate"]: s for s in json.loads((tmp_path / "seed_study.json").read_text())["summary"]}
+    assert summary["meanpool"]["paired_seeds"] == "0 1" and summary["meanpool"]["val_vs_base"] == pytest.approx(0.01)
+    monkeypatch.setattr("sys.argv", [*argv, "train.lr=0.002"])
+    with pytest.raises(SystemExit, match=r"other settings \(train.lr\)"):
+        seed_study.main()

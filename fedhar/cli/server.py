@@ -43,7 +43,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fedhar.config import load_config, save_config
+    from fedhar.config import load_config
     from fedhar.deploy.runtime import quiet_flower
     from fedhar.deploy.server import DEFAULT_ADDRESS, ServerOptions, preflight, serve
     from fedhar.errors import ConfigError
@@ -64,8 +64,7 @@ def run(args: argparse.Namespace) -> int:
         if not run_dir.file("config.yaml").is_file():
             raise ConfigError(f"cannot resume: {args.resume} holds no config.yaml of an earlier fedhar run")
         cfg, _, _ = preflight(load_config(run_dir.file("config.yaml"), args.overrides), opts)
-        save_config(cfg, run_dir.file("config.yaml"))
-        run_dir.update_json("run.json", resumed_with=args.overrides)
+        run_dir.record_resume(cfg, args.overrides)
     else:
         if not args.config:
             raise ConfigError("fedhar server needs --config (e.g. configs/deploy-hapt.yaml), or --resume RUN_DIR")

@@ -26,7 +26,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fedhar.config import load_config, save_config
+    from fedhar.config import load_config
     from fedhar.errors import ConfigError
     from fedhar.config import shipped_config
     from fedhar.federated.simulate import preflight, simulate
@@ -40,8 +40,7 @@ def run(args: argparse.Namespace) -> int:
         if not run_dir.file("config.yaml").is_file():
             raise ConfigError(f"cannot resume: {args.resume} holds no config.yaml of an earlier fedhar run")
         cfg, _ = preflight(load_config(run_dir.file("config.yaml"), args.overrides))
-        save_config(cfg, run_dir.file("config.yaml"))
-        run_dir.update_json("run.json", resumed_with=args.overrides)
+        run_dir.record_resume(cfg, args.overrides)
     else:
         cfg, _ = preflight(load_config(args.config or shipped_config(DEFAULT_CONFIG), args.overrides))
         run_dir = RunDir.create(cfg, kind="simulate")

@@ -21,7 +21,8 @@ def plot_learning_curves(history: list[dict], path: Path, title: str = "") -> Pa
         ax_f1.plot(epochs, [h.get("val_macro_f1", np.nan) for h in history], marker="o", color="C2", label="val macro-F1")
         ax_f1.plot(epochs, [h.get("val_accuracy", np.nan) for h in history], marker=".", color="C3", label="val accuracy")
     ax_f1.plot(epochs, [h["train_accuracy"] for h in history], ls="--", color="C0", label="train accuracy")
-    ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
+    # the training loss is what was minimised (label smoothing, regulariser included); validation: plain cross-entropy
+    ax_loss.set(xlabel="epoch", ylabel="loss", title="loss (train: the training objective; val: cross-entropy)")
     ax_f1.set(xlabel="epoch", ylabel="score", ylim=(0, 1.02), title="accuracy / macro-F1")
     for ax in (ax_loss, ax_f1):
         ax.grid(alpha=0.3)
@@ -43,12 +44,13 @@ def plot_confusion_matrix(cm: list[list[int]] | np.ndarray, label_names: list[st
     im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     ax.set_xticks(range(k), label_names, rotation=45, ha="right")
     ax.set_yticks(range(k), label_names)
-    ax.set(xlabel="predicted", ylabel="true", title=title or "confusion matrix (row-normalised)")
+    ax.set(xlabel="predicted", ylabel="true")
+    ax.set_title(f"{title}\n" * bool(title) + "row-normalised (numbers: windows)", fontsize=9)
     for i in range(k):
         for j in range(k):
             ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=8,
                     color="white" if norm[i, j] > 0.5 else "black")  # fmt: skip
-    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.colorbar(im, ax=ax, fraction=0.046, label="share of the true class")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

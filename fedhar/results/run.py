@@ -14,7 +14,6 @@ from importlib import metadata
 from pathlib import Path
 
 from fedhar.config import ExperimentConfig, save_config
-from fedhar.errors import ConfigError
 
 PACKAGES = ("fedhar", "torch", "transformers", "peft", "flwr", "ray", "numpy", "safetensors")
 
@@ -29,18 +28,29 @@ def versions() -> dict[str, str]:
     return out
 
 
-def git_revision(cwd: Path | None = None) -> dict[str, str | bool | None]:
-    """Commit of the code that ran, and whether the work tree had uncommitted changes."""
+def git_revision(cwd: Path | None = None) -> dict[str, str | bool | list | None]:
+    """Commit of the code that ran, and whether the work tree differed from it: changed files, and new
+    files git does not ignore (a new module the run imported counts)."""
     cwd = cwd or Path(__file__).resolve().parent
     try:
         rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
-                               capture_output=True, text=True, timeout=10)  # fmt: skip
+        status = subprocess.run(["git", "status", "--porcelain"], cwd=cwd, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
         return {"commit": None, "dirty": None}
     if rev.returncode != 0:
         return {"commit": None, "dirty": None}
-    return {"commit": rev.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
+    changed = [line[3:] for line in status.stdout.splitlines() if line.strip()]
+    return {"commit": rev.stdout.strip(), "dirty": bool(changed), **({"changed_files": changed[:50]} if changed else {})}
+
+
+def uncommitted_diff(cwd: Path | None = None) -> str:
+    """``git diff HEAD``: what a dirty work tree changed in tracked files ("" when clean or not a checkout)."""
+    cwd = cwd or Path(__file__).resolve().parent
+    try:
+        diff = subprocess.run(["git", "diff", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return diff.stdout if diff.returncode == 0 else ""
 
 
 class RunDir:
@@ -50,30 +60,47 @@ class RunDir:
         self.path = path
 
     @classmethod
-    def create(cls, cfg: ExperimentConfig, kind: str, resume: bool = False) -> "RunDir":
-        """A fresh folder for ``cfg.name`` (``name-2``, ``name-3``… when taken), or the existing one to resume."""
+    def create(cls, cfg: ExperimentConfig, kind: str) -> "RunDir":
+        """A fresh folder for ``cfg.name`` (``name-2``, ``name-3``… when taken) holding config.yaml and run.json
+        (and ``uncommitted.diff`` when the code that runs differs from its commit)."""
         base = Path(cfg.output_dir) / cfg.name
-        if resume:
-            if not (base / "config.yaml").is_file():
-                raise ConfigError(f"cannot resume: {base} holds no earlier run of `{cfg.name}`")
-            return cls(base)
         path, i = base, 1
         while not cls._claim(path):  # never overwrite an earlier run's results
             i += 1
             path = base.with_name(f"{cfg.name}-{i}")
         run = cls(path)
         save_config(cfg, path / "config.yaml")
+        git = git_revision()
         run.write_json("run.json", {
             "kind": kind,
             "name": cfg.name,
             "seed": cfg.seed,
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+            "command": _command(),
+            "cwd": os.getcwd(),  # relative paths in config.yaml (data.path) start here
             "versions": versions(),
-            "git": git_revision(),
+            "git": git,
             "host": {"platform": platform.platform(), "cpus": os.cpu_count()},
         })  # fmt: skip
+        if git.get("dirty"):
+            run.file("uncommitted.diff").write_text(uncommitted_diff())
         return run
+
+    def record_resume(self, cfg: ExperimentConfig, overrides: list[str]) -> None:
+        """Save the config a resumed run goes on with, keeping what it started with: a config that differs
+        moves the earlier one to ``config.before-resume-K.yaml``, and every resume is appended to run.json
+        (when, the overrides, the command and the code's revision)."""
+        info = json.loads(self.file("run.json").read_text()) if self.file("run.json").is_file() else {}
+        resumes = info.get("resumes", [])
+        current = self.file("config.yaml")
+        earlier = current.read_text() if current.is_file() else None
+        save_config(cfg, current.with_name("config.yaml.tmp"))
+        if earlier is not None and current.with_name("config.yaml.tmp").read_text() != earlier:
+            current.with_name(f"config.before-resume-{len(resumes) + 1}.yaml").write_text(earlier)
+        current.with_name("config.yaml.tmp").replace(current)
+        resumes.append({"at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "overrides": list(overrides),
+                        "command": _command(), "cwd": os.getcwd(), "git": git_revision()})  # fmt: skip
+        self.update_json("run.json", resumes=resumes)
 
     @staticmethod
     def _claim(path: Path) -> bool:
@@ -88,9 +115,9 @@ class RunDir:
         return True
 
     def discard_if_unused(self) -> None:
-        """Remove the folder of a run that failed before writing anything but its config and run.json,
+        """Remove the folder of a run that failed before writing anything but what :meth:`create` writes,
         so a failed attempt does not shift the next run's name (``name-2`` …)."""
-        if {p.name for p in self.path.iterdir()} <= {"config.yaml", "run.json"}:
+        if {p.name for p in self.path.iterdir()} <= {"config.yaml", "run.json", "uncommitted.diff"}:
             shutil.rmtree(self.path, ignore_errors=True)
 
     def file(self, name: str) -> Path:
@@ -123,6 +150,14 @@ class RunDir:
             w.writerows(rows)
         tmp.replace(target)
         return target
+
+
+def _command() -> str:
+    """The command line as a user types it: ``fedhar train ...``, not the module file Python ran."""
+    program = Path(sys.argv[0]).name
+    if program in ("main.py", "__main__.py") and "fedhar" in Path(sys.argv[0]).parts:
+        program = "fedhar"
+    return " ".join([program, *sys.argv[1:]])
 
 
 def _jsonable(o):

@@ -233,14 +233,10 @@ def metrics_from_logits(logits: np.ndarray, ws: WindowSet, by: str | None = None
 
 
 def _metrics(logits: np.ndarray, y: np.ndarray, label_names: list[str]) -> dict:
-    y_pred = logits.argmax(axis=1) if len(logits) else np.empty(0, np.int64)
-    metrics = classification_metrics(y, y_pred, label_names)
-    if len(logits):
-        shifted = logits - logits.max(axis=1, keepdims=True)
-        logp = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-        metrics["loss"] = float(-logp[np.arange(len(y)), y].mean())
-    else:
-        metrics["loss"] = float("nan")
+    metrics = classification_metrics(y, logits.argmax(axis=1), label_names)
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    logp = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    metrics["loss"] = float(-logp[np.arange(len(y)), y].mean())
     return metrics
 
 
