@@ -30,16 +30,17 @@ def windows_for_model(spec: DataSpec, path: str | Path, dataset: str = "auto",
     unnamed channels, the recording rate of a file without a time column), as for ``fedhar predict``."""
     given = Path(path)
     path = one_csv_as_folder(given, "--data")  # one CSV of raw samples reads as a one-file folder
+    csv_options = {k: v for k, v in (("units", units), ("sample_rate", sample_rate)) if v is not None}
+    if path.suffix != ".npz" and dataset == "auto":
+        dataset = "generic" if given.suffix.lower() == ".csv" else detect_layout(path)
+    if csv_options and (path.suffix == ".npz" or dataset != "generic"):
+        reader = "a saved window set" if path.suffix == ".npz" else f"read by the {dataset} loader"
+        raise DataError(f"{given} is {reader}, whose units and rate are known; --units and --sample-rate "
+                        "describe CSV files of raw samples (the generic layout)")  # fmt: skip
     if path.suffix == ".npz":
         ws = _onto_model_labels(WindowSet.load(path), spec, label_map or {}, str(path))
         check_compatible(spec, ws, str(path))
         return ws
-    if dataset == "auto":
-        dataset = "generic" if given.suffix.lower() == ".csv" else detect_layout(path)
-    csv_options = {k: v for k, v in (("units", units), ("sample_rate", sample_rate)) if v is not None}
-    if csv_options and dataset != "generic":
-        raise DataError(f"{given} is read by the {dataset} loader, which knows its files' units and rate; "
-                        "--units and --sample-rate describe CSV files of raw samples (the generic layout)")  # fmt: skip
     cut = spec.windowing  # as the training data was cut (older checkpoints: the defaults)
     same_loader = cut.get("dataset") == dataset  # a placement or loader option only means something to its loader
     cfg = DataConfig(

@@ -421,6 +421,8 @@ def test_evaluate_one_csv_takes_units_and_rate_and_names_the_file(tiny_windows, 
     tiny_windows.save(tmp_path / "npz" / "w.npz")
     assert main(["evaluate", ckpt, "--data", str(tmp_path / "npz"), "--dataset", "hapt", "--units", "acc=g"]) == 2
     assert "--units and --sample-rate describe CSV files" in capsys.readouterr().err
+    assert main(["evaluate", ckpt, "--data", str(tmp_path / "npz" / "w.npz"), "--sample-rate", "50"]) == 2
+    assert "is a saved window set" in capsys.readouterr().err
 
 
 def test_evaluate_applies_training_only_settings_to_the_same_loader(tiny_windows, tmp_path, monkeypatch):

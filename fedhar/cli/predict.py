@@ -11,8 +11,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="activity per window of CSVs of raw samples")
     p.add_argument("checkpoint", help="checkpoint folder (runs/<name>/checkpoint)")
     p.add_argument("recordings", nargs="+", metavar="recording",
-                   help="CSV with a header: timestamp, acc_x..acc_z, gyro_x..gyro_z (label optional: copied to a "
-                        "`label` column per window); several: one wearer's recordings (a `recording` column says which)")  # fmt: skip
+                   help="CSV with a header: timestamp, acc_x..acc_z, gyro_x..gyro_z (label optional: copied to "
+                        "a `label` column per window); several: one wearer's recordings (a `recording` column "
+                        "says which)")  # fmt: skip
     p.add_argument("--out", help="write the predictions to this CSV (default: print them)")
     p.add_argument("--overlap", type=float, default=0.5, help="window overlap in [0, 1) (default 0.5)")
     p.add_argument("--units", help="units when the header has none, e.g. acc=m/s^2,gyro=deg/s")
