@@ -162,9 +162,11 @@ class AugmentConfig:
 
     rotation_degrees: float = 0.0  # random rigid rotation of the device frame, up to this angle
     scale_std: float = 0.0  # per-window, per-sensor-group amplitude scale 1 + N(0, scale_std)
+    mixup_alpha: float = 0.0  # mixup (Zhang et al. 2018): batches mixed with weight ~ Beta(alpha, alpha), 0 = off
 
     @property
     def active(self) -> bool:
+        """Whether windows are transformed one by one (rotation, scale); mixup is applied by the loop."""
         return self.rotation_degrees > 0 or self.scale_std > 0
 
     def validate(self, path: str) -> None:
@@ -172,6 +174,8 @@ class AugmentConfig:
             raise ConfigError(f"{path}.rotation_degrees must be in [0, 180], got {self.rotation_degrees}")
         if not 0 <= self.scale_std < 1:
             raise ConfigError(f"{path}.scale_std must be in [0, 1), got {self.scale_std}")
+        if not 0 <= self.mixup_alpha <= 10:
+            raise ConfigError(f"{path}.mixup_alpha must be in [0, 10] (0 = off; 0.2 is usual), got {self.mixup_alpha}")
 
 
 @dataclass

@@ -51,7 +51,8 @@ def windows_for_model(spec: DataSpec, path: str | Path, dataset: str = "auto",
         overlap=cut.get("overlap", 0.5),
         label_rule=cut.get("label_rule", "inside"),
         placement=cut.get("placement") if same_loader else None,
-        loader_options={**(cut.get("loader_options", {}) if same_loader else {}), **csv_options},
+        loader_options={**(_processing_options(dataset, cut.get("loader_options", {})) if same_loader else {}),
+                        **csv_options},
         common_labels=bool(cut.get("common_labels")) and dataset in TO_COMMON,  # other data: already common names
         classes=spec.label_names,
         label_map={**(cut.get("label_map") or {}), **(label_map or {})} or None,
@@ -61,6 +62,16 @@ def windows_for_model(spec: DataSpec, path: str | Path, dataset: str = "auto",
         ws = load_windows(cfg, missing_classes_ok=True)  # the data need not hold every class the model knows
     check_compatible(spec, ws, str(given))
     return ws
+
+
+#: generic-loader options that describe the training files themselves, not how to process data
+_FILE_DESCRIPTIONS = ("units", "sample_rate", "labels")
+
+
+def _processing_options(dataset: str, options: dict) -> dict:
+    """The training data's loader options that apply to new files too: how to read them (gap limits, optional
+    sensors...), not what generic training files were (their units, rate or label table: --units/--sample-rate)."""
+    return {k: v for k, v in options.items() if dataset != "generic" or k not in _FILE_DESCRIPTIONS}
 
 
 def _onto_model_labels(ws: WindowSet, spec: DataSpec, label_map: dict[str, str], where: str) -> WindowSet:
@@ -79,6 +90,9 @@ def check_compatible(spec: DataSpec, ws: WindowSet, where: str) -> None:
                         f"{spec.sample_rate} Hz; resample the data (data.sample_rate) before windowing")  # fmt: skip
     if list(ws.layout.channels) != list(spec.layout.channels):
         raise DataError(f"{where}: channels {list(ws.layout.channels)} differ from the model's {list(spec.layout.channels)}")
+    if dict(ws.layout.units) != dict(spec.layout.units):
+        raise DataError(f"{where}: units {dict(ws.layout.units)} differ from the model's {dict(spec.layout.units)}; "
+                        "convert the windows, or score the recordings they were cut from (units are converted there)")
     if ws.window_len != spec.window_len:
         raise DataError(f"{where}: windows of {ws.window_len} samples, the model expects {spec.window_len}")
     if ws.label_names != spec.label_names:
@@ -97,6 +111,9 @@ def recording_windows(spec: DataSpec, path: str | Path, overlap: float = 0.5, un
     from fedhar.data.recording import UNLABELLED, Recording
 
     signal, layout, rate, text = read_signal_csv(path, units=units, sample_rate=sample_rate)
+    if text is not None and spec.windowing.get("label_map"):  # the names the model's training data were given
+        rename = spec.windowing["label_map"]
+        text = np.array([rename.get(t, t) for t in text.tolist()], dtype=object)
     names = sorted(set(text.tolist()) - {""}) if text is not None else []
     ids = np.full(len(signal), UNLABELLED, np.int64)
     if text is not None:

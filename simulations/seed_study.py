@@ -57,6 +57,7 @@ CANDIDATES = {
     "lr3e-4": ["train.lr=0.0003"],
     "lr2e-3": ["train.lr=0.002"],
     "dense": ["data.train_overlap=0.75"],
+    "mixup": ["train.augment.mixup_alpha=0.2"],
 }
 FOCUS = ("SITTING", "STANDING")  # the confused pair on a waist phone
 

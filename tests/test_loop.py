@@ -145,3 +145,43 @@ def test_a_diverging_run_stops_with_the_fix(tiny_windows):
     cfg = TrainConfig(epochs=2, batch_size=16, lr=1e30, grad_clip=0, device="cpu")
     with pytest.raises(ConfigError, match="training diverged at epoch 1.*lower train.lr"):
         fit(model, tiny_windows, None, cfg)
+
+
+def test_mixup_feeds_convex_blends_of_the_batch(tiny_windows):
+    """With train.augment.mixup_alpha each training batch is a blend of two windows per row, share ~ Beta(a, a):
+    every value the model sees lies between the batch's own windows' values, most rows are true blends, and the
+    same seed gives the same training; alpha 0 feeds the windows as they are."""
+    import dataclasses
+
+    from fedhar.config import AugmentConfig
+
+    x = np.repeat(np.arange(len(tiny_windows), dtype=np.float32)[:, None, None], 6, axis=1)
+    x = np.repeat(x, tiny_windows.window_len, axis=2)  # window i holds the value i everywhere
+    ws = dataclasses.replace(tiny_windows, x=x)
+
+    class Recorder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.head = torch.nn.Linear(1, 3)
+            self.seen: list[torch.Tensor] = []
+
+        def forward(self, xb):
+            self.seen.append(xb[:, 0, 0].detach().clone())
+            return self.head(xb[:, :1, 0])
+
+    def run(alpha, seed=0):
+        model = Recorder()
+        cfg = TrainConfig(epochs=1, augment=AugmentConfig(mixup_alpha=alpha), **FAST)
+        history = fit(model, ws, None, cfg, seed=seed).history
+        return torch.cat(model.seen), history
+
+    plain, _ = run(0.0)
+    assert set(plain.tolist()) == set(range(len(ws)))  # whole windows, each once
+    mixed, history = run(0.4)
+    blended = (mixed != mixed.round()).float().mean().item()
+    assert blended > 0.5 and mixed.min() >= 0 and mixed.max() <= len(ws) - 1
+    again, history_again = run(0.4)
+    assert torch.equal(mixed, again)
+    assert [h["train_loss"] for h in history] == [h["train_loss"] for h in history_again]
+    with pytest.raises(ConfigError, match="mixup_alpha"):
+        AugmentConfig(mixup_alpha=-1).validate("train.augment")

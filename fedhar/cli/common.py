@@ -29,15 +29,30 @@ def print_metrics(title: str, metrics: dict) -> None:
     console.print(table)
 
 
-def check_writable(path: str, option: str) -> None:
-    """Fail before the work when an output file's folder is missing, not after it."""
+def check_writable(path: str, option: str, inputs: list[str] = ()) -> None:
+    """Fail before the work, not after it: an output path whose folder is missing, that is a folder, or that is
+    one of the command's own inputs (writing there would destroy it)."""
     from pathlib import Path
 
     from fedhar.errors import ConfigError
 
-    folder = Path(path).parent
-    if not folder.is_dir():
-        raise ConfigError(f"{option} {path}: folder {folder} does not exist; create it or choose another path")
+    target = Path(path)
+    if target.is_dir():
+        raise ConfigError(f"{option} {path} is a folder; give a file path inside it")
+    if not target.parent.is_dir():
+        raise ConfigError(f"{option} {path}: folder {target.parent} does not exist; create it or choose another path")
+    if any(target.resolve() == Path(i).resolve() for i in inputs):
+        raise ConfigError(f"{option} {path} is also an input of this command: writing there would overwrite it")
+
+
+def write_atomically(path: str, text: str) -> None:
+    """Write ``text`` to a temp file beside ``path``, then rename: an interrupted write leaves no half file."""
+    from pathlib import Path
+
+    target = Path(path)
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.write_text(text, newline="")
+    tmp.replace(target)
 
 
 def dump_json(data: dict) -> str:

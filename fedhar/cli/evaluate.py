@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from fedhar.cli.common import check_writable, console, dump_json, print_metrics
+from fedhar.cli.common import check_writable, console, dump_json, print_metrics, write_atomically
 from fedhar.data.windows import META_FIELDS
 from fedhar.errors import ConfigError
 
@@ -42,7 +42,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--subjects", nargs="*", help="only these subjects")
     p.add_argument("--label-map", nargs="*", default=[], metavar="FROM=TO", help="rename data labels to the model's")
     p.add_argument("--units", help="CSV data: units when the header has none, e.g. acc=m/s^2,gyro=deg/s")
-    p.add_argument("--sample-rate", type=float, help="CSV data: rate in Hz of files without a timestamp column")
+    p.add_argument("--sample-rate", type=float,
+                   help="the recording rate of CSVs without a timestamp column; with one, the samples are put on a "
+                        "grid at this rate (default: the timestamps' median rate)")  # fmt: skip
     p.add_argument("--by", choices=META_FIELDS,
                    help="also score each subject (device, ...) on its own")  # fmt: skip
     p.add_argument("--calibrate", nargs=2, metavar=("FIRST", "SECOND"),
@@ -60,32 +62,50 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=run)
 
 
-def _calibrated(pred, all_windows, ws, args: argparse.Namespace) -> dict:
-    """Metrics after each evaluated subject re-splits the pair on its own (direction fitted on --calibrate-from,
-    or the one the checkpoint stores)."""
-    from fedhar.calibration import PairCalibration, check_pair
+def _check_calibration_options(args: argparse.Namespace, label_names: list[str]) -> PairCalibration | None:
+    """Calibration options checked before any window is read or scored; the stored calibration when it is
+    the one to use (no --calibrate-from)."""
+    from fedhar.calibration import check_pair
 
+    if args.calibrate_from and not args.calibrate:
+        raise ConfigError("--calibrate-from needs --calibrate FIRST SECOND: the pair its subjects fit a direction for")
+    if not args.calibrate:
+        return None
     if not args.min_gap >= 0:
         raise ConfigError(f"--min-gap must be >= 0, got {args.min_gap}")
-    check_pair(ws.label_names, args.calibrate)
+    check_pair(label_names, args.calibrate)
+    if args.calibrate_from:
+        return None
+    calibration = _stored_calibration(args)
+    calibration.min_gap = args.min_gap
+    return calibration
+
+
+def _calibrated(pred, all_windows, ws, args: argparse.Namespace, stored: PairCalibration | None) -> dict:
+    """Metrics after each evaluated subject re-splits the pair on its own (direction fitted on --calibrate-from,
+    or the one the checkpoint stores)."""
+    from fedhar.calibration import PairCalibration
+    from fedhar.data.recording import natural_key
+
     if args.calibrate_from:
         fit_subjects = [str(s) for s in args.calibrate_from]
-        overlap = sorted(set(fit_subjects) & set(ws.subject.tolist()))
+        absent = [s for s in fit_subjects if s not in set(all_windows.subject.tolist())]
+        if absent:
+            raise ConfigError(f"--calibrate-from subjects {absent} have no windows in {args.data}; it holds "
+                              f"{sorted(set(all_windows.subject.tolist()), key=natural_key)}")  # fmt: skip
+        overlap = sorted(set(fit_subjects) & set(ws.subject.tolist()), key=natural_key)
         if overlap:
-            raise ConfigError(f"--calibrate-from subjects {overlap} are also evaluated: fit the direction on other "
-                              "(training) subjects")  # fmt: skip
+            fix = ("fit the direction on other (training) subjects" if args.subjects else
+                   "pass --subjects with the held-out subjects to score: without it every subject is scored")  # fmt: skip
+            raise ConfigError(f"--calibrate-from subjects {overlap} are also evaluated: {fix}")
         fit_windows = all_windows.where(subject=fit_subjects)
-        if len(fit_windows) == 0:
-            raise ConfigError(f"--calibrate-from subjects {fit_subjects} have no windows in {args.data}")
         try:
             calibration = PairCalibration.fit(fit_windows, tuple(args.calibrate), args.min_gap)
         except ValueError as e:
             raise ConfigError(f"--calibrate-from subjects {fit_subjects}: {e}") from e
         fitted_on: list[str] | str = fit_subjects
     else:
-        calibration = _stored_calibration(args)
-        calibration.min_gap = args.min_gap
-        fitted_on = "the training subjects of the checkpoint's run"
+        calibration, fitted_on = stored, "the training subjects of the checkpoint's run"
     scored = calibration.score(ws, pred)
     per_subject = scored.pop("per_subject")
     return {"pair": list(args.calibrate), "fitted_on": fitted_on, "min_gap": args.min_gap,
@@ -116,6 +136,9 @@ def provenance_warnings(checkpoints: list[str], subjects: list[str]) -> list[str
     warnings = []
     for checkpoint in checkpoints:
         info = read_checkpoint_info(checkpoint)
+        if info.get("backbone_pretrained") is False:
+            warnings.append(f"{checkpoint} was {info.get('warning', 'trained on an UNTRAINED test backbone')}: "
+                            "these figures say nothing about pretrained models")  # fmt: skip
         if info.get("synthetic_data"):
             warnings.append(f"{checkpoint} was trained on SYNTHETIC data")
         seen = [s for s in subjects if s in set(info.get("train_subjects", []))]
@@ -134,15 +157,14 @@ def run(args: argparse.Namespace) -> int:
     from fedhar.model.har_model import predict_logits
     from fedhar.training.loop import metrics_from_logits
 
-    if args.calibrate_from and not args.calibrate:
-        raise ConfigError("--calibrate-from needs --calibrate FIRST SECOND: the pair its subjects fit a direction for")
     bad = [item for item in args.label_map if "=" not in item]
     if bad:
         raise ConfigError(f"--label-map entries {bad} must look like FROM=TO (e.g. Sitting=SITTING)")
     label_map = dict(item.split("=", 1) for item in args.label_map)
     if args.json_out:
-        check_writable(args.json_out, "--json")
+        check_writable(args.json_out, "--json", [args.data, *args.checkpoint])
     model = load_model(args.checkpoint)
+    stored = _check_calibration_options(args, model.data.label_names)
     all_windows = windows_for_model(model.data, args.data, args.dataset, label_map or None, args.units,
                                     args.sample_rate)
     ws = all_windows
@@ -158,10 +180,15 @@ def run(args: argparse.Namespace) -> int:
     warnings = provenance_warnings(args.checkpoint, sorted(set(ws.subject.tolist()), key=natural_key))
     if warnings:
         metrics["warnings"] = warnings
+    notes = list((all_windows.notes or {}).get("skipped", []))  # what reading the data left out, and why
+    if notes:
+        metrics["data_notes"] = notes
     if args.calibrate:
-        metrics["calibrated"] = _calibrated(logits.argmax(axis=1), all_windows, ws, args)
+        metrics["calibrated"] = _calibrated(logits.argmax(axis=1), all_windows, ws, args, stored)
     what = Path(args.checkpoint[0]).name if len(args.checkpoint) == 1 else f"ensemble of {len(args.checkpoint)}"
     print_metrics(f"{what} on {args.data}", metrics)
+    for note in notes:
+        console.print(f"note: {note}", soft_wrap=True, markup=False)
     for warning in warnings:
         console.print(f"[bold yellow]warning: {warning}[/]", soft_wrap=True)
     if args.by:
@@ -172,6 +199,6 @@ def run(args: argparse.Namespace) -> int:
         applied = sum(r["applied"] for r in calibrated["per_subject"].values())
         console.print(f"calibration re-split {applied} of {len(calibrated['per_subject'])} subjects")
     if args.json_out:
-        Path(args.json_out).write_text(dump_json({"checkpoints": args.checkpoint, **metrics}))
+        write_atomically(args.json_out, dump_json({"checkpoints": args.checkpoint, **metrics}))
         console.print(f"metrics written to {args.json_out}")
     return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from fedhar.cli.common import check_writable, console
+from fedhar.cli.common import check_writable, console, write_atomically
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -17,7 +17,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="write the predictions to this CSV (default: print them)")
     p.add_argument("--overlap", type=float, default=0.5, help="window overlap in [0, 1) (default 0.5)")
     p.add_argument("--units", help="units when the header has none, e.g. acc=m/s^2,gyro=deg/s")
-    p.add_argument("--sample-rate", type=float, help="rate in Hz when the file has no timestamp column")
+    p.add_argument("--sample-rate", type=float,
+                   help="the recording rate of CSVs without a timestamp column; with one, the samples are put on a "
+                        "grid at this rate (default: the timestamps' median rate)")  # fmt: skip
     p.add_argument("--calibrate", action="store_true",
                    help="treat the recordings as one client and apply the per-client calibration the checkpoint "
                         "stores (train.client_calibration): re-split its confused pair on its own windows")  # fmt: skip
@@ -26,16 +28,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import csv
+    import io
     import sys
     import time
 
     from fedhar.calibration import NO_STORED_CALIBRATION, stored_calibration
-    from fedhar.errors import ConfigError
+    from fedhar.cli.evaluate import provenance_warnings
+    from fedhar.errors import ConfigError, DataError
     from fedhar.inference import predict_recordings
     from fedhar.model.state import load_checkpoint
 
     if args.out:
-        check_writable(args.out, "--out")
+        check_writable(args.out, "--out", [*args.recordings, args.checkpoint])
     calibration = None
     if args.calibrate:
         calibration = stored_calibration(args.checkpoint)
@@ -44,33 +48,52 @@ def run(args: argparse.Namespace) -> int:
     model = load_checkpoint(args.checkpoint)
     t0 = time.perf_counter()
     rows, report = predict_recordings(model, args.recordings, args.overlap, args.units, args.sample_rate, calibration)
+    unpredicted = sum(1 for r in rows if not r["activity"])
+    if unpredicted == len(rows):
+        raise DataError(f"every window of {', '.join(args.recordings)} holds NaN/Inf or empty samples: nothing to "
+                        "predict; fill or drop those cells")  # fmt: skip
     columns = ["start_s", "end_s", "activity", "confidence"]
     if len(args.recordings) > 1:
         columns.insert(0, "recording")
     if calibration is not None:
         columns.append("model_activity")
-    labelled = [r for r in rows if r.get("label") and r["activity"]]
     if any("label" in r for r in rows):
         columns.append("label")
     seconds = time.perf_counter() - t0
-    target = open(args.out, "w", newline="") if args.out else sys.stdout
-    try:
-        w = csv.DictWriter(target, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
-        w.writeheader()
-        w.writerows(rows)
-    finally:
-        if args.out:
-            target.close()
+    table = io.StringIO()
+    w = csv.DictWriter(table, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    if args.out:
+        write_atomically(args.out, table.getvalue())
+    else:
+        sys.stdout.write(table.getvalue())
     console.print(f"{len(rows)} windows in {seconds:.2f} s ({1000 * seconds / max(1, len(rows)):.1f} ms/window)"
                   + (f" → {args.out}" if args.out else ""))  # fmt: skip
-    if labelled:
-        agree = sum(r["activity"] == r["label"] for r in labelled)
-        console.print(f"{len(labelled)} windows lie inside one labelled stretch: the activity written matches the "
-                      f"label on {agree} ({agree / len(labelled):.1%}); per-class scores: fedhar evaluate "
-                      f"{args.checkpoint} --data RECORDING.csv", soft_wrap=True)  # fmt: skip
+    if unpredicted:
+        console.print(f"{unpredicted} windows hold NaN/Inf or empty samples: no prediction (empty activity)")
+    _label_summary(rows, model.data.label_names, args.checkpoint)
     if report is not None:
         console.print(calibration_summary(report, calibration.min_gap), soft_wrap=True)
+    for warning in provenance_warnings([args.checkpoint], []):
+        console.print(f"[bold yellow]warning: {warning}[/]", soft_wrap=True)
     return 0
+
+
+def _label_summary(rows: list[dict], classes: list[str], checkpoint: str) -> None:
+    """How often the activity written matches the recording's own label, over the windows whose label the
+    model knows; labels it does not know are named, not counted as errors."""
+    labelled = [r for r in rows if r.get("label") and r["activity"]]
+    known = [r for r in labelled if r["label"] in classes]
+    unknown = sorted({r["label"] for r in labelled} - set(classes))
+    if known:
+        agree = sum(r["activity"] == r["label"] for r in known)
+        console.print(f"{len(known)} windows lie inside one labelled stretch of a class the model knows: the "
+                      f"activity written matches the label on {agree} ({agree / len(known):.1%}); per-class "
+                      f"scores: fedhar evaluate {checkpoint} --data RECORDING.csv", soft_wrap=True)  # fmt: skip
+    if unknown:
+        console.print(f"labels {unknown} are not among the model's classes {classes}: those windows are not "
+                      "compared (fedhar evaluate --label-map FROM=TO renames them)", soft_wrap=True)  # fmt: skip
 
 
 def calibration_summary(report: dict, min_gap: float) -> str:

@@ -22,7 +22,7 @@ from fedhar.data.windows import WindowSet, make_windows
 from fedhar.errors import DataError
 
 #: Bump when windowing, a loader or the cache key changes, so old caches are not reused.
-PIPELINE_VERSION = 2
+PIPELINE_VERSION = 3
 #: data settings applied after the cached windows (splits, normalisation, label budgets)
 NOT_CACHED = ("split", "train_overlap", "cache_dir", "normalize", "labelled_per_class", "labelled_percent")
 
@@ -87,10 +87,15 @@ def one_csv_as_folder(path: str | Path, option: str) -> Path:
         return path
     view = window_cache_dir() / "csv-views" / hashlib.sha256(str(path).encode()).hexdigest()[:16]
     view.mkdir(parents=True, exist_ok=True)
-    for source, link in ((path, view / path.name), (path.parent / "labels.txt", view / "labels.txt")):
+    for source, link in ((path, view / _link_name(path)), (path.parent / "labels.txt", view / "labels.txt")):
         if source.is_file() and not link.is_symlink():
             link.symlink_to(source)
     return view
+
+
+def _link_name(csv: Path) -> str:
+    """The link's name in a one-CSV view: the loaders look for ``*.csv``, so ``LAB.CSV`` is linked as ``LAB.csv``."""
+    return csv.stem + ".csv"
 
 
 @contextmanager
@@ -103,7 +108,8 @@ def naming_the_csv(view: Path, given: str | Path):
     except DataError as e:
         if view == given:
             raise
-        raise DataError(str(e).replace(str(view), str(given.parent))) from None
+        message = str(e).replace(str(view / _link_name(given)), str(given)).replace(str(view), str(given.parent))
+        raise DataError(message) from None
 
 
 def load_windows(cfg: DataConfig, seed: int = 0, use_cache: bool = True, missing_classes_ok: bool = False) -> WindowSet:

@@ -70,6 +70,15 @@ def relabel(rs: RecordingSet, classes: list[str] | None, label_map: dict[str, st
             f"classes {unknown} are not labels of {rs.dataset} (after label_map); its labels are {names}"
         )
     lut = np.array([target.index(n) if n in target else UNLABELLED for n in names] + [UNLABELLED], dtype=np.int64)
+    if missing_ok:  # scoring: say which of the data's labels the model cannot score, and which renames matched none
+        used = {int(k) for r in rs.recordings for k in np.unique(r.labels) if k != UNLABELLED}
+        dropped = sorted({names[k] for k in used if lut[k] == UNLABELLED})
+        if dropped:
+            rs.skipped.append(f"labels {dropped} are not among the model's classes {target}: their windows are not "
+                              "scored (--label-map FROM=TO renames a data label to a class)")  # fmt: skip
+        unmatched = sorted(set(label_map or {}) - set(rs.label_names))
+        if unmatched:
+            rs.skipped.append(f"label_map entries {unmatched} match no label of the data {rs.label_names}")
     for r in rs.recordings:
         r.labels = lut[r.labels]  # UNLABELLED (-1) indexes the trailing UNLABELLED entry
     rs.label_names = target

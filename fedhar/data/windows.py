@@ -262,10 +262,15 @@ def make_windows(
         for f in META_FIELDS:
             meta[f].append(np.full(len(y), getattr(rec, f), dtype=object))
     if not xs or sum(len(y) for y in ys) == 0:
-        raise DataError(
-            f"no {length}-sample window fits inside a labelled segment of {rs.dataset}; "
-            "use shorter windows or `label_rule: majority`"
-        )
+        labelled = sum(int((r.labels != UNLABELLED).sum()) for r in rs.recordings)
+        sources = sorted({r.source or r.session for r in rs.recordings})
+        where = f"{rs.dataset} ({', '.join(sources[:2])}{' …' if len(sources) > 2 else ''})" if sources else rs.dataset
+        why = (f"{labelled} samples carry a label of the classes {list(rs.label_names)}" if labelled else
+               f"no sample carries a label of the classes {list(rs.label_names)} (no label column, empty labels, "
+               "or labels the classes do not name)")  # fmt: skip
+        notes = f"; notes: {' | '.join(rs.skipped)}" if rs.skipped else ""
+        raise DataError(f"no {length}-sample window of {where} lies inside a labelled segment: {why}; a training "
+                        f"config can use shorter windows or `label_rule: majority`{notes}")  # fmt: skip
     return WindowSet(
         x=np.concatenate(xs),
         y=np.concatenate(ys),

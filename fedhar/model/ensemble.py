@@ -17,7 +17,8 @@ from fedhar.errors import CheckpointError
 
 
 class Ensemble(nn.Module):
-    """Mean class probabilities of ``members``, which must share classes, sensors and window."""
+    """Mean class probabilities of ``members``, which must share classes, sensors, window and how their data
+    were cut into windows (the data are cut once, the first member's way, for all)."""
 
     def __init__(self, members: list[nn.Module], names: list[str] | None = None):
         super().__init__()
@@ -29,7 +30,8 @@ class Ensemble(nn.Module):
             for what, a, b in (("classes", first.label_names, m.data.label_names),
                                ("sensor layout", first.layout.to_json(), m.data.layout.to_json()),
                                ("window length", first.window_len, m.data.window_len),
-                               ("sample rate", first.sample_rate, m.data.sample_rate)):  # fmt: skip
+                               ("sample rate", first.sample_rate, m.data.sample_rate),
+                               ("how the windows were cut", first.windowing, m.data.windowing)):  # fmt: skip
                 if a != b:
                     raise CheckpointError(f"{name} does not match {names[0]} in {what} ({b} vs {a}): "
                                           "ensemble only checkpoints trained for the same task")  # fmt: skip
@@ -47,4 +49,8 @@ def load_model(folders: list[str | Path], device: str = "cpu") -> nn.Module:
 
     if len(folders) == 1:
         return load_checkpoint(folders[0], device)
+    resolved = [Path(f).resolve() for f in folders]
+    repeated = sorted({str(f) for f, r in zip(folders, resolved) if resolved.count(r) > 1})
+    if repeated:
+        raise CheckpointError(f"{repeated} given more than once: an ensemble would weigh it twice")
     return Ensemble([load_checkpoint(f, device) for f in folders], [str(f) for f in folders])

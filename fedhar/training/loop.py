@@ -92,6 +92,7 @@ def fit(
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     augment_rng = torch.Generator().manual_seed(seed)  # its own stream: augmenting leaves shuffling alone
+    mixup_rng = np.random.default_rng([seed, 1])  # and mixup its own, so turning it on changes nothing else
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
     if cfg.max_steps_per_epoch:
@@ -117,8 +118,14 @@ def fit(
                 yb = torch.from_numpy(y_all[idx]).to(device, non_blocking=True)
                 for group in optimizer.param_groups:
                     group["lr"] = cfg.lr * lr_factor(step, total, warmup, cfg.schedule)
-                logits = model(xb)
-                loss = loss_fn(logits, yb)
+                if cfg.augment.mixup_alpha > 0:  # each window blended with another of the batch, labels alike
+                    share = float(mixup_rng.beta(cfg.augment.mixup_alpha, cfg.augment.mixup_alpha))
+                    partner = torch.from_numpy(mixup_rng.permutation(len(idx))).to(device)
+                    logits = model(share * xb + (1 - share) * xb[partner])
+                    loss = share * loss_fn(logits, yb) + (1 - share) * loss_fn(logits, yb[partner])
+                else:
+                    logits = model(xb)
+                    loss = loss_fn(logits, yb)
                 if regularizer is not None:
                     loss = loss + regularizer(model)
                 if not torch.isfinite(loss):  # one NaN step poisons every weight after it
