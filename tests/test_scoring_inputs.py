@@ -160,3 +160,25 @@ def test_make_windows_error_names_files_and_cause():
     rec = Recording(np.zeros((40, 6), np.float32), np.full(40, -1), 50.0, "1", "s", "generic", source="a.csv")
     with pytest.raises(DataError, match=r"of generic \(a.csv\).*no sample carries a label"):
         make_windows(RecordingSet([rec], ["slow"], "generic"), 32)
+
+
+def test_a_file_with_an_extra_sensor_joins_a_folder(tiny_windows, tmp_path):
+    """data.sensors keeps the model's groups in every generic file before their channels are compared: a
+    folder where one recording also has a magnetometer is scored, not refused."""
+    from fedhar.data.loaders import load_recordings
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    _csv(folder / "a.csv")
+    lines = (folder / "a.csv").read_text().splitlines()
+    with_mag = [lines[0].replace(",label", ",mag_x,mag_y,mag_z,label")]
+    with_mag += [line.rsplit(",", 1)[0] + ",30,0,0," + line.rsplit(",", 1)[1] for line in lines[1:]]
+    (folder / "b.csv").write_text("\n".join(with_mag) + "\n")
+    with pytest.raises(DataError, match="different channels"):
+        load_recordings(folder, "generic")
+    rs = load_recordings(folder, "generic", sensors=["acc", "gyro"])
+    assert [r.layout.num_channels for r in rs.recordings] == [6, 6]
+    report = tmp_path / "e.json"
+    assert main(["evaluate", _checkpoint(tiny_windows, tmp_path / "ckpt"), "--data", str(folder), "--json",
+                 str(report)]) == 0  # fmt: skip
+    assert json.loads(report.read_text())["num_windows"] == 36

@@ -41,6 +41,8 @@ def read_recordings(cfg: DataConfig, seed: int = 0, missing_classes_ok: bool = F
         # not two); generic's option is the rate untimed CSVs were recorded at, never assumed (loader_options)
         if cfg.sample_rate is not None and name != "generic" and "sample_rate" in loader_options(name):
             options["sample_rate"] = cfg.sample_rate
+        if cfg.sensors and "sensors" in loader_options(name):  # files with extra sensors join the others
+            options["sensors"] = list(cfg.sensors)
         rs = load_recordings(cfg.path, name, **{**options, **cfg.loader_options})
     if cfg.common_labels:  # first onto the common names, then label_map renames those
         rs = relabel(rs, None, common_label_map(rs.dataset))

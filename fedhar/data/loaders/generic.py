@@ -484,8 +484,12 @@ def load(
     sample_rate: float | None = None,
     labels: list[str] | None = None,
     max_gap_s: float = 1.0,
+    sensors: list[str] | None = None,
 ) -> RecordingSet:
-    """A folder of CSV files, or an ``.npz`` window set; ``placement``/``device`` become the tags."""
+    """A folder of CSV files, or an ``.npz`` window set; ``placement``/``device`` become the tags.
+
+    ``sensors`` (``data.sensors``) keeps those groups of every file before the files' channels are
+    compared, so a file with an extra sensor (a magnetometer) joins the others."""
     if root.is_file():
         if root.suffix != ".npz":
             raise DataError(f"{root}: the generic loader reads a folder of CSV files or one .npz window set")
@@ -498,6 +502,13 @@ def load(
     origin = "the labels option" if labels else str(table_path)
     table = (label_names, origin) if label_names is not None else None
     tables = [(p, _read_csv(p, units, sample_rate, max_gap_s, table)) for p in files]
+    if sensors:
+        for p, t in tables:
+            try:
+                t["layout"], keep = t["layout"].select(list(sensors))
+            except DataError as e:
+                raise DataError(f"{p}: {e}") from None
+            t["signal"] = np.ascontiguousarray(t["signal"][:, keep])
     layouts = {t["layout"] for _, t in tables}
     if len(layouts) > 1:
         raise DataError(f"{root}: files have different channels {[list(lay.channels) for lay in layouts]}; use one set")
