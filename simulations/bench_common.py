@@ -18,7 +18,9 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from run_inputs import check_reusable, write_json_atomic  # noqa: E402
+from run_inputs import check_reusable  # noqa: E402
+
+from fedhar.results.run import write_json_atomic  # noqa: E402
 
 COLUMNS = ["variant", "device", "model", "test_accuracy", "test_macro_f1", "best_val_macro_f1", "trainable", "total",
            "trainable_percent", "epochs_run", "train_seconds", "train_windows_per_s", "wall_seconds", "peak_rss_mb"]  # fmt: skip
@@ -42,14 +44,20 @@ def run_variant(config: str, name: str, out: Path, overrides: list[str]) -> dict
     return metrics
 
 
-def written_run_dir(out: Path, name: str) -> Path:
+def finished_run_dir(out: Path, name: str) -> Path | None:
     """The folder a finished run called ``name`` wrote: ``name`` itself, or ``name-2``, ``name-3``… when the name
-    was taken (never ``name-other``), the newest if several."""
+    was taken (never ``name-other``), the newest if several; None when none finished."""
     pattern = re.compile(rf"{re.escape(name)}(-\d+)?")
     found = [p for p in out.glob(f"{name}*/metrics.json") if pattern.fullmatch(p.parent.name)]
-    if not found:
+    return max(found, key=lambda p: p.stat().st_mtime).parent if found else None
+
+
+def written_run_dir(out: Path, name: str) -> Path:
+    """:func:`finished_run_dir` of a run that just ended successfully: it must be there."""
+    run_dir = finished_run_dir(out, name)
+    if run_dir is None:
         raise SystemExit(f"no finished run `{name}` under {out} (no metrics.json)")
-    return max(found, key=lambda p: p.stat().st_mtime).parent
+    return run_dir
 
 
 def measured_before(results: dict, name: str, config: str, overrides: list[str], kind: str = "train") -> bool:

@@ -33,10 +33,11 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from run_inputs import add_run_arguments, check_runs, provenance, run_config, write_json_atomic  # noqa: E402
+from run_inputs import add_run_arguments, check_runs, provenance, run_config  # noqa: E402
 
 from fedhar.calibration import otsu_threshold  # noqa: E402
 from fedhar.metrics import classification_metrics  # noqa: E402
+from fedhar.results.run import write_json_atomic  # noqa: E402
 
 SHIFTS = np.round(np.linspace(-8, 8, 161), 2)
 

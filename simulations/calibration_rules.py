@@ -43,10 +43,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from predict_recordings import window_truth  # noqa: E402
-from run_inputs import add_run_arguments, check_runs, checkpoint_fingerprint, provenance, run_config, write_json_atomic  # noqa: E402
+from run_inputs import add_run_arguments, check_runs, checkpoint_fingerprint, provenance, run_config  # noqa: E402
 
 from fedhar.calibration import PairCalibration, otsu_threshold, posture_cues, split_per_subject  # noqa: E402
 from fedhar.metrics import classification_metrics  # noqa: E402
+from fedhar.results.run import write_json_atomic  # noqa: E402
 
 RULES = ("otsu", "min-error", "gmm")
 

@@ -28,7 +28,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from run_inputs import provenance, write_json_atomic
+from run_inputs import provenance
+
+from fedhar.results.run import write_json_atomic
 
 BASIC6 = ["WALKING", "WALKING_UPSTAIRS", "WALKING_DOWNSTAIRS", "SITTING", "STANDING", "LAYING"]
 TARGETS = {"cold_s": 30.0, "cached_s": 3.0, "peak_rss_mb": 1024.0}

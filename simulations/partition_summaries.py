@@ -23,13 +23,14 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from run_inputs import provenance, write_json_atomic
+from run_inputs import provenance
 
 from fedhar.config import DataConfig, SplitConfig
 from fedhar.data.partition import client_names, partition, partition_summary
 from fedhar.data.pipeline import load_windows
 from fedhar.data.splits import split_by_subject
 from fedhar.data.windows import WindowSet
+from fedhar.results.run import write_json_atomic
 
 REPO = Path(__file__).resolve().parents[1]
 BASIC6 = ["WALKING", "WALKING_UPSTAIRS", "WALKING_DOWNSTAIRS", "SITTING", "STANDING", "LAYING"]

@@ -21,12 +21,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from run_inputs import provenance, write_json_atomic
+from run_inputs import provenance
 
 from fedhar.config import load_config
 from fedhar.data.pipeline import load_windows
 from fedhar.data.recording import natural_key
 from fedhar.model.frontend import WindowCues
+from fedhar.results.run import write_json_atomic
 
 POSTURES = ("SITTING", "STANDING")
 

@@ -1,5 +1,5 @@
 """What the recipes share that re-score trained runs or write figures: run folders as input, overrides
-of their saved configs, provenance next to every result, and writes that a kill cannot truncate."""
+of their saved configs, provenance next to every result."""
 
 from __future__ import annotations
 
@@ -56,14 +56,6 @@ def provenance(**extra) -> dict:
 
     return {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "cwd": os.getcwd(),
             "versions": versions(), "git": git_revision(), **extra}  # fmt: skip
-
-
-def write_json_atomic(path: Path, data) -> None:
-    """Temp file then rename: a recipe killed mid-write keeps its previous index of finished work."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    tmp.replace(path)
 
 
 def checkpoint_fingerprint(run: Path, *extra) -> str:

@@ -36,11 +36,12 @@ import sys
 import time
 from pathlib import Path
 
-from bench_common import plt, save_plot
-from run_inputs import check_reusable, provenance, write_json_atomic
+from bench_common import finished_run_dir, plt, save_plot
+from run_inputs import check_reusable, provenance
 
 from fedhar.config import load_config
 from fedhar.data.recording import natural_key
+from fedhar.results.run import write_json_atomic
 
 CANDIDATES = {
     "base": [],
@@ -80,9 +81,8 @@ def fold_splits(train: list, val: list, folds: int) -> list[dict[str, list]]:
 
 def _finished(out: Path, candidate: str, seed: int, fold: int | None = None) -> Path | None:
     """The run's metrics.json; after a failed try `fedhar train` wrote the retry to ``<name>-2`` etc."""
-    name = run_name(candidate, seed, fold)
-    found = [p for p in [out / name / "metrics.json", *out.glob(f"{name}-[0-9]*/metrics.json")] if p.is_file()]
-    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+    run_dir = finished_run_dir(out, run_name(candidate, seed, fold))
+    return None if run_dir is None else run_dir / "metrics.json"
 
 
 def _settings(args: argparse.Namespace, candidate: str, seed: int, fold: int | None) -> list[str]:

@@ -23,7 +23,9 @@ import time
 from pathlib import Path
 
 import psutil
-from run_inputs import provenance, write_json_atomic
+from run_inputs import provenance
+
+from fedhar.results.run import write_json_atomic
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -35,7 +35,9 @@ import sys
 import time
 from pathlib import Path
 
-from run_inputs import provenance, write_json_atomic
+from run_inputs import provenance
+
+from fedhar.results.run import write_json_atomic
 
 REPO = Path(__file__).resolve().parents[1]
 METRICS = ("val_macro_f1", "test_macro_f1", "test_accuracy", "test_loss")

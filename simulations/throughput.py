@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from run_inputs import provenance, write_json_atomic
+from run_inputs import provenance
 import torch
 
 from fedhar.config import LoraConfig, ModelConfig
@@ -23,6 +23,7 @@ from fedhar.data.preprocess import Normalizer
 from fedhar.data.recording import IMU6
 from fedhar.model.backbones import load_backbone
 from fedhar.model.har_model import DataSpec, build_model, parameter_counts, predict_logits
+from fedhar.results.run import write_json_atomic
 
 SETTINGS = {
     "base (4 blocks, r8, q/v, 16 tokens)": dict(num_layers=4),

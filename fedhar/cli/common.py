@@ -45,15 +45,5 @@ def check_writable(path: str, option: str, inputs: list[str] = ()) -> None:
         raise ConfigError(f"{option} {path} is also an input of this command: writing there would overwrite it")
 
 
-def write_atomically(path: str, text: str) -> None:
-    """Write ``text`` to a temp file beside ``path``, then rename: an interrupted write leaves no half file."""
-    from pathlib import Path
-
-    target = Path(path)
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_text(text, newline="")
-    tmp.replace(target)
-
-
 def dump_json(data: dict) -> str:
     return json.dumps(data, indent=2, default=str)

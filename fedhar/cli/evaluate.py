@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from fedhar.cli.common import check_writable, console, dump_json, print_metrics, write_atomically
+from fedhar.cli.common import check_writable, console, dump_json, print_metrics
 from fedhar.data.windows import META_FIELDS
 from fedhar.errors import ConfigError
 
@@ -156,6 +156,7 @@ def run(args: argparse.Namespace) -> int:
     from fedhar.model.ensemble import load_model
     from fedhar.model.har_model import predict_logits
     from fedhar.training.loop import metrics_from_logits
+    from fedhar.results.run import write_text_atomic
 
     bad = [item for item in args.label_map if "=" not in item]
     if bad:
@@ -199,6 +200,6 @@ def run(args: argparse.Namespace) -> int:
         applied = sum(r["applied"] for r in calibrated["per_subject"].values())
         console.print(f"calibration re-split {applied} of {len(calibrated['per_subject'])} subjects")
     if args.json_out:
-        write_atomically(args.json_out, dump_json({"checkpoints": args.checkpoint, **metrics}))
+        write_text_atomic(args.json_out, dump_json({"checkpoints": args.checkpoint, **metrics}))
         console.print(f"metrics written to {args.json_out}")
     return 0

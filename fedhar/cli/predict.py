@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from fedhar.cli.common import check_writable, console, write_atomically
+from fedhar.cli.common import check_writable, console
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -37,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from fedhar.errors import ConfigError, DataError
     from fedhar.inference import predict_recordings
     from fedhar.model.state import load_checkpoint
+    from fedhar.results.run import write_text_atomic
 
     if args.out:
         check_writable(args.out, "--out", [*args.recordings, args.checkpoint])
@@ -65,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     w.writeheader()
     w.writerows(rows)
     if args.out:
-        write_atomically(args.out, table.getvalue())
+        write_text_atomic(args.out, table.getvalue())
     else:
         sys.stdout.write(table.getvalue())
     console.print(f"{len(rows)} windows in {seconds:.2f} s ({1000 * seconds / max(1, len(rows)):.1f} ms/window)"

@@ -124,13 +124,7 @@ class RunDir:
         return self.path / name
 
     def write_json(self, name: str, data: dict | list) -> Path:
-        """Atomic JSON write (temp file then rename) so a crash never leaves half a file."""
-        target = self.path / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(target.name + ".tmp")
-        tmp.write_text(json.dumps(data, indent=2, default=_jsonable))
-        tmp.replace(target)
-        return target
+        return write_json_atomic(self.path / name, data)
 
     def update_json(self, name: str, **fields) -> None:
         path = self.path / name
@@ -150,6 +144,21 @@ class RunDir:
             w.writerows(rows)
         tmp.replace(target)
         return target
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Temp file beside ``path``, then rename: a crash or kill never leaves half a file, and an earlier one
+    stays whole until the new one is complete."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.write_text(text, newline="")
+    tmp.replace(target)
+    return target
+
+
+def write_json_atomic(path: str | Path, data: dict | list) -> Path:
+    return write_text_atomic(path, json.dumps(data, indent=2, default=_jsonable))
 
 
 def _command() -> str:
