@@ -111,14 +111,14 @@ def recording_windows(spec: DataSpec, path: str | Path, overlap: float = 0.5, un
     from fedhar.data.recording import UNLABELLED, Recording
 
     signal, layout, rate, text = read_signal_csv(path, units=units, sample_rate=sample_rate)
-    if text is not None and spec.windowing.get("label_map"):  # the names the model's training data were given
-        rename = spec.windowing["label_map"]
-        text = np.array([rename.get(t, t) for t in text.tolist()], dtype=object)
-    names = sorted(set(text.tolist()) - {""}) if text is not None else []
+    names: list[str] = []
     ids = np.full(len(signal), UNLABELLED, np.int64)
-    if text is not None:
-        lookup = {name: i for i, name in enumerate(names)}
-        ids = np.array([lookup.get(t, UNLABELLED) for t in text.tolist()], np.int64)
+    if text is not None:  # per distinct label, not per sample: recordings run to millions of samples
+        distinct, per_sample = np.unique(text.astype(str), return_inverse=True)
+        rename = spec.windowing.get("label_map") or {}  # the names the model's training data were given
+        renamed = [rename.get(t, t) for t in distinct.tolist()]
+        names = sorted(set(renamed) - {""})
+        ids = np.array([names.index(n) if n else UNLABELLED for n in renamed], np.int64)[per_sample.ravel()]
     rec = conform_recording(spec, Recording(signal, ids, rate, "-", "-", "predict", layout=layout, source=str(path)))
     starts, x, finite = cut_recording(spec, rec, overlap)
     if text is None:
