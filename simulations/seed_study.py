@@ -86,10 +86,11 @@ def _finished(out: Path, candidate: str, seed: int, fold: int | None = None) -> 
 
 
 def _settings(args: argparse.Namespace, candidate: str, seed: int, fold: int | None) -> list[str]:
-    """The overrides that make one run of the study what it is (seed, candidate, the study's overrides, fold)."""
+    """The overrides that make one run of the study what it is: seed, the study's overrides (they set the base,
+    e.g. ``train.augment.mixup_alpha=0`` for the earlier default), then the candidate's change to it, fold."""
     split = [] if fold is None else [f"data.split.{role}=[{', '.join(subjects)}]"
                                      for role, subjects in args.fold_splits[fold].items()]  # fmt: skip
-    return [f"seed={seed}", *CANDIDATES[candidate], *args.overrides, *split]
+    return [f"seed={seed}", *args.overrides, *CANDIDATES[candidate], *split]
 
 
 def _command(args: argparse.Namespace, candidate: str, seed: int, fold: int | None, threads: int) -> list[str]:
@@ -236,7 +237,7 @@ def main() -> None:
                    help="cross-validate over the training subjects in this many folds (0: the config's split)")
     p.add_argument("--parallel", type=int, default=2, help="runs at a time (the CPU threads are split)")
     p.add_argument("--no-run", action="store_true", help="only tabulate the runs already finished")
-    p.add_argument("overrides", nargs="*", help="key=value overrides for every run")
+    p.add_argument("overrides", nargs="*", help="key=value overrides for every run, applied before each candidate's")
     args = p.parse_args()
     if args.parallel < 1:
         p.error("--parallel must be >= 1")

@@ -91,3 +91,18 @@ def test_study_reads_the_base_and_stops_on_runs_with_other_settings(tmp_path, mo
     monkeypatch.setattr("sys.argv", [*argv, "train.lr=0.002"])
     with pytest.raises(SystemExit, match=r"other settings \(train.lr\)"):
         seed_study.main()
+
+
+def test_the_studys_overrides_set_the_base_and_a_candidate_changes_it():
+    """`... train.augment.mixup_alpha=0` re-creates the earlier default as the base; the mixup candidate must still
+    run with mixup on top of it, not have its own setting undone by the study's."""
+    import argparse
+
+    from seed_study import _settings
+
+    from fedhar.config import load_config
+
+    args = argparse.Namespace(overrides=["train.augment.mixup_alpha=0"], fold_splits=[])
+    config = str(Path(__file__).parents[1] / "configs" / "hapt.yaml")
+    assert load_config(config, _settings(args, "base", 0, None)).train.augment.mixup_alpha == 0
+    assert load_config(config, _settings(args, "mixup", 0, None)).train.augment.mixup_alpha == 0.2
