@@ -7,6 +7,7 @@ same model on the same subjects with ``fedhar train``. Every variant runs in a f
     python simulations/fed_hapt.py --out runs/fed-hapt                       # centralized + 4 strategies
     python simulations/fed_hapt.py --out runs/fed-hapt --strategies fedavg   # the headline comparison only
     python simulations/fed_hapt.py --out runs/fed-hapt federated.rounds=30   # overrides for every run
+    python simulations/fed_hapt.py --out runs/fed-hapt --centralized runs/bench-core/smollm2-lora  # reuse row (a)
 
 Writes into --out: fed_hapt.json (everything), fed_hapt.csv / .md (one row per variant: final test
 accuracy and macro-F1, the best round and its test macro-F1, gap to centralized, bytes per client
@@ -54,10 +55,26 @@ def centralized(config: str, out: Path, overrides: list[str]) -> dict:
            f"output_dir={out}", *overrides]  # fmt: skip
     wall = run(cmd, "centralized")
     run_dir = written_run_dir(out, "centralized")  # `centralized-2` when an earlier attempt holds the name
+    return centralized_row(run_dir, overrides, wall)
+
+
+def finished_centralized(run_dir: Path, config: str, overrides: list[str]) -> dict:
+    """A finished `fedhar train` run with the same settings (the core benchmark's row (a)) as the centralized
+    row, instead of training the same model a second time; one with other settings is refused."""
+    if not (run_dir / "metrics.json").is_file():
+        raise SystemExit(f"--centralized {run_dir}: no metrics.json there; "
+                         "pass the folder of a finished `fedhar train` run")
+    check_reusable(run_dir, config, overrides)
+    print(f"centralized: the finished run {run_dir}")
+    return centralized_row(run_dir, overrides)
+
+
+def centralized_row(run_dir: Path, overrides: list[str], wall: float | None = None) -> dict:
     m = json.loads((run_dir / "metrics.json").read_text())
     return {"variant": "centralized", "test_accuracy": round(m["test"]["accuracy"], 4),
             "test_macro_f1": round(m["test"]["macro_f1"], 4),
-            "epochs_run": m["epochs_run"], "best_epoch": m["best_epoch"], "wall_seconds": round(wall, 1),
+            "epochs_run": m["epochs_run"], "best_epoch": m["best_epoch"],
+            "wall_seconds": round(m["wall_seconds"] if wall is None else wall, 1),
             "overrides": overrides, "run_dir": str(run_dir)}  # fmt: skip
 
 
@@ -147,12 +164,20 @@ def main() -> None:
     p.add_argument("--config", default="configs/hapt.yaml")
     p.add_argument("--strategies", default=DEFAULT_STRATEGIES, help=f"comma-separated subset of {list(STRATEGIES)}")
     p.add_argument("--skip-centralized", action="store_true")
+    p.add_argument("--centralized", type=Path, metavar="RUN_DIR",
+                   help="a finished `fedhar train` run of the same settings to use as the centralized row, "
+                        "e.g. runs/bench-core/smollm2-lora (checked), instead of training it again")  # fmt: skip
     p.add_argument("overrides", nargs="*", help="overrides for every run (centralized and federated)")
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     results = {r["variant"]: r for r in load_existing(args.out, "fed_hapt")}
     test_subjects = " ".join(map(str, load_config(args.config, args.overrides).data.split.test or [])) or "held out"
-    if not args.skip_centralized and not measured_before(results, "centralized", args.config, args.overrides):
+    if args.centralized and args.skip_centralized:
+        raise SystemExit("--centralized RUN_DIR and --skip-centralized contradict each other; pass one")
+    if args.centralized:
+        results["centralized"] = finished_centralized(args.centralized, args.config, args.overrides)
+        write_outputs(results, args.out, test_subjects)
+    elif not args.skip_centralized and not measured_before(results, "centralized", args.config, args.overrides):
         results["centralized"] = centralized(args.config, args.out, args.overrides)
         write_outputs(results, args.out, test_subjects)
     for strategy in args.strategies.split(","):
