@@ -18,6 +18,8 @@ import socket
 import threading
 import time
 import warnings
+from contextlib import contextmanager
+from typing import Iterator
 
 from fedhar.calibration import check_pair
 from fedhar.config import ExperimentConfig
@@ -43,9 +45,46 @@ def backend_config(cfg: ExperimentConfig, verbose: bool = False) -> dict:
                 f"federated.cpus_per_client={fed.cpus_per_client} exceeds the {cpus} CPUs this simulation may use; "
                 "lower it (or attach to a bigger Ray cluster with federated.ray_address)"
             )
-        # "local": always a fresh Ray instance of our own, never a cluster that `ray start` left on this machine
-        init_args.update(address="local", num_cpus=cpus, num_gpus=0)
+        # "local": always a fresh Ray instance of our own, never a cluster that `ray start` left on this machine;
+        # on the loopback interface only (see `loopback_ray`)
+        init_args.update(address="local", num_cpus=cpus, num_gpus=0, _node_ip_address=LOOPBACK)
     return {"client_resources": {"num_cpus": fed.cpus_per_client, "num_gpus": 0.0}, "init_args": init_args}
+
+
+LOOPBACK = "127.0.0.1"
+#: Ray's own switch for single-machine instances (named for Windows/macOS, where it is the default): with it off,
+#: Ray takes the loopback address as the node's address, and every server it starts listens there alone
+RAY_CLUSTER_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+@contextmanager
+def loopback_ray(local: bool) -> Iterator[None]:
+    """While it is open, a Ray instance started in this process listens on 127.0.0.1 only.
+
+    Why: Ray authenticates nothing by default, and on Linux its GCS, raylets and workers listen on
+    every interface, so anyone who reaches the machine could run code on it through a simulation's
+    private instance. Ray resolves a ``_node_ip_address`` of 127.0.0.1 back to the external address
+    unless its cluster switch is off; the switch is read once at import, so both the module value (this
+    process) and the environment (the processes Ray starts) are set, and restored afterwards so that a later
+    run attaching to a real cluster (``federated.ray_address``) in the same process is not affected.
+    ``local=False`` (an attached cluster) changes nothing: that cluster decides where it listens.
+    """
+    if not local:
+        yield
+        return
+    import ray._private.ray_constants as ray_constants
+
+    before_env, before_value = os.environ.get(RAY_CLUSTER_SWITCH), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[RAY_CLUSTER_SWITCH] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = before_value
+        if before_env is None:
+            os.environ.pop(RAY_CLUSTER_SWITCH, None)
+        else:
+            os.environ[RAY_CLUSTER_SWITCH] = before_env
 
 
 def check_federation(cfg: ExperimentConfig) -> list[str]:
@@ -69,6 +108,11 @@ def preflight(cfg: ExperimentConfig) -> tuple[ExperimentConfig, list[str]]:
         check_pair(train.label_names, cfg.train.client_calibration)
     if cfg.federated.ray_address:
         check_reachable(cfg.federated.ray_address)
+        if os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
+            logging.getLogger(__name__).warning(
+                "federated.ray_address=%s: RAY_AUTH_MODE=token is not set here, so the cluster most likely runs "
+                "without authentication (anyone reaching its ports can run code on it); see docs/security.md",
+                cfg.federated.ray_address)  # fmt: skip
     return cfg, names
 
 
@@ -94,7 +138,7 @@ def simulate(cfg: ExperimentConfig, run: RunDir, resume: bool = False, verbose: 
     children_before = _child_pids()
     t0 = time.perf_counter()
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), loopback_ray(local=not cfg.federated.ray_address):
             if not verbose:
                 warnings.simplefilter("ignore")
             run_simulation(
