@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import time
 from contextlib import contextmanager
@@ -20,6 +21,8 @@ from fedhar.data.recording import RecordingSet
 from fedhar.data.splits import split_by_subject
 from fedhar.data.windows import WindowSet, make_windows
 from fedhar.errors import DataError
+
+log = logging.getLogger(__name__)
 
 #: Bump when windowing, a loader or the cache key changes, so old caches are not reused.
 PIPELINE_VERSION = 3
@@ -128,10 +131,13 @@ def load_windows(cfg: DataConfig, seed: int = 0, use_cache: bool = True, missing
     cached = cache_dir / f"{cfg.dataset}-{key}.npz"
     skips_file = cached.with_suffix(".skipped.json")  # the skip report survives cache hits
     if use_cache and cached.is_file():
-        ws = WindowSet.load(cached)
-        skipped = json.loads(skips_file.read_text()) if skips_file.is_file() else []
-        ws.notes = {"skipped": skipped, "cache": str(cached), "cache_hit": True}
-        return ws
+        try:
+            ws = WindowSet.load(cached)
+        except DataError as e:  # a damaged cache entry (a full disk, a copy cut short) is rebuilt, not trusted
+            log.warning("window cache entry %s is unreadable (%s); rebuilding it", cached, e)
+        else:
+            ws.notes = {"skipped": _read_skips(skips_file), "cache": str(cached), "cache_hit": True}
+            return ws
     t0 = time.perf_counter()
     rs = read_recordings(cfg, seed, missing_classes_ok)
     ws = make_windows(rs, cfg.window, cfg.overlap, cfg.label_rule)
@@ -143,6 +149,15 @@ def load_windows(cfg: DataConfig, seed: int = 0, use_cache: bool = True, missing
         skips_file.write_text(json.dumps(ws.notes["skipped"]))
         ws.save(cached)
     return ws
+
+
+def _read_skips(path: Path) -> list[str]:
+    """The skip report stored beside a cached window set ([] when absent or damaged)."""
+    try:
+        skipped = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else []
+    except (ValueError, OSError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        return []
+    return [str(s) for s in skipped] if isinstance(skipped, list) else []
 
 
 def split_windows(cfg: DataConfig, seed: int = 0) -> tuple[WindowSet, WindowSet, WindowSet]:

@@ -159,7 +159,7 @@ class RecordingSet:
 
 def natural_key(s: str) -> tuple:
     """Sort key putting subject "2" before "10" (ids are strings, often numeric)."""
-    return (0, int(s), "") if s.isdigit() else (1, 0, s)
+    return (0, int(s), "") if s.isdecimal() else (1, 0, s)  # isdigit() admits "²", which int() refuses
 
 
 def segments_to_labels(num_samples: int, segments: list[tuple[int, int, int]]) -> np.ndarray:

@@ -15,7 +15,7 @@ NAMED_SPLITS = {"uci-har": UCI_HAR_TEST_SUBJECTS}
 
 
 def _sorted_subjects(ws: WindowSet) -> list[str]:
-    return sorted(set(ws.subject.tolist()), key=lambda s: (0, int(s), "") if s.isdigit() else (1, 0, s))
+    return sorted(set(ws.subject.tolist()), key=lambda s: (0, int(s), "") if s.isdecimal() else (1, 0, s))
 
 
 def split_by_subject(ws: WindowSet, cfg: SplitConfig, seed: int) -> tuple[WindowSet, WindowSet, WindowSet]:

@@ -210,7 +210,7 @@ class SyntheticSpec:
                 if len(item) != 3:
                     raise ConfigError(f"{where} must be [subject, device, placement], got {item}")
                 subject, device, placement = (str(v) for v in item)
-                if not subject.isdigit() or int(subject) < 1:
+                if not subject.isdecimal() or int(subject) < 1:
                     raise ConfigError(f"{where}: subject must be a positive integer, got `{subject}`")
                 triples.append((str(int(subject)), device, placement))
             if len(set(triples)) != len(triples):

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import os
 import uuid
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -152,28 +155,58 @@ class WindowSet:
 
     @classmethod
     def load(cls, path: str | Path) -> "WindowSet":
-        """Read an ``.npz`` window set written by :meth:`save` (or by hand with the same keys)."""
+        """Read an ``.npz`` window set written by :meth:`save` (or by hand with the same keys).
+
+        Nothing is unpickled, no array is allocated before its header was checked against the bytes
+        the file holds (:func:`read_npz`), and every array's shape and type is checked before use."""
         path = Path(path)
         if not path.is_file():
             raise DataError(f"window file {path} does not exist")
-        try:
-            z = np.load(path, allow_pickle=False)
-        except (ValueError, OSError) as e:
-            raise DataError(f"{path} is not a readable .npz window set ({e})") from e
+        z = read_npz(path)
         missing = [k for k in ("x", "y", "label_names") if k not in z]
         if missing:
             raise DataError(f"{path} lacks arrays {missing}; a window set needs at least x [N,C,T], y [N], label_names")
-        x = z["x"].astype(np.float32)
+        x = z["x"]
         if x.ndim != 3:
             raise DataError(f"{path}: x must be [N, channels, samples], got shape {x.shape}")
+        if x.dtype.kind not in "fiu":
+            raise DataError(f"{path}: x holds {x.dtype} values, not numbers")
+        x = x.astype(np.float32)
         if not np.isfinite(x).all():
             raise DataError(f"{path}: x contains NaN or Inf values; clean or drop those windows first")
         n, c = x.shape[:2]
+
+        def column(key: str, kinds: str, what: str, length: int | None = n) -> np.ndarray:
+            a = z[key]
+            if a.ndim != 1 or (length is not None and len(a) != length) or (len(a) and a.dtype.kind not in kinds):
+                size = f"{length} " if length is not None else ""
+                raise DataError(f"{path}: array `{key}` must be {size}{what} (one per window), got {a.dtype} of "
+                                f"shape {a.shape}; the file is not a window set written by fedhar")  # fmt: skip
+            return a
+
+        def scalar(key: str, kinds: str, what: str):
+            a = z[key]
+            if a.size != 1 or a.dtype.kind not in kinds:
+                raise DataError(f"{path}: array `{key}` must be one {what}, got {a.dtype} of shape {a.shape}")
+            return a.reshape(()).item()
+
+        y = column("y", "iuf", "integer class indices")
+        if y.dtype.kind == "f" and not (np.isfinite(y) & (y == np.round(y))).all():
+            raise DataError(f"{path}: array `y` must hold integer class indices, found fractions or NaN")
+        label_names = [str(s) for s in column("label_names", "US", "text", None)]
+        if len(set(label_names)) != len(label_names) or "" in label_names:
+            raise DataError(f"{path}: label_names {label_names} must be distinct, non-empty names")
         if "channels" in z:
-            channels = [str(s) for s in z["channels"]]
-            names = [str(s) for s in z["group_names"]]
-            sizes = [int(s) for s in z["group_sizes"]]
-            units = [str(s) for s in z["units"]]
+            absent = [k for k in ("group_names", "group_sizes", "units") if k not in z]
+            if absent:
+                raise DataError(f"{path} has `channels` but lacks {absent}; save the windows with WindowSet.save")
+            channels = [str(s) for s in column("channels", "US", "text", c)]
+            names = [str(s) for s in column("group_names", "US", "text", None)]
+            sizes = [int(s) for s in column("group_sizes", "iu", "integer group sizes", len(names))]
+            units = [str(s) for s in column("units", "US", "text", len(names))]
+            if any(s < 1 for s in sizes) or sum(sizes) != c or len(set(names)) != len(names) or len(set(channels)) != c:
+                raise DataError(f"{path}: sensor groups {names} of sizes {sizes} do not split the {c} distinct "
+                                f"channels {channels}")  # fmt: skip
             groups, start = {}, 0
             for g, s in zip(names, sizes):
                 groups[g] = channels[start : start + s]
@@ -181,19 +214,81 @@ class WindowSet:
             layout = SensorLayout.from_groups(groups, dict(zip(names, units)))
         else:
             layout = SensorLayout.from_groups({"ch": [f"ch{i}" for i in range(c)]}, {"ch": "unknown"})
-        meta = {f: (z[f].astype(str) if f in z else np.full(n, "unknown")) for f in META_FIELDS}
+        meta = {f: (column(f, "USiuf", "tags").astype(str) if f in z else np.full(n, "unknown")) for f in META_FIELDS}
         if "subject" not in z:
             meta["subject"] = np.full(n, "0")
+        rate = float(scalar("sample_rate", "iuf", "number (Hz)")) if "sample_rate" in z else float("nan")
+        if not (rate > 0 and np.isfinite(rate)) and not np.isnan(rate):
+            raise DataError(f"{path}: sample_rate {rate} must be a positive number of Hz")
         return cls(
             x=x,
-            y=z["y"].astype(np.int64),
-            label_names=[str(s) for s in z["label_names"]],
+            y=y.astype(np.int64),
+            label_names=label_names,
             layout=layout,
-            sample_rate=float(z["sample_rate"]) if "sample_rate" in z else float("nan"),
-            start_s=z["start_s"].astype(np.float64) if "start_s" in z else np.zeros(n),
-            synthetic=bool(z["synthetic"]) if "synthetic" in z else False,
+            sample_rate=rate,
+            start_s=column("start_s", "iuf", "start times (s)").astype(np.float64) if "start_s" in z else np.zeros(n),
+            synthetic=bool(scalar("synthetic", "biu", "flag")) if "synthetic" in z else False,
             **meta,
         )
+
+
+#: deflate expands data at most ~1032 times; a member claiming more is a lie (or a zip bomb)
+_MAX_DEFLATE_RATIO = 1100
+
+
+def read_npz(path: Path) -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` file, read without pickle and without trusting its headers.
+
+    Each member's ``.npy`` header (shape, dtype) is checked against the bytes the member holds before
+    anything is allocated, so a file claiming a huge array fails instead of exhausting memory; object
+    arrays (which would need pickle) are refused. Any damage is a DataError naming the file."""
+    try:
+        zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, EOFError, ValueError) as e:
+        raise DataError(f"{path} is not an .npz window set (not a readable zip archive: {e}); write it with "
+                        "WindowSet.save or numpy.savez") from None  # fmt: skip
+    arrays: dict[str, np.ndarray] = {}
+    try:
+        with zf:
+            members = [m for m in zf.infolist() if m.filename.endswith(".npy")]
+            for m in members:
+                _check_npy_header(zf, m, path)
+            for m in members:
+                with zf.open(m) as f:
+                    arrays[m.filename[: -len(".npy")]] = np.lib.format.read_array(f, allow_pickle=False)
+    except DataError:
+        raise
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, OSError, NotImplementedError,
+            RuntimeError, zlib.error) as e:  # fmt: skip
+        raise DataError(f"{path} is damaged: {type(e).__name__}: {e}; write or copy the window set again") from None
+    return arrays
+
+
+def _check_npy_header(zf: zipfile.ZipFile, member: zipfile.ZipInfo, path: Path) -> None:
+    """Fail unless ``member`` holds exactly the bytes its .npy header promises, of a dtype without objects."""
+    name = member.filename
+    if member.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        raise DataError(f"{path}: member {name} uses an unsupported compression (method {member.compress_type})")
+    if member.compress_type == zipfile.ZIP_DEFLATED and member.file_size > _MAX_DEFLATE_RATIO * member.compress_size + 4096:
+        raise DataError(f"{path}: member {name} claims {member.file_size} bytes from {member.compress_size} "
+                        "compressed ones, more than compression allows: the archive is damaged or hostile")  # fmt: skip
+    with zf.open(member) as f:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+        else:
+            raise DataError(f"{path}: member {name} is in .npy format {version}, which window sets never use")
+        header = f.tell()
+    if dtype.hasobject:
+        raise DataError(f"{path}: array {name} holds Python objects, which fedhar never unpickles; save numbers and "
+                        "text only (WindowSet.save)")  # fmt: skip
+    claimed = math.prod(int(d) for d in shape) * dtype.itemsize
+    held = member.file_size - header
+    if any(int(d) < 0 for d in shape) or claimed != held:
+        raise DataError(f"{path}: array {name} claims shape {tuple(shape)} of {dtype} ({claimed} bytes) but the file "
+                        f"holds {held} bytes of it: truncated or tampered; write or copy it again")  # fmt: skip
 
 
 def window_recording(

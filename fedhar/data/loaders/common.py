@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +37,52 @@ def walk_files(root: Path, suffix: str = "") -> list[Path]:
     return sorted(found)
 
 
+def not_text(path: Path | str, error: UnicodeDecodeError, raw: bytes | None = None) -> DataError:
+    """The error for a text file holding bytes that are not UTF-8 (a binary, truncated or corrupt file):
+    it names the file and the first line that does not decode (``raw``: the bytes, for a zip member)."""
+    line = first_undecodable_line(raw if raw is not None else Path(path))
+    where = f" line {line}" if line else ""
+    bad = error.object[error.start : error.start + 4] if isinstance(error.object, bytes) else b""
+    return DataError(f"{path}{where}: bytes {bad!r} are not UTF-8 text; the file is binary or corrupt, not the "
+                     "dataset's text table: replace it with the original (unpack or download it again)")  # fmt: skip
+
+
+def first_undecodable_line(source: Path | bytes) -> int:
+    """1-based number of the first line that is not UTF-8 (0: none found); run only after a decode error."""
+    try:
+        lines = source.open("rb") if isinstance(source, Path) else iter(source.splitlines(keepends=True))
+    except OSError:
+        return 0
+    try:
+        for i, raw in enumerate(lines, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError:
+                return i
+    finally:
+        close = getattr(lines, "close", None)
+        if close is not None:
+            close()
+    return 0
+
+
+def read_text(path: Path) -> str:
+    """A UTF-8 text file's contents; other bytes fail with the file and line (:func:`not_text`)."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise not_text(path, e) from None
+
+
+@contextmanager
+def text_errors(path: Path) -> Iterator[None]:
+    """Turns a UnicodeDecodeError raised while reading ``path`` as text into a one-line DataError."""
+    try:
+        yield
+    except UnicodeDecodeError as e:
+        raise not_text(path, e) from None
+
+
 def read_numeric_table(path: Path, columns: int, delimiter: str | None = None) -> np.ndarray:
     """Read a whitespace- or ``delimiter``-separated numeric table with exactly ``columns`` columns.
 
@@ -43,7 +92,11 @@ def read_numeric_table(path: Path, columns: int, delimiter: str | None = None) -
     if not path.is_file():
         raise DataError(f"{path} is missing")
     try:
-        data = np.loadtxt(path, dtype=np.float64, delimiter=delimiter, ndmin=2)
+        with warnings.catch_warnings():  # an empty file: reported below, as an error
+            warnings.filterwarnings("ignore", "loadtxt: input contained no data", UserWarning)
+            data = np.loadtxt(path, dtype=np.float64, delimiter=delimiter, ndmin=2, encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise not_text(path, e) from None
     except ValueError as e:
         line = _first_bad_line(path, columns, delimiter)
         raise DataError(f"{path} line {line}: not {columns} numeric columns ({e})") from e
@@ -55,7 +108,7 @@ def read_numeric_table(path: Path, columns: int, delimiter: str | None = None) -
 
 
 def _first_bad_line(path: Path, columns: int, delimiter: str | None) -> int:
-    with path.open() as f:
+    with path.open(encoding="utf-8", errors="replace") as f:
         for i, text in enumerate(f, start=1):
             parts = text.strip().split(delimiter)
             if not text.strip():
@@ -74,11 +127,11 @@ def read_activity_labels(path: Path, default: list[str]) -> list[str]:
     if not path.is_file():
         return list(default)
     names: dict[int, str] = {}
-    for line, text in enumerate(path.read_text().splitlines(), start=1):
+    for line, text in enumerate(read_text(path).splitlines(), start=1):
         parts = text.split()
         if not parts:
             continue
-        if len(parts) != 2 or not parts[0].isdigit():
+        if len(parts) != 2 or not parts[0].isdecimal():
             raise DataError(f"{path} line {line}: expected `id NAME`, got `{text}`")
         names[int(parts[0])] = parts[1]
     if sorted(names) != list(range(1, len(names) + 1)):

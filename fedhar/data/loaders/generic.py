@@ -43,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedhar.data.loaders.common import walk_files
+from fedhar.data.loaders.common import not_text, read_text, text_errors, walk_files
 from fedhar.data.preprocess import UNIT_FACTORS, to_canonical
 from fedhar.data.recording import CANONICAL_UNITS, UNLABELLED, Recording, RecordingSet, SensorLayout
 from fedhar.errors import DataError
@@ -77,6 +77,8 @@ def read_records(
             source, dtype=dtype, delimiter=delimiter, usecols=usecols, skiprows=skiprows,
             ndmin=1, comments=None, quotechar='"' if delimiter else None, encoding="utf-8",
         )  # fmt: skip
+    except UnicodeDecodeError as e:
+        raise not_text(source if isinstance(source, Path) else where, e) from None
     except ValueError as e:
         line, problem = _first_bad_line(source, fields, delimiter, skiprows, first_line)
         raise DataError(f"{where} line {line}: {problem or e}; fix or delete that line") from e
@@ -291,8 +293,11 @@ def _read_csv(
     """One CSV → canonical signal; ``label_table`` (names, where they come from) rejects other labels."""
     if not path.is_file():
         raise DataError(f"{path} does not exist; point the command at a CSV file of raw samples")
-    with path.open(newline="", encoding="utf-8-sig") as f:
-        rows = list(csv.reader(f))
+    try:
+        with text_errors(path), path.open(newline="", encoding="utf-8-sig") as f:
+            rows = list(csv.reader(f))
+    except csv.Error as e:  # e.g. a field over the csv module's size limit: not a table of samples
+        raise DataError(f"{path}: not a readable CSV table ({e}); replace it with the original file") from None
     if not rows:
         raise DataError(f"{path} is empty; it needs a header line and samples")
     header = [h.strip() for h in rows[0]]
@@ -465,7 +470,7 @@ def _has_channel_header(path: Path) -> bool:
     try:
         with path.open(newline="", encoding="utf-8-sig") as f:
             header = next(csv.reader(f), [])
-    except (OSError, UnicodeDecodeError):
+    except (OSError, UnicodeDecodeError, csv.Error):
         return False
     return any(_CHANNEL.match(h.strip()) for h in header)
 
@@ -548,7 +553,7 @@ def _runs(values: np.ndarray) -> list[tuple[int, int]]:
 
 def _read_label_file(path: Path) -> list[str]:
     names: list[str] = []
-    for i, text in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for i, text in enumerate(read_text(path).splitlines(), start=1):
         name = text.strip()
         if not name:
             continue

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fedhar.data.loaders.common import text_errors
 from fedhar.data.loaders.generic import clean_times, fuse_streams, header_index, read_records, resolve_placement
 from fedhar.data.preprocess import to_canonical
 from fedhar.data.recording import IMU6, UNLABELLED, Recording, RecordingSet
@@ -94,7 +95,7 @@ def _read_sensor(path: Path) -> tuple[dict[tuple[str, str], dict[str, np.ndarray
     parts: dict[tuple[str, str], list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
     models: dict[tuple[str, str], str] = {}
     lookup = {name: i for i, name in enumerate(LABELS)} | {"null": UNLABELLED}
-    with path.open(encoding="utf-8") as f:
+    with text_errors(path), path.open(encoding="utf-8") as f:
         cols = header_index(f.readline().rstrip("\n").split(","), str(path), _COLUMNS)
         fields = {
             "t": (cols["Creation_Time"], "i"), "x": (cols["x"], "f"), "y": (cols["y"], "f"), "z": (cols["z"], "f"),

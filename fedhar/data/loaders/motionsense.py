@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fedhar.data.loaders.common import text_errors
 from fedhar.data.loaders.generic import header_index, read_records, resolve_placement
 from fedhar.data.preprocess import to_canonical
 from fedhar.data.recording import IMU6, Recording, RecordingSet
@@ -77,7 +78,7 @@ def load(root: Path, placement: str | None = None) -> RecordingSet:
 
 
 def _read_trial(path: Path, activity: str, trial: str) -> Recording:
-    with path.open(encoding="utf-8") as f:
+    with text_errors(path), path.open(encoding="utf-8") as f:
         header = f.readline().rstrip("\n").split(",")
     cols = header_index(header, str(path), _COLUMNS)
     data = read_records(path, str(path), {c: (cols[c], "f") for c in _COLUMNS}, delimiter=",", skiprows=1, first_line=1)

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fedhar.data.loaders.common import text_errors
 from fedhar.data.loaders.generic import line_of_row, read_records, resolve_placement
 from fedhar.data.preprocess import to_canonical
 from fedhar.data.recording import UNLABELLED, Recording, RecordingSet, SensorLayout
@@ -94,7 +95,7 @@ def _read_subject(path: Path, subject: str, session: str, imu: str, max_nan_gap:
     fields |= {f"acc{a}": (start + 1 + i, "f") for i, a in enumerate("xyz")}
     fields |= {f"gyro{a}": (start + 7 + i, "f") for i, a in enumerate("xyz")}
     fields |= {f"mag{a}": (start + 10 + i, "f") for i, a in enumerate("xyz")}
-    with path.open() as f:
+    with text_errors(path), path.open(encoding="utf-8") as f:
         width = len(f.readline().split())
     if width != COLUMNS:
         raise DataError(f"{path} line 1: {width} columns, a PAMAP2 .dat file has {COLUMNS}")

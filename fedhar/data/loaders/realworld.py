@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fedhar.data.loaders.common import not_text
 from fedhar.data.loaders.generic import clean_times, fuse_streams, header_index, read_records, resolve_placement
 from fedhar.data.preprocess import to_canonical
 from fedhar.data.recording import IMU6, Recording, RecordingSet
@@ -117,7 +118,10 @@ def _search(zf: zipfile.ZipFile, where: str, sensor: str, act: str, position: st
 
 
 def _read_member(raw: bytes, where: str) -> tuple[np.ndarray, np.ndarray]:
-    lines = raw.decode("utf-8", errors="replace").splitlines()
+    try:
+        lines = raw.decode("utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise not_text(where, e, raw) from None
     if not lines:
         raise DataError(f"{where} is empty")
     cols = header_index(lines[0].split(","), where, _COLUMNS)

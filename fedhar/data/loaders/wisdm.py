@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fedhar.data.loaders.common import read_text
 from fedhar.data.loaders.generic import clean_times, fuse_streams, line_of_row, read_records, resolve_placement
 from fedhar.data.preprocess import to_canonical
 from fedhar.data.recording import IMU6, Recording, RecordingSet
@@ -105,7 +106,7 @@ def _read_key(path: Path) -> dict[str, str]:
     if not path.is_file():
         return dict(DEFAULT_KEY)
     key: dict[str, str] = {}
-    for line, text in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for line, text in enumerate(read_text(path).splitlines(), start=1):
         if not text.strip():
             continue
         m = _KEY_LINE.match(text)
@@ -129,7 +130,7 @@ def _subject_files(folder: Path, sensor: str, kind: str) -> dict[str, Path]:
 
 def _read_file(path: Path, subject: str, codes: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray, Path]]:
     """Activity code → (time in ns, values [n, 3], file) of one subject's file."""
-    lines = [text.rstrip().rstrip(";") for text in path.read_text(encoding="utf-8").splitlines()]
+    lines = [text.rstrip().rstrip(";") for text in read_text(path).splitlines()]
     fields = {"subject": (0, "i"), "code": (1, "s"), "t": (2, "i"), "x": (3, "f"), "y": (4, "f"), "z": (5, "f")}
     rec = read_records(lines, str(path), fields, delimiter=",")
     if len(rec["t"]) == 0:
