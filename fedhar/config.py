@@ -260,6 +260,13 @@ class FederatedConfig:
     ray_address: str | None = None  # attach to an existing Ray cluster
     round_timeout_s: float | None = None  # stop waiting for a round's replies after this long (null: all replies)
     client_wait_s: float = 120.0  # how long the server waits for min_clients connected clients (start, rounds)
+    # a client's aggregation weight (and its share of the normaliser's moments) is at most this multiple of the
+    # median window count the clients describe: a claimed count cannot take over the average; null: no cap
+    max_weight_ratio: float | None = 10.0
+    # an update whose distance from the global state (L2 norm of the delta) exceeds this multiple of the round's
+    # median is clipped to it or rejected (update_norm_action); null: no bound
+    update_norm_bound: float | None = 10.0
+    update_norm_action: str = "clip"  # clip | reject
 
     def validate(self, path: str) -> None:
         strategies = ("fedavg", "fedprox", "fedadam", "fedyogi", "ffa-lora", "lora-exact")
@@ -302,6 +309,14 @@ class FederatedConfig:
             raise ConfigError(f"{path}.round_timeout_s must be positive or null, got {self.round_timeout_s}")
         if not self.client_wait_s > 0:
             raise ConfigError(f"{path}.client_wait_s must be positive, got {self.client_wait_s}")
+        if self.update_norm_bound is not None and not self.update_norm_bound >= 1:
+            raise ConfigError(f"{path}.update_norm_bound must be >= 1 (a multiple of the round's median update norm) "
+                              f"or null (no bound), got {self.update_norm_bound}")  # fmt: skip
+        if self.update_norm_action not in ("clip", "reject"):
+            raise ConfigError(f"{path}.update_norm_action must be clip or reject, got `{self.update_norm_action}`")
+        if self.max_weight_ratio is not None and not self.max_weight_ratio >= 1:
+            raise ConfigError(f"{path}.max_weight_ratio must be >= 1 (a multiple of the median client's window count) "
+                              f"or null (no cap), got {self.max_weight_ratio}")  # fmt: skip
 
 
 @dataclass

@@ -43,9 +43,10 @@ def bare_loop(grid, *overrides: str) -> S.RoundLoop:
     """A RoundLoop without model or data: enough for its message checks."""
     loop = object.__new__(S.RoundLoop)
     loop.grid, loop.cfg = grid, tiny_cfg(*overrides)
-    loop.job = types.SimpleNamespace(expected_nodes=len(grid.nodes), stop=None, poll_interval_s=0.01, progress=False)
+    loop.job = types.SimpleNamespace(expected_nodes=len(grid.nodes), stop=None, poll_interval_s=0.01, progress=False,
+                                     node_names=None)  # fmt: skip
     loop.described, loop.failed, loop.setup_errors, loop.calibration = set(), {}, [], None
-    loop.model = types.SimpleNamespace(data=types.SimpleNamespace(normalizer=None,
+    loop.model = types.SimpleNamespace(data=types.SimpleNamespace(normalizer=None, window_len=2,
                                                                   layout=types.SimpleNamespace(num_channels=6)))
     loop.global_state = {"w": np.zeros(2, np.float32)}
     return loop
@@ -91,7 +92,7 @@ def test_setup_fails_clearly_when_no_node_holds_training_windows():
 @pytest.mark.parametrize("metrics, problem", [
     ({"num-examples": 4, "num-values": float("inf")}, "metric num-values is inf"),
     ({"num-examples": float("inf"), "num-values": 8.0}, "metric num-examples is inf"),
-    ({"num-examples": 4, "num-values": 0.0}, "moments are impossible"),
+    ({"num-examples": 4, "num-values": 0.0}, "0 values per channel, but 4 windows of 2 samples hold 8"),
 ])  # fmt: skip
 def test_impossible_setup_counts_are_rejected(metrics, problem):
     grid = ScriptedGrid([1], lambda m: None)

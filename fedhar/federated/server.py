@@ -48,6 +48,7 @@ import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from flwr.app import Context, Error, Message, RecordDict
@@ -78,6 +79,11 @@ PULL_INTERVAL_S = 0.05  # in-process simulation; a deployment's HTTP Grid polls 
 DEPLOY_POLL_S = 0.5
 DESCRIBE_BACKOFF_MAX_ROUNDS = 4  # a node whose setup answer failed is asked again after 1, 2, then every 4 rounds
 DESCRIBE_RETRY_TIMEOUT_S = 30.0  # how long a retry waits (a first try waits federated.round_timeout_s)
+#: more windows than a device can record: 2.56 s windows at 50 % overlap, around the clock for over 10 years
+MAX_CLIENT_WINDOWS = 250_000_000
+#: |a canonical sample| no IMU reports: 100 g (consumer accelerometers saturate at 16-32 g, crash-test ones
+#: near 100) or 100 rad/s (gyroscopes saturate near 35 rad/s, 2000 °/s)
+PHYSICAL_LIMIT = 100.0
 
 
 @dataclass
@@ -92,13 +98,18 @@ class ServerJob:
     stop: threading.Event | None = None  # set when the engine under the server has ended (the loop stops)
     poll_interval_s: float = PULL_INTERVAL_S  # how often replies are pulled from the Grid
     simulated: bool = False  # `fedhar simulate`: the clients hold the config's training split (else unknown here)
+    # the authenticated name of a node (deployments with device keys), which replaces the name the client claims;
+    # None (or a node it does not know): the claimed name is used
+    node_names: Callable[[int], str | None] | None = None
 
 
 @dataclass
 class ClientInfo:
     node_id: int
-    name: str
-    num_examples: int
+    name: str  # the node's authenticated name where the deployment has one, else the name the client sent
+    num_examples: int  # the windows it described at setup
+    weight: int = 0  # its aggregation weight: num_examples, capped (federated.max_weight_ratio)
+    claimed: str | None = None  # the name it sent, when that differs from its authenticated name
 
 
 @dataclass
@@ -301,6 +312,7 @@ class RoundLoop:
         self.failed: dict[int, tuple[int, int]] = {}  # setup answer failed: node → (failures in a row, next round)
         self.online: set[int] | None = None  # connected nodes, as of the start of the round
         self.setup_errors: list[str] = []
+        self.weight_cap = MAX_CLIENT_WINDOWS  # federated.max_weight_ratio × the median window count, set at setup
         self.calibration: PairCalibration | None = None  # train.client_calibration, fitted at setup
         self.calibrated: dict[str, dict] = {}  # the latest calibrated scores with per-subject reports
 
@@ -326,7 +338,7 @@ class RoundLoop:
                                 message_type=MESSAGE_DESCRIBE) for n in group]  # fmt: skip
             if messages:
                 replies.update(_send(self.grid, messages, timeout, self.job.stop, self.job.poll_interval_s))
-        clients, failures, totals, pair_totals, answered = [], {}, None, None, set()
+        clients, failures, parts, pair_parts, answered = [], {}, {}, {}, set()
         with_moments = fit_normalizer and self.cfg.data.normalize
         with_pair = fit_normalizer and bool(self.cfg.train.client_calibration)
         for node, reply in replies.items():
@@ -343,15 +355,15 @@ class RoundLoop:
                 failures[node] = f"setup answer rejected ({e})"
                 continue
             answered.add(node)
-            self.failed.pop(node, None)
             if info is None:
                 continue
             clients.append(info)
-            if part is not None:
-                totals = part if totals is None else totals + part
-            if pair_part is not None:
-                pair_totals = pair_part if pair_totals is None else {k: v + pair_part[k]
-                                                                     for k, v in pair_totals.items()}  # fmt: skip
+            parts[node], pair_parts[node] = part, pair_part
+        if not late_nodes:  # one name, one client: a device naming itself like another never stops the federation
+            clients = self._unique_names(clients, failures)
+        answered -= set(failures)
+        for node in answered:
+            self.failed.pop(node, None)
         errors = []
         for node, reason in failures.items():  # asked again later (it may be fixed), with back-off (it may hang)
             count = self.failed.get(node, (0, 0))[0] + 1
@@ -362,6 +374,8 @@ class RoundLoop:
         if late_nodes:
             self._join(clients, errors)
             return
+        for err in errors:
+            self._say(f"[yellow]setup: {err}[/]")
         if errors and not clients:
             raise FedharError(f"every client failed the setup round; first error: {errors[0]}")
         if not clients:
@@ -371,30 +385,59 @@ class RoundLoop:
                                else "")
                             + ": check data.classes and data.split.train against the clients' data (a device: its "
                             "--data / --subjects)")  # fmt: skip
-        clients.sort(key=lambda c: c.name)
-        names = [c.name for c in clients]
-        if len(set(names)) != len(names):
-            raise FedharError(f"two nodes report the same client name ({names}); each node needs its own data")
+        self.weight_cap = weight_cap([c.num_examples for c in clients], fed.max_weight_ratio)
+        for c in clients:
+            c.weight = min(c.num_examples, self.weight_cap)
         self.federation = Federation(stage, clients)
         if fit_normalizer:
             if self.cfg.data.normalize:
-                c = (len(totals) - 1) // 2
-                norm = Normalizer.from_moments(totals[0], totals[1 : 1 + c], totals[1 + c :])
+                # each client's moments count as much as its capped weight: an inflated count cannot set the normaliser
+                totals = sum(parts[c.node_id] * (c.weight / c.num_examples) for c in clients)
+                ch = (len(totals) - 1) // 2
+                norm = Normalizer.from_moments(totals[0], totals[1 : 1 + ch], totals[1 + ch :])
             else:
                 norm = Normalizer.identity(self.model.data.layout.num_channels)
             self.model.set_normalizer(norm)
             if self.cfg.train.client_calibration:
+                pair_totals = None
+                for c in clients:
+                    if (pair_part := pair_parts[c.node_id]) is not None:
+                        pair_totals = pair_part if pair_totals is None else {k: v + pair_part[k]
+                                                                             for k, v in pair_totals.items()}  # fmt: skip
                 self.calibration = fit_calibration(pair_totals, self.cfg.train.client_calibration)
         self.write_federation()
+
+    @staticmethod
+    def _unique_names(clients: list[ClientInfo], failures: dict[int, str]) -> list[ClientInfo]:
+        """Clients sorted by name, one node per name: a later node with a taken name is left out (asked again
+        later, when the other may have left), with the reason, instead of the run stopping."""
+        kept: list[ClientInfo] = []
+        for c in sorted(clients, key=lambda c: (c.name, c.node_id)):
+            if kept and kept[-1].name == c.name:
+                failures[c.node_id] = f"client name {c.name} is already used by node {kept[-1].node_id}; left out"
+                continue
+            kept.append(c)
+        return kept
 
     def _check_description(self, node: int, reply: Message, with_moments: bool, with_pair: bool
                            ) -> tuple[ClientInfo | None, np.ndarray | None, dict[str, np.ndarray] | None]:  # fmt: skip
         """A client's setup answer, checked: (client, [count, sums, sums of squares], calibration-pair cue sums);
-        client None: holds no data."""
+        client None: holds no data.
+
+        The name is the node's authenticated one where the deployment has it (``ServerJob.node_names``): a
+        device's claimed name is only a label. Claims are checked for what real windows can give: a window
+        count below ``MAX_CLIENT_WINDOWS``, exactly ``window`` values per channel per window, sums of squares
+        no smaller than a zero variance allows, and means / mean squares a real IMU can record.
+        """
         n, metrics = check_metrics(reply)
         if n == 0:
             return None, None, None
-        info = ClientInfo(node, str(reply.content["client"]["name"]), n)
+        if n > MAX_CLIENT_WINDOWS:
+            raise FedharError(f"claims {n:,} training windows, more than any device records "
+                              f"({MAX_CLIENT_WINDOWS:,}: years of continuous recording)")  # fmt: skip
+        claimed = str(reply.content["client"]["name"])
+        known = self.job.node_names(node) if self.job.node_names is not None else None
+        info = ClientInfo(node, known or claimed, n, claimed=claimed if known and known != claimed else None)
         pair = self._check_pair_statistics(reply, info, n) if with_pair else None
         if not with_moments:
             return info, None, pair
@@ -402,9 +445,7 @@ class RoundLoop:
         expected = {"sum": ((channels,), np.dtype("float64")), "sum_sq": ((channels,), np.dtype("float64"))}
         m = record_to_state(reply.content["moments"], expected, where=f"client {info.name}'s moments")
         count = metrics.get("num-values", 0.0)  # finite: check_metrics; the sums: record_to_state
-        if not count > 0 or (m["sum_sq"] < 0).any():
-            raise FedharError(f"client {info.name}'s moments are impossible (count {count}, or negative sums of "
-                              "squares)")  # fmt: skip
+        check_moments(count, m["sum"], m["sum_sq"], windows=n, window_len=self.model.data.window_len)
         return info, np.concatenate([[count], m["sum"], m["sum_sq"]]), pair
 
     def _check_pair_statistics(self, reply: Message, info: ClientInfo, windows: int) -> dict[str, np.ndarray]:
@@ -429,6 +470,7 @@ class RoundLoop:
             if old is not None and old.node_id in self.online:
                 errors.append(f"node {c.node_id}: client name {c.name} is already used by connected node {old.node_id}")
                 continue
+            c.weight = min(c.num_examples, self.weight_cap)  # the federation's cap: a late claim cannot raise it
             by_name[c.name] = c
             self._say(f"client {c.name} {'rejoined' if old else 'joined'} ({c.num_examples} windows)")
         for err in errors:
@@ -439,7 +481,9 @@ class RoundLoop:
     def write_federation(self) -> None:
         self.run.write_json("federation.json", {
             "stage": self.federation.stage,
-            "clients": [{"name": c.name, "windows": c.num_examples} for c in self.federation.clients],
+            "clients": [{"name": c.name, "windows": c.num_examples, "weight": c.weight,
+                         **({"claimed_name": c.claimed} if c.claimed else {})} for c in self.federation.clients],
+            "weight_cap": self.weight_cap,
             "failed_nodes": self.setup_errors,
             "normalizer": self.model.data.normalizer.to_json(),
             "normalizer_source": "client moments (sums and sums of squares)" if self.cfg.data.normalize else "identity",
@@ -544,11 +588,13 @@ class RoundLoop:
                 continue
             if n == 0:
                 continue
-            updates.append(ClientUpdate(info.name, state, n))
-            clients.append({"round": rnd, "client": info.name, "num_examples": n, "bytes_down": down[node],
+            updates.append(ClientUpdate(info.name, state, info.weight))
+            clients.append({"round": rnd, "client": info.name, "num_examples": n, "weight": info.weight,
+                            "bytes_down": down[node],
                             "bytes_up": record_bytes(reply), **metrics})  # fmt: skip
         updates.sort(key=lambda u: u.name)  # replies arrive in any order; sums must not depend on it
         clients.sort(key=lambda c: c["client"])
+        updates, clipped = self.bound_updates(updates, clients, rejected)
         for problem in errors + rejected:
             self._say(f"[yellow]round {rnd}: {problem}[/]")
         if len(updates) < fed_cfg.min_clients:
@@ -573,6 +619,7 @@ class RoundLoop:
             row.update(local_eval.get(row["client"], {}))
         row = {"round": rnd, "stage": self.federation.stage, "lr": lr, "clients_sampled": len(chosen),
                "clients_updated": len(updates), "clients_failed": len(errors), "clients_rejected": len(rejected),
+               "clients_clipped": clipped,
                **self.central_metrics()}  # fmt: skip
         if eval_errors is not None:
             row["client_eval_errors"] = eval_errors
@@ -591,6 +638,49 @@ class RoundLoop:
         )
         self.client_rows.extend(clients)
         return row
+
+    def bound_updates(self, updates: list[ClientUpdate], clients: list[dict], rejected: list[str]
+                      ) -> tuple[list[ClientUpdate], int]:  # fmt: skip
+        """Bound each update's distance from the global state (``federated.update_norm_bound``).
+
+        An update passes the server's checks when it has the right tensors with finite values, yet one
+        scaled ×1e6 (or zeroed, or sign-flipped and scaled) would still decide a plain average. Its
+        delta's L2 norm (over all trainable tensors) is compared with ``update_norm_bound`` × the round's
+        median norm: above it the delta is scaled down to the bound (``clip``) or the update is left out
+        (``reject``), with the reason. The median is the honest clients' scale as long as most clients are
+        honest; with two clients it is not (their mean). Norms and scales go to ``clients.csv``.
+        Returns the updates to aggregate and how many were clipped.
+        """
+        fed = self.cfg.federated
+        if not updates:
+            return updates, 0
+        deltas = [{k: u.state[k].astype(np.float64) - self.global_state[k].astype(np.float64) for k in u.state}
+                  for u in updates]  # fmt: skip
+        norms = [float(np.sqrt(sum(float(np.sum(d**2)) for d in delta.values()))) for delta in deltas]
+        rows = {row["client"]: row for row in clients}
+        for u, norm in zip(updates, norms):
+            rows[u.name]["update_norm"] = norm
+        if fed.update_norm_bound is None or len(updates) < 2:
+            return updates, 0
+        bound = fed.update_norm_bound * float(np.median(norms))
+        kept, clipped = [], 0
+        for u, delta, norm in zip(updates, deltas, norms):
+            if norm <= bound or norm == 0.0:
+                kept.append(u)
+                continue
+            why = f"update norm {norm:.4g} exceeds {fed.update_norm_bound:g} x the round's median ({bound:.4g})"
+            if fed.update_norm_action == "reject":
+                rejected.append(f"{u.name}: update rejected: {why}")
+                clients.remove(rows[u.name])
+                continue
+            scale = bound / norm
+            state = {k: (self.global_state[k].astype(np.float64) + scale * d).astype(u.state[k].dtype)
+                     for k, d in delta.items()}  # fmt: skip
+            kept.append(ClientUpdate(u.name, state, u.num_examples))
+            rows[u.name]["update_scale"] = scale
+            clipped += 1
+            self._say(f"[yellow]{u.name}: {why}: clipped to it[/]")
+        return kept, clipped
 
     def check_update(self, reply: Message, info: ClientInfo) -> tuple[int, dict[str, float], dict[str, np.ndarray]]:
         """A client's training reply, checked before it may touch the global model: (examples, metrics, state).
@@ -665,6 +755,32 @@ class RoundLoop:
     def calibration_record(self) -> dict:
         """What a checkpoint stores of the calibration (``fedhar evaluate --calibrate`` reads it back)."""
         return {} if self.calibration is None else {"client_calibration": self.calibration.to_json()}
+
+
+def check_moments(count: float, total: np.ndarray, total_sq: np.ndarray, windows: int, window_len: int) -> None:
+    """Refuse per-channel moments that no set of ``windows`` real windows gives (they would set the normaliser)."""
+    if count != windows * window_len:
+        raise FedharError(f"moments over {count:g} values per channel, but {windows} windows of {window_len} samples "
+                          f"hold {windows * window_len}")  # fmt: skip
+    mean, mean_sq = total / count, total_sq / count
+    if (mean_sq < mean**2 * (1 - 1e-9) - 1e-12).any():
+        bad = int(np.argmax(mean**2 - mean_sq))
+        raise FedharError(f"moments are impossible: channel {bad}'s sum of squares is below sum²/count (a negative "
+                          "variance)")  # fmt: skip
+    if (np.abs(mean) > PHYSICAL_LIMIT).any() or (mean_sq > PHYSICAL_LIMIT**2).any():
+        raise FedharError(f"moments are impossible: a channel's mean or RMS exceeds {PHYSICAL_LIMIT:g} (g or rad/s), "
+                          "beyond what an IMU records")  # fmt: skip
+
+
+def weight_cap(counts: list[int], ratio: float | None) -> int:
+    """The largest aggregation weight a client may have: ``ratio`` × the median described window count.
+
+    Why: a client's window count is its own claim; uncapped, one device claiming a billion windows would
+    decide every average. The median is what most clients hold, so honest size differences up to ``ratio``
+    keep their weight. ``ratio`` None: no cap."""
+    if ratio is None or not counts:
+        return MAX_CLIENT_WINDOWS
+    return max(1, int(ratio * float(np.median(counts))))
 
 
 def fit_calibration(pair_totals: dict[str, np.ndarray] | None, pair: list[str]) -> PairCalibration:
