@@ -169,3 +169,21 @@ def test_relative_config_files_are_found_outside_a_checkout(tmp_path, monkeypatc
         S.resolve_config_path("elsewhere/x.yaml")
     with pytest.raises(ConfigError, match="--config PATH"):
         shipped_config("nothing.yaml")
+
+
+def test_a_deployments_server_needs_only_the_held_out_subjects(tmp_path):
+    """Training subjects that the server's data lack (the devices hold them) stop a simulation, not a deployment."""
+    from fedhar.federated.data import held_out_split
+    from fedhar.federated.server import RoundLoop, ServerJob
+    from fedhar.results.run import RunDir
+
+    cfg = tiny_cfg(f"output_dir={tmp_path}", "data.split.train=[1, 2, 3, 77]")  # subject 77: only on a device
+    val, test = held_out_split(cfg)
+    assert set(val.subject.tolist()) == {"4"} and set(test.subject.tolist()) == {"5"}
+    run = RunDir.create(cfg, kind="server")
+    loop = RoundLoop(None, ServerJob(cfg, run, progress=False, simulated=False))
+    assert len(loop.val) == len(val) and len(loop.test) == len(test) and "train_subjects" not in loop.provenance
+    with pytest.raises(DataError, match=r"subjects \['77'\] that are not in the data"):
+        RoundLoop(None, ServerJob(cfg, run, progress=False, simulated=True))
+    with pytest.raises(DataError, match=r"held-out subjects \['9'\] are not in the server's data"):
+        held_out_split(tiny_cfg("data.split.test=[9]"))

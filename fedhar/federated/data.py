@@ -69,6 +69,37 @@ def subject_split(cfg: ExperimentConfig) -> tuple[WindowSet, WindowSet, WindowSe
     return _SPLITS[key]
 
 
+def held_out_split(cfg: ExperimentConfig) -> tuple[WindowSet, WindowSet]:
+    """Validation and test windows alone: what a deployment's server scores.
+
+    The devices hold the training data, so the server's folder needs only the held-out subjects when they
+    are named (``data.split.val`` / ``test``, or ``split.named``). A split by seeded fractions of all
+    subjects is drawn as a simulation draws it, which needs every subject in the folder.
+    """
+    from fedhar.data.splits import NAMED_SPLITS
+
+    split = cfg.data.split
+    if split.named:
+        if split.named not in NAMED_SPLITS:
+            raise DataError(f"unknown named split `{split.named}`; known: {sorted(NAMED_SPLITS)}")
+        val, test = list(split.val or []), list(NAMED_SPLITS[split.named])
+    elif split.val or split.test:
+        val, test = list(split.val or []), list(split.test or [])
+    else:  # fractions of all subjects: drawn as a simulation draws them, so the folder must hold every subject
+        _, val_ws, test_ws = subject_split(cfg)
+        return val_ws, test_ws
+    val, test = [str(s) for s in val], [str(s) for s in test]
+    if set(val) & set(test):
+        raise DataError(f"subjects {sorted(set(val) & set(test))} are in both data.split.val and data.split.test")
+    ws = load_windows(cfg.data, cfg.seed)
+    present = sorted(set(ws.subject.tolist()))
+    missing = [s for s in val + test if s not in present]
+    if missing:
+        raise DataError(f"{cfg.data.path}: the held-out subjects {missing} are not in the server's data (it has "
+                        f"{present}); the server needs the validation and test subjects, not the devices' ones")  # fmt: skip
+    return ws.where(subject=val), ws.where(subject=test)
+
+
 def simulated_partition(cfg: ExperimentConfig, stage: int = 0) -> tuple[list[np.ndarray], list[str]]:
     """Window indices (into the training split) and names of the simulated clients at ``stage``."""
     fed = cfg.federated

@@ -64,7 +64,7 @@ from fedhar.data.recording import natural_key
 from fedhar.errors import ConfigError, DataError, FedharError
 from fedhar.config import shipped_config
 from fedhar.federated.client import MESSAGE_DESCRIBE, PAIR_STATISTICS
-from fedhar.federated.data import stage_of_round, subject_split
+from fedhar.federated.data import held_out_split, stage_of_round, subject_split
 from fedhar.federated.records import RoundJob, record_bytes, record_to_state, state_to_record
 from fedhar.federated.report import plot_rounds, summarize
 from fedhar.federated.strategies import ClientUpdate, Strategy, check_strategy, lora_pairs, make_strategy, product_gap
@@ -290,12 +290,15 @@ class RoundLoop:
     def __init__(self, grid: Grid, job: ServerJob):
         self.grid, self.job, self.cfg, self.run = grid, job, job.cfg, job.run
         self.strategy: Strategy = make_strategy(self.cfg)
-        train, self.val, self.test = subject_split(self.cfg)
         # what checkpoints record of the training data (fedhar evaluate warns on it); in a simulation the clients
-        # hold the config's training split, deployed devices' own subjects are unknown here
+        # hold the config's training split, deployed devices' own subjects are unknown here (and the server's
+        # folder needs only the held-out subjects)
         self.provenance = {"synthetic_data": self.cfg.data.dataset == "synthetic"}
         if job.simulated:
+            train, self.val, self.test = subject_split(self.cfg)
             self.provenance["train_subjects"] = sorted(set(train.subject.tolist()), key=natural_key)
+        else:
+            self.val, self.test = held_out_split(self.cfg)
         reference = self.val if len(self.val) else self.test
         if len(reference) == 0:
             raise ConfigError("federated runs evaluate centrally on held-out subjects: data.split must leave "
