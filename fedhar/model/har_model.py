@@ -169,12 +169,17 @@ def _add_lora(module: nn.Module, cfg: ModelConfig, backbone: Backbone) -> nn.Mod
     return model
 
 
-def build_model(model_cfg: ModelConfig, data: DataSpec, seed: int = 0, backbone: Backbone | None = None) -> HARNet:
-    """The model a config describes. ``backbone``: one already loaded for this model (it is adapted in place)."""
+def build_model(model_cfg: ModelConfig, data: DataSpec, seed: int = 0, backbone: Backbone | None = None,
+                allow_download: bool = True, meta: bool = False) -> HARNet:  # fmt: skip
+    """The model a config describes. ``backbone``: one already loaded for this model (it is adapted in place).
+
+    ``allow_download=False``: the backbone must be on this machine (how checkpoints load it). ``meta``: the
+    backbone is built from its config without weights (call inside ``torch.device("meta")``: shapes only)."""
     model: HARNet
     if model_cfg.kind == "llm":
         if backbone is None:
-            backbone = load_backbone(model_cfg.backbone, model_cfg.num_layers, seed)
+            backbone = load_backbone(model_cfg.backbone, model_cfg.num_layers, seed, allow_download=allow_download,
+                                     meta=meta)  # fmt: skip
         model = LLMHARModel(model_cfg, data, backbone, seed)
     else:
         from fedhar.model.baselines import DeepConvLSTM, ScratchTransformer

