@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import uuid
+import tokenize
 import zipfile
 import zlib
 from dataclasses import dataclass, field
@@ -232,6 +233,10 @@ class WindowSet:
         )
 
 
+#: what reading a damaged .npz raises: zipfile's errors, a corrupt deflate stream (zlib.error), an unknown zip
+#: version (NotImplementedError), a garbled .npy header (ValueError, or tokenize's TokenError from numpy's parser)
+_DAMAGE = (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, OSError, NotImplementedError, RuntimeError,
+           zlib.error, tokenize.TokenError, SyntaxError)  # fmt: skip
 #: deflate expands data at most ~1032 times; a member claiming more is a lie (or a zip bomb)
 _MAX_DEFLATE_RATIO = 1100
 
@@ -244,7 +249,7 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
     arrays (which would need pickle) are refused. Any damage is a DataError naming the file."""
     try:
         zf = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, EOFError, ValueError) as e:
+    except _DAMAGE as e:
         raise DataError(f"{path} is not an .npz window set (not a readable zip archive: {e}); write it with "
                         "WindowSet.save or numpy.savez") from None  # fmt: skip
     arrays: dict[str, np.ndarray] = {}
@@ -258,8 +263,7 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
                     arrays[m.filename[: -len(".npy")]] = np.lib.format.read_array(f, allow_pickle=False)
     except DataError:
         raise
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, OSError, NotImplementedError,
-            RuntimeError, zlib.error) as e:  # fmt: skip
+    except _DAMAGE as e:
         raise DataError(f"{path} is damaged: {type(e).__name__}: {e}; write or copy the window set again") from None
     return arrays
 

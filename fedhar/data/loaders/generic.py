@@ -244,6 +244,8 @@ _TIME_COLUMNS = {
 _TIME_UNIT = {1.0: "seconds", 1e-3: "milliseconds", 1e-6: "microseconds", 1e-9: "nanoseconds"}
 _MIN_STEP_S, _MAX_STEP_S = 1e-4, 1.0  # 10 kHz .. 1 Hz: any body-worn IMU stream
 _GROUP_ORDER = ("acc", "gyro", "mag")
+#: a uniform grid may hold at most this many points per sample read (long gaps become NaN points)
+_MAX_GRID_RATIO = 50
 
 
 def _parse_units(units: str | dict[str, str] | None) -> dict[str, str]:
@@ -451,8 +453,16 @@ def _to_uniform(path, time_column, t, signal, labels, subjects, sample_rate, max
     rate = float(sample_rate) if sample_rate else native
     if np.all(np.abs(steps - median) <= 0.05 * median) and abs(rate - native) <= 0.01 * native:
         return signal, labels, subjects, native
+    points = int(np.floor(t[-1] * rate + 1e-9)) + 1
+    if points > max(_MAX_GRID_RATIO * len(t), 1_000_000):  # one wild timestamp must not allocate a huge grid
+        jump = int(np.argmax(steps))
+        raise DataError(
+            f"{path}: timestamps span {t[-1]:.6g} s for {len(t)} samples (a jump of {steps[jump]:.6g} s before the "
+            f"sample on data row {jump + 2}): a {rate:g} Hz grid over it would take {points} points; fix that "
+            "timestamp, or split the file at the gap"
+        )
     t, signal, *rest = clean_times(t, signal, *(a for a in (labels, subjects) if a is not None))
-    grid = np.arange(int(np.floor(t[-1] * rate + 1e-9)) + 1) / rate
+    grid = np.arange(points) / rate
     out = np.stack([np.interp(grid, t, signal[:, c]) for c in range(signal.shape[1])], axis=1)
     prev = np.clip(np.searchsorted(t, grid, side="right") - 1, 0, len(t) - 2)
     out[(t[prev + 1] - t[prev] > max_gap_s) & (grid > t[prev])] = np.nan  # inside a long gap: no data

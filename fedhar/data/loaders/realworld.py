@@ -27,6 +27,7 @@ from __future__ import annotations
 import io
 import re
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -93,27 +94,43 @@ def _parts(path: Path, sensor: str, act: str, position: str) -> dict[int, tuple[
     try:
         with zipfile.ZipFile(path) as zf:
             found = _search(zf, str(path), sensor, act, position)
-    except zipfile.BadZipFile as e:
-        raise DataError(f"{path} is not a readable zip ({e}); download it again") from e
+    except _ZIP_DAMAGE as e:
+        raise DataError(f"{path} is not a readable zip ({type(e).__name__}: {e}); download it again") from None
     return found
+
+
+#: what a damaged zip raises while it is read (a corrupt deflate stream is a zlib.error, not a BadZipFile)
+_ZIP_DAMAGE = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError, ValueError)
+#: deflate expands data at most ~1032 times; a member claiming more is damaged or a zip bomb
+_MAX_DEFLATE_RATIO = 1100
+
+
+def _read(zf: zipfile.ZipFile, info: zipfile.ZipInfo, where: str) -> bytes:
+    """A member's bytes, after checking that its claimed size is one compression can give."""
+    if info.compress_type != zipfile.ZIP_STORED and info.file_size > _MAX_DEFLATE_RATIO * info.compress_size + 4096:
+        raise DataError(f"{where}:{info.filename} claims {info.file_size} bytes from {info.compress_size} "
+                        "compressed ones: the zip is damaged; download it again")  # fmt: skip
+    return zf.read(info)
 
 
 def _search(zf: zipfile.ZipFile, where: str, sensor: str, act: str, position: str) -> dict:
     found = {}
-    for name in zf.namelist():
+    for info in zf.infolist():
+        name = info.filename
         base = name.rsplit("/", 1)[-1]
         if base.startswith("._") or "__MACOSX" in name:  # macOS resource forks, not data
             continue
         if base.endswith(".zip"):
             try:
-                with zipfile.ZipFile(io.BytesIO(zf.read(name))) as inner:
+                with zipfile.ZipFile(io.BytesIO(_read(zf, info, where))) as inner:
                     found.update(_search(inner, f"{where}:{name}", sensor, act, position))
-            except zipfile.BadZipFile as e:
-                raise DataError(f"{where}:{name} is not a readable zip ({e}); download the archive again") from e
+            except _ZIP_DAMAGE as e:
+                raise DataError(f"{where}:{name} is not a readable zip ({type(e).__name__}: {e}); download the "
+                                "archive again") from None  # fmt: skip
             continue
         m = _MEMBER.match(base)
         if m and m["sensor"] == sensor and m["act"] == act and m["pos"] == position:
-            found[int(m["part"] or 1)] = _read_member(zf.read(name), f"{where}:{name}")
+            found[int(m["part"] or 1)] = _read_member(_read(zf, info, where), f"{where}:{name}")
     return found
 
 
