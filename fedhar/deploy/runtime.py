@@ -141,6 +141,7 @@ class Service:
         self.name, self.command, self.log_path = name, command, log_path
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(log_path, "ab")  # noqa: SIM115 - kept open for the process's lifetime
+        self.log_start = self._log.tell()  # the log is appended to across restarts: this process's part starts here
         self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, env=env,
                                         stdin=subprocess.DEVNULL, preexec_fn=die_with_parent())  # fmt: skip
 
@@ -151,12 +152,21 @@ class Service:
     def alive(self) -> bool:
         return self.process.poll() is None
 
-    def log_tail(self, lines: int = 6) -> str:
+    def log_text(self, max_bytes: int = 1 << 20) -> str:
+        """What this process has logged (not an earlier process's part of the same file), without colours;
+        at most its last ``max_bytes``."""
         try:
-            text = self.log_path.read_text(errors="replace").strip().splitlines()
+            with open(self.log_path, "rb") as f:
+                end = f.seek(0, os.SEEK_END)
+                f.seek(max(self.log_start, end - max_bytes))
+                data = f.read()
         except OSError:
             return ""
-        return "\n".join(re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in text[-lines:])  # no colours
+        return re.sub(r"\x1b\[[0-9;]*m", "", data.decode(errors="replace"))
+
+    def log_tail(self, lines: int = 6) -> str:
+        text = self.log_text(256 * 1024).strip().splitlines()
+        return "\n".join(line.strip() for line in text[-lines:])
 
     def stop(self, grace_s: float = 10.0) -> None:
         """SIGTERM (Flower shuts down gracefully: a SuperNode leaves the federation), SIGKILL after ``grace_s``."""
@@ -262,9 +272,15 @@ def node_config_arg(node_config: dict[str, str | int | float]) -> str:
 
 
 def start_supernode(superlink: str, tls: Tls, auth_key: Path | None, node_config: dict, runtime_port: int,
-                    secret_file: Path, work_dir: Path) -> Service:  # fmt: skip
-    """``flower-supernode`` in process isolation: it queues the server's messages on 127.0.0.1:runtime_port."""
-    command = ["flower-supernode", "--superlink", superlink, "--isolation", "process",
+                    secret_file: Path, work_dir: Path, heartbeat_s: float | None = None) -> Service:  # fmt: skip
+    """Flower's SuperNode in process isolation: it queues the server's messages on 127.0.0.1:runtime_port.
+
+    Run through ``fedhar.deploy.supernode`` (Flower's ``flower-supernode``, exiting when it gives up,
+    heartbeating every ``heartbeat_s``: see that module)."""
+    from fedhar.deploy.supernode import DEFAULT_HEARTBEAT_S
+
+    command = [sys.executable, "-m", "fedhar.deploy.supernode", "--heartbeat-interval",
+               str(heartbeat_s or DEFAULT_HEARTBEAT_S), "--superlink", superlink, "--isolation", "process",
                "--host", "127.0.0.1", "--port", str(runtime_port), "--superexec-auth-secret-file", str(secret_file),
                "--node-config", node_config_arg(node_config)]  # fmt: skip
     if tls.insecure:
@@ -335,11 +351,10 @@ def runtime_client(address: str, tls: Tls, token: str | None = None, secret: byt
                                                  retry_invoker=transient_retry(retry_s))  # fmt: skip
 
 
-def register_node(control, public_key: Path) -> str:
-    """Register a device's public key (only registered devices may join); 'registered' or 'already registered'."""
+def public_key_bytes(public_key: Path) -> bytes:
+    """A device's ``.pub`` file as Flower stores and compares keys (the SuperNode signs with its private half)."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
-    from flwr.proto.control_pb2 import RegisterNodeRequest
     from flwr.supercore.primitives.asymmetric import public_key_to_bytes
 
     try:
@@ -350,13 +365,29 @@ def register_node(control, public_key: Path) -> str:
     if not isinstance(key, ec.EllipticCurvePublicKey):
         raise ConfigError(f"{public_key}: SuperNode authentication needs an EC (NIST curve) key, "
                           f"got {type(key).__name__}")  # fmt: skip
+    return public_key_to_bytes(key)
+
+
+def register_node(control, public_key: Path) -> tuple[str, int | None]:
+    """Register a device's public key (only registered devices may join): ('registered', the node id the
+    SuperNode holding that key will get) or ('already registered', None)."""
+    from flwr.proto.control_pb2 import RegisterNodeRequest
+
+    key = public_key_bytes(public_key)
     try:
-        control.RegisterNode(RegisterNodeRequest(public_key=public_key_to_bytes(key), name=public_key.stem))
+        response = control.RegisterNode(RegisterNodeRequest(public_key=key, name=public_key.stem))
     except Exception as e:  # noqa: BLE001 - the Control API answers a known key with an HTTP error
         if "already" in str(getattr(getattr(e, "response", None), "text", "")).lower():
-            return "already registered"
+            return "already registered", None
         raise
-    return "registered"
+    return "registered", int(response.node_id) if response.HasField("node_id") else None
+
+
+def list_nodes(control) -> list[tuple[int, bytes]]:
+    """(node id, public key) of every node the SuperLink knows (registered, online or not)."""
+    from flwr.proto.control_pb2 import ListNodesRequest
+
+    return [(int(n.node_id), bytes(n.public_key)) for n in control.ListNodes(ListNodesRequest()).nodes_info]
 
 
 def app_fab(run_config: dict[str, str]):

@@ -8,6 +8,10 @@
 4. run ``run_federation`` — the same round loop as ``fedhar simulate`` — in this process, on Flower's
    HTTP Grid, writing results to ``runs/<name>/`` as a simulation does.
 
+**Who is who.** With device keys, a device's name in the results is the name of the key it authenticated
+with (``certs/clients/<name>.pub`` → ``<name>``), not the ``--name`` it claims: ``NodeIdentity`` maps the
+SuperLink's node ids to key names (see there). With ``--insecure`` there are no keys and the claimed names stay.
+
 A restarted server (``--resume RUN_DIR``) starts a fresh SuperLink, registers the device keys again and
 continues from the last completed round's checkpoint; the devices' ``fedhar client`` notices that the
 SuperLink forgot its SuperNode, starts the SuperNode again and rejoins.
@@ -15,6 +19,8 @@ SuperLink forgot its SuperNode, starts the SuperNode again and rejoins.
 
 from __future__ import annotations
 
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,7 +32,9 @@ from fedhar.deploy.runtime import (
     Tls,
     control_client,
     join_address,
+    list_nodes,
     local_address,
+    public_key_bytes,
     register_node,
     run_server_task,
     split_address,
@@ -94,6 +102,76 @@ def public_keys(paths: list[Path]) -> list[Path]:
     return keys
 
 
+class NodeIdentity:
+    """node id → the name of the registered device key that node authenticated with (``None``: not one of ours).
+
+    How Flower 1.42 binds them (SuperLink with ``--enable-supernode-auth``): the Control API's ``RegisterNode``
+    creates the node in the SuperLink's state with the device's public key and answers its node id; a
+    SuperNode joins with ``ActivateNode`` carrying its public key, and the SuperLink activates the node
+    *registered under that key* (``get_node_id_by_public_key``), so the SuperNode gets exactly that id; every
+    later Fleet request is signed with the key's private half and refused unless the signing key is the one
+    registered for the node id it names (``NodeAuthMiddleware``). So a node id is as good as the key:
+    ``fedhar server`` records the id ``RegisterNode`` answers for each key file, and for keys that were
+    already registered (a running SuperLink) looks the key up in the Control API's ``ListNodes`` (node id +
+    public key). A node whose key is none of ``--client-keys`` is looked up again (at most every
+    ``REFRESH_S``); still unknown, it is named ``node-<id>`` on fedhar's own SuperLink (whose registry only
+    ``fedhar server`` fills, so it can never take a key's name), and keeps the name it claims on a shared
+    SuperLink (``--superlink``: other parties' devices, or one without device authentication, whose nodes
+    all carry throwaway keys).
+
+    Limits: ids live as long as the SuperLink's state (fedhar's SuperLink keeps it in memory, so a restarted
+    server registers again and learns new ids); the name is the key file's stem on the server, so whoever
+    holds a device's private key *is* that device; the Control API itself is unauthenticated in the
+    open-source SuperLink (docs/deploy.md → Security): someone who reaches it could unregister a key and
+    register their own under the same node name, which this mapping would not see (it trusts the SuperLink).
+    """
+
+    REFRESH_S = 5.0
+
+    def __init__(self, control, keys: dict[bytes, str], unknown_claims: bool = False):
+        self.control, self.keys = control, keys  # public key bytes → device name
+        self.unknown_claims = unknown_claims  # a node of another key: its claimed name (None) or node-<id>
+        self.names: dict[int, str] = {}
+        self._lock, self._refreshed = threading.Lock(), float("-inf")
+
+    @classmethod
+    def register(cls, control, key_files: list[Path], unknown_claims: bool = False) -> NodeIdentity:
+        """Register every key file (saying so) and learn the node id each one gets."""
+        keys: dict[bytes, str] = {}
+        for path in key_files:
+            key = public_key_bytes(path)
+            if key in keys:
+                raise ConfigError(f"{path} is the same key as {keys[key]}.pub: each device needs its own key pair")
+            if path.stem in keys.values():
+                raise ConfigError(f"two key files are named {path.stem}.pub: a device's name is its key's name")
+            keys[key] = path.stem
+        identity = cls(control, keys, unknown_claims)
+        for path in key_files:
+            status, node_id = register_node(control, path)
+            say(f"device key {path.name}: {status}")
+            if node_id is not None:
+                identity.names[node_id] = path.stem
+        if len(identity.names) < len(key_files):
+            identity.refresh()
+        return identity
+
+    def refresh(self) -> None:
+        with self._lock:
+            self._refreshed = time.monotonic()
+            for node_id, key in list_nodes(self.control):
+                if key in self.keys:
+                    self.names[node_id] = self.keys[key]
+
+    def __call__(self, node_id: int) -> str | None:
+        name = self.names.get(node_id)
+        if name is None and time.monotonic() - self._refreshed > self.REFRESH_S:
+            self.refresh()
+            name = self.names.get(node_id)
+        if name is None and not self.unknown_claims:
+            name = f"node-{node_id}"
+        return name
+
+
 def preflight(cfg: ExperimentConfig, opts: ServerOptions) -> tuple[ExperimentConfig, Tls, list[Path]]:
     """Every check that can fail before a run folder or a process exists: config, TLS files, device keys."""
     from fedhar.federated.strategies import check_strategy
@@ -143,8 +221,7 @@ def serve(cfg: ExperimentConfig, run: RunDir, opts: ServerOptions, resume: bool 
     run_id = None
     control = control_client(address, tls)
     try:
-        for key in keys:
-            say(f"device key {key.name}: {register_node(control, key)}")
+        identity = None if tls.insecure else NodeIdentity.register(control, keys, unknown_claims=link is None)
         run_id, fab_hash = start_run(control, {"run-dir": str(run.path.resolve())})
         # a running SuperLink's --enable-supernode-auth is its own setting, unknown here: recorded as null
         auth = None if opts.superlink else not tls.insecure
@@ -154,7 +231,7 @@ def serve(cfg: ExperimentConfig, run: RunDir, opts: ServerOptions, resume: bool 
         waiting = opts.wait_for_clients or cfg.federated.min_clients
         say(f"SuperLink {listen} ({mode}), Flower run {run_id}; waiting for {waiting} clients…")
         job = ServerJob(cfg, run, resume=resume, expected_nodes=opts.wait_for_clients, progress=progress,
-                        poll_interval_s=DEPLOY_POLL_S)  # fmt: skip
+                        poll_interval_s=DEPLOY_POLL_S, node_names=identity)  # fmt: skip
         return run_server_task(address, tls, secret_file.read_bytes(), run_id, fab_hash,
                                lambda grid, _: run_federation(grid, job))  # fmt: skip
     finally:
