@@ -477,10 +477,13 @@ def _csv_files(root: Path) -> list[Path]:
 
 
 def _has_channel_header(path: Path) -> bool:
+    """Whether the first line names channel columns. Only that line is decoded (leniently), so a file damaged
+    further on is still recognised, and then fails by name when it is read, rather than being left out."""
     try:
-        with path.open(newline="", encoding="utf-8-sig") as f:
-            header = next(csv.reader(f), [])
-    except (OSError, UnicodeDecodeError, csv.Error):
+        with path.open("rb") as f:
+            first = f.readline(1 << 16).decode("utf-8-sig", errors="replace")
+        header = next(csv.reader([first]), [])
+    except (OSError, csv.Error):
         return False
     return any(_CHANNEL.match(h.strip()) for h in header)
 
