@@ -386,12 +386,12 @@ def test_a_supernode_exit_is_explained_with_flowers_own_sentence():
     the SuperNode's log, coloured)."""
     from types import SimpleNamespace
 
-    from fedhar.deploy.client import _exit_reason
+    from fedhar.deploy.client import exit_reason
 
     log = ("\x1b[92mINFO \x1b[0m:      Starting Flower SuperNode\n"
            "\x1b[91mERROR \x1b[0m:     Exit Code: 302\nUnable to parse the private key file.\n"
            "Node authentication requires elliptic curve private key.\n")  # fmt: skip
     node = SimpleNamespace(log_tail=lambda n: log, process=SimpleNamespace(returncode=1), log_path="x.log")
-    assert _exit_reason(node) == "Exit Code: 302: Unable to parse the private key file."
+    assert exit_reason(node) == "Exit Code: 302: Unable to parse the private key file."
     quiet = SimpleNamespace(log_tail=lambda n: "", process=SimpleNamespace(returncode=0), log_path="x.log")
-    assert "dropped it" in _exit_reason(quiet)
+    assert "dropped it" in exit_reason(quiet)

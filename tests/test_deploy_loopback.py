@@ -43,14 +43,16 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def server_config(tmp_path: Path, rounds: int, min_clients: int) -> Path:
-    """The tiny federation of tests.test_federated (synthetic subjects 4/5 held out on the server)."""
+def server_config(tmp_path: Path, rounds: int, min_clients: int, data: Path | None = None) -> Path:
+    """The tiny federation of tests.test_federated (synthetic subjects 4/5 held out on the server); with ``data``,
+    the server reads its held-out subjects from that folder of recordings instead."""
     path = tmp_path / "server.yaml"
+    source = (f"dataset: auto\n  path: {data}\n  sample_rate: 50" if data else
+              f"dataset: synthetic\n  synthetic: {json.dumps(TINY_SPEC)}")  # fmt: skip
     path.write_text(f"""name: deployed
 output_dir: {tmp_path / "runs"}
 data:
-  dataset: synthetic
-  synthetic: {json.dumps(TINY_SPEC)}
+  {source}
   classes: {json.dumps(CLASSES)}
   window: 64
   split: {{val: [4], test: [5]}}
@@ -86,10 +88,13 @@ class Deployment:
         return self.start(["server", "--address", self.address, "--certs", str(self.certs), "--client-keys", *keys,
                            *args], log)  # fmt: skip
 
-    def client(self, i: int, data: Path, program: list[str] = FEDHAR) -> subprocess.Popen:
-        return self.start(["client", "--server", self.address, "--data", str(data), "--ca", str(self.certs / "ca.crt"),
-                           "--key", str(self.certs / "clients" / f"c{i}.key"), "--work-dir", str(self.root / f"c{i}")],
-                          f"client{i}.log", program)  # fmt: skip
+    def client(self, i: int | str, data: Path, program: list[str] = FEDHAR, *extra: str,
+               ca: Path | None = None) -> subprocess.Popen:  # fmt: skip
+        """``fedhar client`` with key c<i> (or the key named ``i``), logging to client<i>.log."""
+        key = f"c{i}" if isinstance(i, int) else i
+        return self.start(["client", "--server", self.address, "--data", str(data),
+                           "--ca", str(ca or self.certs / "ca.crt"), "--key", str(self.certs / "clients" / f"{key}.key"),
+                           "--work-dir", str(self.root / f"c{i}"), *extra], f"client{i}.log", program)  # fmt: skip
 
     def text(self, log: str) -> str:
         return (self.root / log).read_text(errors="replace") if (self.root / log).is_file() else ""
@@ -125,7 +130,8 @@ def test_two_devices_train_only_registered_ones_join_and_a_restarted_server_resu
 
     devices = [write_device_csv(tmp_path / f"phone{i}" / "recording.csv", [str(i)]) for i in (1, 2)]
     server = deployment.server("--config", str(server_config(tmp_path, rounds=1, min_clients=2)))
-    clients = [deployment.client(i, devices[i - 1]) for i in (1, 2)]
+    # device 2 claims device 1's name: it is named by the key it authenticated with (a clash once stopped the run)
+    clients = [deployment.client(1, devices[0]), deployment.client(2, devices[1], FEDHAR, "--name", "c1")]
     deployment.wait_for("server.log", "waiting for 2 clients")
     # a device with an unregistered key is refused by the SuperLink (Flower's own SuperNode, nothing of fedhar)
     rogue = deployment.start(["--superlink", deployment.address,
@@ -148,6 +154,8 @@ def test_two_devices_train_only_registered_ones_join_and_a_restarted_server_resu
     assert [(r["round"], r["clients_updated"], r["clients_failed"]) for r in data["rounds"]] == [(1, 2, 0), (2, 2, 0)]
     assert all(np.isfinite(r["test_macro_f1"]) and r["bytes_total"] > 0 for r in data["rounds"])
     assert sorted(c["client"] for c in data["clients"] if c["round"] == 2) == ["c1", "c2"]  # named by their keys
+    federation = json.loads((run / "federation.json").read_text())["clients"]
+    assert [(c["name"], c.get("claimed_name")) for c in federation] == [("c1", None), ("c2", "c1")]
     run_info = json.loads((run / "run.json").read_text())
     assert run_info["flower"]["tls"] and run_info["flower"]["supernode_auth"]
 
@@ -173,6 +181,11 @@ def test_two_devices_train_only_registered_ones_join_and_a_restarted_server_resu
 
 
 def test_a_poisoned_update_is_rejected_and_a_device_killed_mid_round_does_not_stall_the_run(deployment, tmp_path):
+    """The killed device is the whole device (its fedhar client and its SuperNode, SIGKILL: power or network
+    gone): the SuperLink counts it offline 2 heartbeat intervals after its last heartbeat. Measured here:
+    43 s with Flower's 30 s interval, ~18 s with fedhar's 10 s (``fedhar client --heartbeat``)."""
+    import psutil
+
     devices = [write_device_csv(tmp_path / f"phone{i}" / "recording.csv", [str(i)]) for i in (1, 2)]
     server = deployment.server("--config", str(server_config(tmp_path, rounds=2, min_clients=1)), "--clients", "2")
     deployment.client(1, devices[0])
@@ -184,7 +197,16 @@ def test_a_poisoned_update_is_rejected_and_a_device_killed_mid_round_does_not_st
     while (deployment.root / "c2" / "supernode.log").read_text().count("Receiving: train") < 2:
         assert time.monotonic() < deadline, "the hostile device never received round 2"
         time.sleep(0.1)
-    hostile.send_signal(signal.SIGKILL)
+    supernode = psutil.Process(hostile.pid).children(recursive=True)
+    killed = time.monotonic()
+    for p in [*supernode, psutil.Process(hostile.pid)]:
+        p.send_signal(signal.SIGKILL)
+    while "Node Unavailable" not in deployment.text("server.log"):
+        assert server.poll() is None, deployment.text("server.log")
+        time.sleep(0.2)
+    lost_s = time.monotonic() - killed
+    print(f"a device killed mid-round: the server went on without it after {lost_s:.1f} s")
+    assert lost_s < 35, lost_s  # 2 x the 10 s heartbeat, plus polling (Flower's 30 s interval: up to 60 s)
     assert server.wait(180) == 0, deployment.text("server.log")
 
     rows = json.loads((tmp_path / "runs" / "deployed" / "rounds.json").read_text())["rounds"]
@@ -194,3 +216,33 @@ def test_a_poisoned_update_is_rejected_and_a_device_killed_mid_round_does_not_st
     log = deployment.text("server.log")
     assert "round 1: " in log and "update rejected" in log  # the server says what happened, per client
     assert "round 2: " in log and "Node Unavailable" in log and "1 failed" in log
+
+
+def test_a_device_started_before_the_server_joins_refused_devices_say_why_and_the_server_has_only_held_out_data(
+        deployment, tmp_path):  # fmt: skip
+    """The device waits for a server that is not there yet (saying so) and joins when it comes; devices with an
+    unregistered key or another deployment's CA are told why on their console; the server's data folder holds
+    only the held-out subjects 4 and 5 (the devices hold 1 and 2)."""
+    devices = [write_device_csv(tmp_path / f"phone{i}" / "recording.csv", [str(i)]) for i in (1, 2)]
+    held_out = write_device_csv(tmp_path / "server-data" / "held-out.csv", ["4", "5"]).parent
+    early = deployment.client(1, devices[0])
+    deployment.wait_for("client1.log", "not connected after 15 s: nothing listens at")
+    subprocess.run([*FEDHAR, "certs", "--out", str(tmp_path / "other")], env=deployment.env, check=True,
+                   capture_output=True)  # fmt: skip
+    server = deployment.server("--config", str(server_config(tmp_path, rounds=1, min_clients=2, data=held_out)),
+                               "--clients", "2")  # fmt: skip
+    deployment.wait_for("server.log", "waiting for 2 clients")
+    refused = [deployment.client("rogue", devices[1]),  # a key the server did not register
+               deployment.client("c2", devices[1], FEDHAR, ca=tmp_path / "other" / "ca.crt")]  # another CA
+    deployment.wait_for("clientrogue.log", "refused this device's key: it is not registered")
+    deployment.wait_for("clientc2.log", "the server's certificate is not signed by --ca")
+    for p in refused:
+        p.terminate()
+        p.wait(30)
+    deployment.wait_for("client1.log", "joined the federation as node")
+    deployment.client(2, devices[1])
+    assert server.wait(180) == 0, deployment.text("server.log")
+    assert early.poll() is None
+    rows = json.loads((tmp_path / "runs" / "deployed" / "rounds.json").read_text())["rounds"]
+    assert [(r["clients_updated"], r["clients_failed"]) for r in rows] == [(2, 0)]
+    assert np.isfinite(rows[0]["test_macro_f1"]) and np.isfinite(rows[0]["val_macro_f1"])

@@ -35,6 +35,8 @@ from fedhar.deploy.runtime import (
     start_supernode,
     write_secret,
 )
+from rich.markup import escape
+
 from fedhar.deploy.supernode import MARK
 from fedhar.errors import ConfigError, DataError
 from fedhar.federated.client import NODE_THREADS
@@ -125,7 +127,7 @@ def run_client(server: str, config: dict, tls: Tls, key: Path | None, work_dir: 
                 supernode.stop()
             reason = exit_reason(supernode, server, tls)
         pause = RESTART_PAUSE_S[0] if time.monotonic() - started > 120 else min(pause * 2, RESTART_PAUSE_S[1])
-        say(f"[yellow]SuperNode exited: {reason}; starting it again in {pause:.0f} s[/]")
+        say(f"[yellow]SuperNode exited: {escape(reason)}; starting it again in {pause:.0f} s[/]")
         time.sleep(pause)
 
 
@@ -160,7 +162,7 @@ def _watch(supernode: Service, server: str, tls: Tls, done: threading.Event, hin
             problem = diagnose(server, tls) or _last_word(text)
             if problem != said:
                 what = "lost the connection to the server" if lost else f"not connected after {hint_after_s:.0f} s"
-                say(f"[yellow]{what}: {problem} (the SuperNode keeps trying)[/]")
+                say(f"[yellow]{what}: {escape(problem)} (the SuperNode keeps trying)[/]")
                 said, was_lost = problem, lost
             done.wait(5.0)
             continue
@@ -276,7 +278,7 @@ def exit_reason(supernode: Service, server: str | None = None, tls: Tls | None =
         return f"{REFUSED_KEY} (Flower: {said})" if said else REFUSED_KEY
     if tls is not None and ("ssl" in said.lower() or "certificate" in said.lower()):
         host = split_address(server)[0] if server else "?"
-        return f"{tls_problem(said, host, tls)} (Flower: {said})"
+        return tls_problem(said, host, tls)
     if said:
         return said
     if supernode.process.returncode == 0:
@@ -284,9 +286,6 @@ def exit_reason(supernode: Service, server: str | None = None, tls: Tls | None =
     if server is not None and tls is not None and (problem := diagnose(server, tls)):
         return problem
     return f"exit code {supernode.process.returncode}; see {supernode.log_path}"
-
-
-_exit_reason = exit_reason  # the name earlier tests and callers used
 
 
 def _plain_lines(text: str) -> list[str]:
@@ -301,4 +300,4 @@ def _record(report: TaskReport, task_log: Path) -> None:
     if report.ok:
         say(f"{where}{report.message_type} answered in {report.seconds:.1f} s")
     else:
-        say(f"[yellow]{where}{report.message_type} failed: {report.error}[/]")
+        say(f"[yellow]{where}{report.message_type} failed: {escape(report.error)}[/]")
