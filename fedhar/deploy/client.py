@@ -7,8 +7,10 @@ the device holds is decided by ``fedhar.federated.data.client_data`` from the no
 ``--data``, ``--dataset``, ``--subjects`` and ``--name`` set.
 
 The device keeps going when the server is away: its SuperNode retries the connection, and when the
-SuperNode itself exits (the server refused the device for now, or restarted without its state) it
-is started again after a pause. A restarted device rejoins the federation for the next round.
+SuperNode itself exits (the server refused the device for now, restarted without its state, or the
+SuperNode gave up: ``fedhar.deploy.supernode``) it is started again after a pause. A restarted device
+rejoins the federation for the next round. Why a device is not connected is said on the console in one
+line (``diagnose``, ``exit_reason``), not only in ``supernode.log``.
 """
 
 from __future__ import annotations
