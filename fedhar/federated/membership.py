@@ -62,6 +62,12 @@ class SetupTotals:
     pair: dict[str, np.ndarray] | None
 
 
+def sample_size(holding: int, cfg: ExperimentConfig) -> int:
+    """How many clients a round samples from ``holding`` clients with data: ``fraction_train`` of them, at least
+    ``min_clients`` (at most all)."""
+    return min(holding, max(int(holding * cfg.federated.fraction_train), cfg.federated.min_clients))
+
+
 def sample_clients(fed: Federation, cfg: ExperimentConfig, rnd: int,
                    online: set[int] | None = None) -> list[ClientInfo]:  # fmt: skip
     """``fraction_train`` of the connected clients holding data (at least ``min_clients``), seeded by round."""

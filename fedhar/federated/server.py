@@ -38,6 +38,7 @@ resumed run continues exactly as an uninterrupted one.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -53,6 +54,7 @@ from typing import Callable
 import numpy as np
 from flwr.app import Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.exception import PrivacyBudgetExhausted
 from safetensors.numpy import load_file, save_file
 
 from fedhar.calibration import PairCalibration
@@ -62,12 +64,13 @@ from fedhar.data.preprocess import Normalizer
 from fedhar.data.recording import natural_key
 from fedhar.errors import ConfigError, FedharError
 from fedhar.config import shipped_config
-from fedhar.federated.membership import ClientInfo, Membership, sample_clients
+from fedhar.federated.membership import ClientInfo, Membership, sample_clients, sample_size
 from fedhar.federated.data import held_out_split, stage_of_round, subject_split
 from fedhar.federated.transport import PULL_INTERVAL_S, check_metrics, send_and_collect, unusable_reason
 from fedhar.federated.records import RoundJob, record_bytes, record_to_state, state_to_record
 from fedhar.federated.report import plot_rounds, summarize
-from fedhar.federated.strategies import ClientUpdate, Strategy, check_strategy, lora_pairs, make_strategy, product_gap
+from fedhar.federated import aggregation
+from fedhar.federated.aggregation import ClientUpdate, check_strategy, lora_pairs, product_gap
 from fedhar.model.har_model import DataSpec, HARNet, build_model, parameter_counts, predict_logits, windowing_record
 from fedhar.model.state import expected_spec, get_trainable_state, read_checkpoint, save_checkpoint, set_trainable_state
 from fedhar.results.run import RunDir
@@ -75,6 +78,7 @@ from fedhar.training.loop import metrics_from_logits
 
 STATE_DIR = "state"
 SERVER_STATE_FILE = "server.safetensors"
+SERVER_STATE_JSON = "server.json"  # the strategy's scalar state and the privacy accountant
 
 
 @dataclass
@@ -150,7 +154,13 @@ class RoundLoop:
 
     def __init__(self, grid: Grid, job: ServerJob):
         self.grid, self.job, self.cfg, self.run = grid, job, job.cfg, job.run
-        self.strategy: Strategy = make_strategy(self.cfg)
+        if self.cfg.federated.attack is not None and not job.simulated:
+            raise ConfigError("federated.attack is for simulation benchmarks only (fedhar simulate); remove it")
+        self.strategy = None  # built once the federation's size is known (DP accounts per sampled client)
+        self.num_sampled = 0
+        self.saved_server_state: tuple[dict, dict] = ({}, {})  # from --resume, loaded into the strategy once built
+        self.attackers: set[str] = set()  # simulated poisoning: who attacks (run_federation sets it)
+        self.stopped: str | None = None  # why the run ended before federated.rounds (a privacy budget)
         # what checkpoints record of the training data (fedhar evaluate warns on it); in a simulation the clients
         # hold the config's training split, deployed devices' own subjects are unknown here (and the server's
         # folder needs only the held-out subjects)
@@ -214,9 +224,18 @@ class RoundLoop:
         if "client_calibration" in info:
             self.calibration = PairCalibration.from_json(info["client_calibration"])
         self.global_state = state
-        server_state = folder / SERVER_STATE_FILE
-        self.strategy.load_server_state(load_file(str(server_state)) if server_state.is_file() else {})
+        arrays, extra = folder / SERVER_STATE_FILE, folder / SERVER_STATE_JSON
+        self.saved_server_state = (load_file(str(arrays)) if arrays.is_file() else {},
+                                   json.loads(extra.read_text()) if extra.is_file() else {})  # fmt: skip
         return last
+
+    def prepare_strategy(self) -> None:
+        """Build the strategy for the federation's sample size (DP noise and ε depend on it), checked as one line
+        (Krum's f against the sampled clients...), with the state a resumed run saved."""
+        self.num_sampled = sample_size(len(self.members.federation.clients), self.cfg)
+        check_strategy(self.cfg, self.num_sampled)
+        self.strategy = aggregation.build_strategy(self.cfg, self.num_sampled)
+        aggregation.load_server_state(self.strategy, *self.saved_server_state)
 
     def save_round(self, rnd: int) -> None:
         """Round state into ``state/round-NNNN`` (temp folder renamed), then ``rounds.json``, then prune."""
@@ -226,9 +245,11 @@ class RoundLoop:
         shutil.rmtree(tmp, ignore_errors=True)
         save_checkpoint(self.model, tmp, extra={"run": self.cfg.name, "seed": self.cfg.seed, "round": rnd,
                                                 **self.calibration_record(), **self.provenance})  # fmt: skip
-        server_state = self.strategy.server_state()
-        if server_state:
-            save_file({k: np.ascontiguousarray(v) for k, v in server_state.items()}, str(tmp / SERVER_STATE_FILE))
+        arrays, extra = aggregation.server_state(self.strategy)
+        if arrays:
+            save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp / SERVER_STATE_FILE))
+        if extra:
+            (tmp / SERVER_STATE_JSON).write_text(json.dumps(extra))
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         self.run.write_json("rounds.json", {"rounds": self.rows, "clients": self.client_rows})
@@ -245,12 +266,20 @@ class RoundLoop:
         self.members.refresh(rnd)
         chosen = sample_clients(self.members.federation, self.cfg, rnd, self.members.online)
         lr = round_lr(self.cfg, rnd)
-        arrays = state_to_record(self.global_state)
+        if fed_cfg.dp is not None and len(chosen) != self.num_sampled:
+            raise FedharError(f"round {rnd}: federated.dp accounts for {self.num_sampled} sampled clients per round, "
+                              f"but {len(chosen)} could be sampled (clients left or joined)")  # fmt: skip
+        # the strategy's own configure_train: what it records (arrays sent, the privacy event) and adds to the config
+        arrays, strategy_config = aggregation.configure(self.strategy, rnd, self.global_state,
+                                                        [c.node_id for c in chosen])  # fmt: skip
         messages, down = [], {}
         for c in chosen:
             job = RoundJob(self.cfg, rnd, self.members.federation.stage, lr, client_seed(self.cfg.seed, rnd, c.name),
                            self.model.data.normalizer)  # fmt: skip
-            msg = Message(RecordDict({"config": job.to_record(), "arrays": arrays}), dst_node_id=c.node_id,
+            config = job.to_record()
+            for key, value in strategy_config.items():
+                config[key] = value
+            msg = Message(RecordDict({"config": config, "arrays": arrays}), dst_node_id=c.node_id,
                           message_type="train", group_id=str(rnd))  # fmt: skip
             messages.append(msg)
             down[c.node_id] = record_bytes(msg)
@@ -270,13 +299,27 @@ class RoundLoop:
                 continue
             if n == 0:
                 continue
-            updates.append(ClientUpdate(info.name, state, info.weight))
-            clients.append({"round": rnd, "client": info.name, "num_examples": n, "weight": info.weight,
+            weight = 1 if fed_cfg.dp is not None else info.weight  # DP: every client counts the same (user-level)
+            updates.append(ClientUpdate(info.name, state, weight, metrics))
+            clients.append({"round": rnd, "client": info.name, "num_examples": n, "weight": weight,
                             "bytes_down": down[node],
                             "bytes_up": record_bytes(reply), **metrics})  # fmt: skip
         updates.sort(key=lambda u: u.name)  # replies arrive in any order; sums must not depend on it
         clients.sort(key=lambda c: c["client"])
-        updates, clipped = self.bound_updates(updates, clients, rejected)
+        bounded = aggregation.bound_updates(self.global_state, updates, fed_cfg.update_norm_bound,
+                                            fed_cfg.update_norm_action)  # fmt: skip
+        updates = bounded.updates
+        for row in clients:
+            row["update_norm"] = bounded.norms[row["client"]]
+            if row["client"] in bounded.scales:
+                row["update_scale"] = bounded.scales[row["client"]]
+                self._say(f"[yellow]{row['client']}: update norm {row['update_norm']:.4g} clipped to "
+                          f"{fed_cfg.update_norm_bound:g} x the round's median[/]")  # fmt: skip
+        rejected += [f"{name}: update rejected: {why}" for name, why in bounded.rejected.items()]
+        clients = [row for row in clients if row["client"] not in bounded.rejected]
+        if self.attackers:
+            for row in clients:
+                row["attacker"] = row["client"] in self.attackers
         for problem in errors + rejected:
             self._say(f"[yellow]round {rnd}: {problem}[/]")
         if len(updates) < fed_cfg.min_clients:
@@ -290,10 +333,17 @@ class RoundLoop:
         if pairs:
             scaling = self.cfg.model.lora.alpha / self.cfg.model.lora.r
             diagnostics["lora_product_gap"] = product_gap(updates, pairs, scaling)
-        new_state, extra = self.strategy.aggregate(self.global_state, updates)
+        new_state, extra = aggregation.aggregate(self.strategy, rnd, self.global_state, updates, self.cfg.seed)
         diagnostics.update(extra)
-        set_trainable_state(self.model, new_state, where=f"round {rnd} aggregate")
-        self.global_state = new_state
+        if new_state is None:  # the strategy declined (e.g. DP with fewer replies than it accounts for)
+            diagnostics["aggregation_skipped"] = 1
+            self._say(f"[yellow]round {rnd}: {fed_cfg.strategy} did not aggregate these {len(updates)} updates; "
+                      "the global model stays as it was[/]")  # fmt: skip
+        else:
+            set_trainable_state(self.model, new_state, where=f"round {rnd} aggregate")
+            self.global_state = new_state
+        if (spent := aggregation.privacy_spent(self.strategy)) is not None:
+            diagnostics.update(dp_epsilon=spent["epsilon"], dp_delta=spent["delta"])
         local_eval, eval_errors = {}, None
         if fed_cfg.client_val_fraction > 0:
             local_eval, eval_errors = self.evaluate_clients(rnd, chosen, lr)
@@ -301,7 +351,8 @@ class RoundLoop:
             row.update(local_eval.get(row["client"], {}))
         row = {"round": rnd, "stage": self.members.federation.stage, "lr": lr, "clients_sampled": len(chosen),
                "clients_updated": len(updates), "clients_failed": len(errors), "clients_rejected": len(rejected),
-               "clients_clipped": clipped,
+               "clients_clipped": len(bounded.scales),
+               **({"clients_attacking": sum(c.name in self.attackers for c in chosen)} if self.attackers else {}),
                **self.central_metrics()}  # fmt: skip
         if eval_errors is not None:
             row["client_eval_errors"] = eval_errors
@@ -320,49 +371,6 @@ class RoundLoop:
         )
         self.client_rows.extend(clients)
         return row
-
-    def bound_updates(self, updates: list[ClientUpdate], clients: list[dict], rejected: list[str]
-                      ) -> tuple[list[ClientUpdate], int]:  # fmt: skip
-        """Bound each update's distance from the global state (``federated.update_norm_bound``).
-
-        An update passes the server's checks when it has the right tensors with finite values, yet one
-        scaled ×1e6 (or zeroed, or sign-flipped and scaled) would still decide a plain average. Its
-        delta's L2 norm (over all trainable tensors) is compared with ``update_norm_bound`` × the round's
-        median norm: above it the delta is scaled down to the bound (``clip``) or the update is left out
-        (``reject``), with the reason. The median is the honest clients' scale as long as most clients are
-        honest; with two clients it is not (their mean). Norms and scales go to ``clients.csv``.
-        Returns the updates to aggregate and how many were clipped.
-        """
-        fed = self.cfg.federated
-        if not updates:
-            return updates, 0
-        deltas = [{k: u.state[k].astype(np.float64) - self.global_state[k].astype(np.float64) for k in u.state}
-                  for u in updates]  # fmt: skip
-        norms = [float(np.sqrt(sum(float(np.sum(d**2)) for d in delta.values()))) for delta in deltas]
-        rows = {row["client"]: row for row in clients}
-        for u, norm in zip(updates, norms):
-            rows[u.name]["update_norm"] = norm
-        if fed.update_norm_bound is None or len(updates) < 2:
-            return updates, 0
-        bound = fed.update_norm_bound * float(np.median(norms))
-        kept, clipped = [], 0
-        for u, delta, norm in zip(updates, deltas, norms):
-            if norm <= bound or norm == 0.0:
-                kept.append(u)
-                continue
-            why = f"update norm {norm:.4g} exceeds {fed.update_norm_bound:g} x the round's median ({bound:.4g})"
-            if fed.update_norm_action == "reject":
-                rejected.append(f"{u.name}: update rejected: {why}")
-                clients.remove(rows[u.name])
-                continue
-            scale = bound / norm
-            state = {k: (self.global_state[k].astype(np.float64) + scale * d).astype(u.state[k].dtype)
-                     for k, d in delta.items()}  # fmt: skip
-            kept.append(ClientUpdate(u.name, state, u.num_examples))
-            rows[u.name]["update_scale"] = scale
-            clipped += 1
-            self._say(f"[yellow]{u.name}: {why}: clipped to it[/]")
-        return kept, clipped
 
     def check_update(self, reply: Message, info: ClientInfo) -> tuple[int, dict[str, float], dict[str, np.ndarray]]:
         """A client's training reply, checked before it may touch the global model: (examples, metrics, state).
@@ -450,9 +458,19 @@ def run_federation(grid: Grid, job: ServerJob) -> dict:
     """Run (or resume) the federation ``job`` describes; returns the summary written to ``metrics.json``."""
     t_start = time.perf_counter()
     cfg = job.cfg
+    attackers: list[str] = []
+    if cfg.federated.attack is not None and job.simulated:  # a benchmark's simulated poisoning (attacks.py)
+        from fedhar.federated.attacks import AttackedGrid, attacking_clients
+        from fedhar.federated.data import simulated_partition
+
+        parts, names = simulated_partition(cfg)
+        attackers = attacking_clients(cfg, [n for n, part in zip(names, parts) if len(part)])
+        grid = AttackedGrid(grid, cfg, attackers)
     loop = RoundLoop(grid, job)
+    loop.attackers = set(attackers)
     start = loop.restore() if job.resume else 0
     loop.describe(stage_of_round(cfg, start + 1), start + 1, fit_normalizer=start == 0)
+    loop.prepare_strategy()
     counts = parameter_counts(loop.model)
     if job.progress:
         console.print(
@@ -466,12 +484,17 @@ def run_federation(grid: Grid, job: ServerJob) -> dict:
             loop.describe(stage, rnd, fit_normalizer=False)
             if job.progress:
                 console.print(f"stage {stage}: {len(loop.members.federation.clients)} clients hold data")
-        if job.progress:
-            with console.status(f"round {rnd}/{cfg.federated.rounds}: {cfg.federated.strategy} on "
-                                f"{len(loop.members.federation.clients)} clients…"):  # fmt: skip
+        try:
+            if job.progress:
+                with console.status(f"round {rnd}/{cfg.federated.rounds}: {cfg.federated.strategy} on "
+                                    f"{len(loop.members.federation.clients)} clients…"):  # fmt: skip
+                    row = loop.train_round(rnd)
+            else:
                 row = loop.train_round(rnd)
-        else:
-            row = loop.train_round(rnd)
+        except PrivacyBudgetExhausted as e:  # raised by the DP wrapper before anything is sent: a clean stop
+            loop.stopped = f"before round {rnd}: {e} (federated.dp.max_epsilon={cfg.federated.dp.max_epsilon})"
+            loop._say(f"[yellow]stopped {loop.stopped}[/]")
+            break
         loop.rows.append(row)
         loop.save_round(rnd)
         if job.progress:
@@ -482,6 +505,18 @@ def run_federation(grid: Grid, job: ServerJob) -> dict:
         **loop.calibration_record(), **loop.provenance,
     })  # fmt: skip
     summary = summarize(cfg, loop.rows, loop.model, loop.members.federation.clients, time.perf_counter() - t_start)
+    summary["strategy_args"] = dict(cfg.federated.strategy_args)
+    if loop.stopped:
+        summary["stopped"] = loop.stopped
+    if cfg.federated.dp is not None:
+        summary["dp"] = {**dataclasses.asdict(cfg.federated.dp), "sampled_clients": loop.num_sampled,
+                         "spent": aggregation.privacy_spent(loop.strategy),
+                         "accounting": "Flower's RDP accountant, no amplification by sampling, add/remove-one "
+                         "client neighbouring" if cfg.federated.dp.clipping == "fixed" and cfg.federated.dp.delta
+                         else "none: Flower accounts ε for fixed clipping only"}  # fmt: skip
+    if loop.attackers:
+        summary["attack"] = {**dataclasses.asdict(cfg.federated.attack), "attackers": sorted(loop.attackers),
+                             "note": "ATTACKED run (simulated poisoning, federated.attack)"}  # fmt: skip
     if loop.calibration is not None:  # a client-side step: reported beside the per-window figures
         if not loop.calibrated:  # resumed after the last round: this process has not scored the model yet
             loop.central_metrics()

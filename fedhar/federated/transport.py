@@ -113,3 +113,51 @@ def wait_for_nodes(grid: Grid, expected: int | None, minimum: int, stop: threadi
             raise FedharError(f"only {len(nodes)} of {want} client nodes connected within {wait_s:.0f} s "
                               "(federated.client_wait_s)")  # fmt: skip
         time.sleep(0.2)
+
+
+class LocalGrid(Grid):
+    """A Grid that hands each message to fedhar's ClientApp in this process, one node after another.
+
+    Why: the round loop without an engine, for timing the engine's overhead against the same loop run
+    serially (``simulations/sim_overhead.py``) and for tests; node ``100 + i`` is simulated partition ``i``.
+    """
+
+    def __init__(self, num_nodes: int):
+        from flwr.app import Context, RecordDict
+
+        from clients.app import app
+
+        self.app = app
+        self.contexts = {100 + i: Context(run_id=1, node_id=100 + i, node_config={"partition-id": i},
+                                          state=RecordDict(), run_config={}) for i in range(num_nodes)}  # fmt: skip
+        self.replies: dict[str, Message] = {}
+
+    def set_run(self, run) -> None:
+        raise NotImplementedError("a LocalGrid serves one run")
+
+    @property
+    def run(self):
+        raise NotImplementedError("a LocalGrid serves one run")
+
+    def create_message(self, content, message_type, dst_node_id, group_id, ttl=None):
+        raise NotImplementedError("the round loop builds its own messages")
+
+    def get_node_ids(self):
+        return list(self.contexts)
+
+    def handle(self, message: Message) -> Message:
+        return self.app(message, self.contexts[message.metadata.dst_node_id])
+
+    def push_messages(self, messages):
+        ids = []
+        for i, m in enumerate(messages):
+            m.metadata.__dict__["_message_id"] = f"m{len(self.replies) + i}-{time.monotonic_ns()}"
+            self.replies[m.metadata.message_id] = self.handle(m)
+            ids.append(m.metadata.message_id)
+        return ids
+
+    def pull_messages(self, message_ids):
+        return [self.replies.pop(i) for i in sorted(message_ids, reverse=True) if i in self.replies]
+
+    def send_and_receive(self, messages, *, timeout=None):
+        return self.pull_messages(self.push_messages(messages))
