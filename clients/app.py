@@ -4,6 +4,10 @@
 * ``train``: load the received trainable state, train E local epochs with the shared training
   loop, reply with the new trainable state, the number of examples and metrics;
 * ``evaluate``: score the received state on the client's local held-out windows.
+
+``client_side_dp_mod``: with client-side differential privacy (``federated.dp.side: client``) the
+server's message carries a clipping norm, and Flower's clipping mods clip the update on the device
+before it is sent; without one the message passes untouched.
 """
 
 from flwr.app import Context, Message
@@ -11,7 +15,7 @@ from flwr.clientapp import ClientApp
 
 from fedhar.federated import client
 
-app = ClientApp()
+app = ClientApp(mods=[client.client_side_dp_mod])
 
 
 @app.query("describe")

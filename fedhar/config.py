@@ -234,11 +234,80 @@ class TrainConfig:
             raise ConfigError(f"{path}.device must be auto, cpu or cuda[:N], got `{self.device}`")
 
 
+#: every ``federated.strategy``: Flower's strategy classes, and fedhar's LoRA rules (fedhar/federated/aggregation.py)
+STRATEGY_NAMES = ("fedavg", "fedavgm", "fedprox", "fedadagrad", "fedadam", "fedyogi", "fedmedian", "fedtrimmedavg",
+                  "krum", "multikrum", "bulyan", "qfedavg", "ffa-lora", "lora-exact")  # fmt: skip
+#: keys that moved into ``federated.strategy_args`` (Flower's argument names)
+MOVED_KEYS = {
+    "federated.proximal_mu": "federated.strategy_args.proximal_mu (strategy fedprox)",
+    "federated.server_lr": "federated.strategy_args.eta (fedadam / fedyogi / fedadagrad) or server_learning_rate (fedavgm)",
+    "federated.server_beta1": "federated.strategy_args.beta_1", "federated.server_beta2": "federated.strategy_args.beta_2",
+    "federated.server_tau": "federated.strategy_args.tau",
+}  # fmt: skip
+ATTACKS = ("sign-flip", "scale", "gaussian", "label-flip")
+
+
+@dataclass
+class DPConfig:
+    """Central differential privacy by Flower's wrappers: every update's delta clipped to a norm (on the server,
+    or on the device before it is sent), Gaussian noise of std ``noise_multiplier × norm / sampled clients`` on the
+    mean, clients weighted equally (user-level DP)."""
+
+    side: str = "server"  # server | client: where each update is clipped
+    clipping: str = "fixed"  # fixed | adaptive (the norm follows a quantile of the updates' norms)
+    noise_multiplier: float = 1.0
+    clipping_norm: float = 1.0  # fixed: the norm; adaptive: the initial norm
+    target_clipped_quantile: float = 0.5  # adaptive
+    clip_norm_lr: float = 0.2  # adaptive
+    delta: float | None = 1e-5  # fixed clipping: ε at this δ from Flower's RDP accountant, every round; null: off
+    max_epsilon: float | None = None  # fixed clipping: the run stops cleanly before a round that would spend more
+
+    def validate(self, path: str) -> None:
+        if self.side not in ("server", "client"):
+            raise ConfigError(f"{path}.side must be server or client, got `{self.side}`")
+        if self.clipping not in ("fixed", "adaptive"):
+            raise ConfigError(f"{path}.clipping must be fixed or adaptive, got `{self.clipping}`")
+        if not self.noise_multiplier >= 0 or not self.clipping_norm > 0:
+            raise ConfigError(f"{path}: noise_multiplier must be >= 0 and clipping_norm > 0, got "
+                              f"{self.noise_multiplier} and {self.clipping_norm}")  # fmt: skip
+        if self.delta is not None and not 0 < self.delta < 1:
+            raise ConfigError(f"{path}.delta must be in (0, 1) or null, got {self.delta}")
+        if self.max_epsilon is not None and (self.clipping != "fixed" or self.delta is None or not self.max_epsilon > 0):
+            raise ConfigError(f"{path}.max_epsilon must be positive and needs fixed clipping and {path}.delta (Flower "
+                              "accounts ε for fixed clipping only)")  # fmt: skip
+        if self.delta is not None and self.clipping == "fixed" and not self.noise_multiplier > 0:
+            raise ConfigError(f"{path}: accounting ε (delta set) needs noise_multiplier > 0; set {path}.delta=null "
+                              "to clip without noise")  # fmt: skip
+
+
+@dataclass
+class AttackConfig:
+    """Simulated poisoning, for robustness benchmarks only: ``fedhar simulate`` applies it, ``fedhar server``
+    refuses it, and a device's ``fedhar client`` has no code that reads it."""
+
+    kind: str = "sign-flip"  # sign-flip | scale | gaussian | label-flip
+    clients: float = 1  # how many clients attack: a count (>= 1) or a fraction of them (< 1), chosen seeded
+    from_round: int = 1
+    factor: float = 1.0  # sign-flip: the update becomes -factor × delta; scale: factor × delta
+    std: float = 1.0  # gaussian: the update becomes Gaussian noise of this std around the global state
+
+    def validate(self, path: str) -> None:
+        if self.kind not in ATTACKS:
+            raise ConfigError(f"{path}.kind must be one of {list(ATTACKS)}, got `{self.kind}`")
+        if not self.clients > 0 or (self.clients >= 1 and self.clients != int(self.clients)):
+            raise ConfigError(f"{path}.clients must be a count >= 1 or a fraction in (0, 1), got {self.clients}")
+        if self.from_round < 1 or not self.std > 0:
+            raise ConfigError(f"{path}: from_round must be >= 1 and std > 0")
+        if self.kind == "label-flip" and self.from_round != 1:
+            raise ConfigError(f"{path}.from_round: label-flip poisons the attackers' data, from round 1")
+
+
 @dataclass
 class FederatedConfig:
     """Flower federation: strategy, rounds, clients, Ray resources."""
 
-    strategy: str = "fedavg"  # fedavg | fedprox | fedadam | fedyogi | ffa-lora | lora-exact
+    strategy: str = "fedavg"  # one of STRATEGY_NAMES
+    strategy_args: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the strategy's class
     rounds: int = 5
     local_epochs: int = 1
     fraction_train: float = 1.0
@@ -247,11 +316,6 @@ class FederatedConfig:
     num_clients: int | None = None  # for dirichlet / iid
     alpha: float = 0.3  # Dirichlet concentration
     quantity_skew: float | None = None
-    proximal_mu: float = 0.01
-    server_lr: float = 0.01  # FedAdam / FedYogi
-    server_beta1: float = 0.9
-    server_beta2: float = 0.99
-    server_tau: float = 1e-3
     lr_decay: float = 1.0  # client lr multiplied by this each round (lr_schedule: exponential)
     lr_schedule: str = "exponential"  # per-round client lr: exponential (lr_decay) | cosine (over the rounds)
     client_val_fraction: float = 0.0  # local held-out share for client-side evaluation
@@ -267,11 +331,12 @@ class FederatedConfig:
     # median is clipped to it or rejected (update_norm_action); null: no bound
     update_norm_bound: float | None = 10.0
     update_norm_action: str = "clip"  # clip | reject
+    dp: DPConfig | None = None  # differential privacy (Flower's DP wrappers)
+    attack: AttackConfig | None = None  # simulated poisoning (fedhar simulate only)
 
     def validate(self, path: str) -> None:
-        strategies = ("fedavg", "fedprox", "fedadam", "fedyogi", "ffa-lora", "lora-exact")
-        if self.strategy not in strategies:
-            raise ConfigError(f"{path}.strategy must be one of {list(strategies)}, got `{self.strategy}`")
+        if self.strategy not in STRATEGY_NAMES:
+            raise ConfigError(f"{path}.strategy must be one of {list(STRATEGY_NAMES)}, got `{self.strategy}`")
         if self.rounds < 1:
             raise ConfigError(f"{path}.rounds must be >= 1, got {self.rounds}")
         if not 0 < self.fraction_train <= 1:
@@ -288,13 +353,6 @@ class FederatedConfig:
             raise ConfigError(f"{path}.min_clients must be >= 1, got {self.min_clients}")
         if self.num_clients is not None and self.num_clients < 1:
             raise ConfigError(f"{path}.num_clients must be >= 1 or null, got {self.num_clients}")
-        if self.proximal_mu < 0:
-            raise ConfigError(f"{path}.proximal_mu must be >= 0, got {self.proximal_mu}")
-        if not self.server_lr > 0 or not self.server_tau > 0:
-            raise ConfigError(f"{path}.server_lr and server_tau must be positive")
-        for name in ("server_beta1", "server_beta2"):
-            if not 0 <= getattr(self, name) < 1:
-                raise ConfigError(f"{path}.{name} must be in [0, 1), got {getattr(self, name)}")
         if not 0 < self.lr_decay <= 1:
             raise ConfigError(f"{path}.lr_decay must be in (0, 1], got {self.lr_decay}")
         if self.lr_schedule not in ("exponential", "cosine"):
@@ -416,6 +474,8 @@ def from_dict(cls: type, data: dict, path: str = "") -> Any:
     for key, value in data.items():
         key_path = f"{path}.{key}" if path else key
         if key not in fields:
+            if key_path in MOVED_KEYS:
+                raise ConfigError(f"config key `{key_path}` moved: use {MOVED_KEYS[key_path]}")
             close = difflib.get_close_matches(key, fields, n=1)
             hint = f"; did you mean `{close[0]}`?" if close else f"; known keys: {sorted(fields)}"
             raise ConfigError(f"unknown config key `{key_path}`{hint}")

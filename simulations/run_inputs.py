@@ -77,7 +77,7 @@ def settings_differ(run_dir: Path, config: str | Path, overrides: list[str], kin
     saved = _flat(load_config(run_dir / "config.yaml").to_dict())
     now = load_config(config, overrides)
     if kind == "simulate":  # as `fedhar simulate` saves it: with what the strategy implies (FFA-LoRA freezes A)
-        from fedhar.federated.strategies import check_strategy
+        from fedhar.federated.aggregation import check_strategy
 
         now = check_strategy(now)
     now = _flat(now.to_dict())

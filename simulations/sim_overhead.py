@@ -44,59 +44,28 @@ METRICS = ("val_macro_f1", "test_macro_f1", "test_accuracy", "test_loss")
 
 
 def sequential(config: str, overrides: list[str], out: Path) -> None:
-    """The federated rounds, client after client, in this process; writes ``sequential.json``."""
+    """The same round loop on a Grid that runs each client in this process, one after another (no engine,
+    no Ray); writes ``sequential.json``. The difference to ``fedhar simulate`` is the engine's cost."""
     from fedhar.config import load_config
-    from fedhar.data.preprocess import Normalizer
-    from fedhar.federated.client import moments, train_client
-    from fedhar.federated.data import client_data, simulated_partition, subject_split
-    from fedhar.federated.records import RoundJob
-    from fedhar.federated.server import ClientInfo, Federation, client_seed, round_lr, sample_clients
-    from fedhar.federated.strategies import ClientUpdate, check_strategy, make_strategy
-    from fedhar.model.har_model import DataSpec, build_model
-    from fedhar.model.state import get_trainable_state, set_trainable_state
-    from fedhar.training.loop import evaluate
+    from fedhar.federated.aggregation import check_strategy
+    from fedhar.federated.data import simulated_partition
+    from fedhar.federated.server import ServerJob, run_federation
+    from fedhar.federated.transport import LocalGrid
+    from fedhar.results.run import RunDir
 
     t_start = time.perf_counter()
-    cfg = check_strategy(load_config(config, overrides))
-    _, val, test = subject_split(cfg)
+    cfg = check_strategy(load_config(config, [*overrides, f"output_dir={out}", "name=sequential-run"]))
     parts, _ = simulated_partition(cfg)
-    clients = [d for d in (client_data(cfg, {"partition-id": i}, 0) for i in range(len(parts))) if d is not None]
-    clients.sort(key=lambda d: d.name)
-    reference = val if len(val) else test
-    spec = DataSpec(reference.layout, reference.window_len, reference.sample_rate, list(reference.label_names),
-                    Normalizer.identity(reference.num_channels))  # fmt: skip
-    model = build_model(cfg.model, spec, cfg.seed)
-    if cfg.data.normalize:
-        stats = [moments(d.train) for d in clients]
-        count = sum(d.train.x.shape[0] * d.train.x.shape[2] for d in clients)
-        total, total_sq = sum(s["sum"] for s in stats), sum(s["sum_sq"] for s in stats)
-        model.set_normalizer(Normalizer.from_moments(count, total, total_sq))
-    strategy = make_strategy(cfg)
-    state = get_trainable_state(model)
-    by_name = {d.name: d for d in clients}
-    federation = Federation(0, [ClientInfo(i, d.name, len(d.train)) for i, d in enumerate(clients)])
-    rows = []
-    for rnd in range(1, cfg.federated.rounds + 1):
-        t0 = time.perf_counter()
-        lr = round_lr(cfg, rnd)
-        updates = []
-        for c in sample_clients(federation, cfg, rnd):
-            job = RoundJob(cfg, rnd, 0, lr, client_seed(cfg.seed, rnd, c.name), model.data.normalizer)
-            new, _ = train_client(job, by_name[c.name], state)
-            updates.append(ClientUpdate(c.name, new, c.num_examples))
-        state, _ = strategy.aggregate(state, sorted(updates, key=lambda u: u.name))
-        set_trainable_state(model, state, where=f"round {rnd}")
-        row = {"round": rnd}
-        for split, ws in (("val", val), ("test", test)):
-            if len(ws):
-                m = evaluate(model, ws, cfg.train.eval_batch_size)
-                row.update({f"{split}_{k}": m[k] for k in ("accuracy", "macro_f1", "loss")})
-        row["round_seconds"] = round(time.perf_counter() - t0, 3)
-        rows.append(row)
-        print(f"round {rnd}: test macro-F1 {row.get('test_macro_f1', float('nan')):.4f} ({row['round_seconds']} s)",
-              flush=True)  # fmt: skip
+    run = RunDir.create(cfg, kind="sequential")
+    run_federation(LocalGrid(len(parts)), ServerJob(cfg, run, expected_nodes=len(parts), progress=False,
+                                                    simulated=True))  # fmt: skip
+    rows = [{k: r[k] for k in ("round", *METRICS, "round_seconds") if k in r}
+            for r in json.loads(run.file("rounds.json").read_text())["rounds"]]  # fmt: skip
+    for row in rows:
+        print(f"round {row['round']}: test macro-F1 {row.get('test_macro_f1', float('nan')):.4f} "
+              f"({row['round_seconds']} s)", flush=True)  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
-    summary = {"rounds": rows, "seconds": time.perf_counter() - t_start}
+    summary = {"rounds": rows, "seconds": time.perf_counter() - t_start, "run_dir": str(run.path)}
     write_json_atomic(out / "sequential.json", {**summary, "config": config, "overrides": overrides, **provenance()})
 
 

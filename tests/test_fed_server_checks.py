@@ -10,7 +10,9 @@ import pytest
 from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 
 from fedhar.errors import ConfigError, DataError, FedharError
+from fedhar.federated import membership as M
 from fedhar.federated import server as S
+from fedhar.federated import transport as T
 from fedhar.federated.records import state_to_record
 from tests.test_federated import DirectGrid, _run_direct, tiny_cfg
 from tests.test_federated import _server_task_identity  # noqa: F401 - an autouse fixture
@@ -39,29 +41,25 @@ def reply(message: Message, name: str = "c", **metrics) -> Message:
     return Message(content, reply_to=message)
 
 
-def bare_loop(grid, *overrides: str) -> S.RoundLoop:
-    """A RoundLoop without model or data: enough for its message checks."""
-    loop = object.__new__(S.RoundLoop)
-    loop.grid, loop.cfg = grid, tiny_cfg(*overrides)
-    loop.job = types.SimpleNamespace(expected_nodes=len(grid.nodes), stop=None, poll_interval_s=0.01, progress=False,
-                                     node_names=None)  # fmt: skip
-    loop.described, loop.failed, loop.setup_errors, loop.calibration = set(), {}, [], None
-    loop.model = types.SimpleNamespace(data=types.SimpleNamespace(normalizer=None, window_len=2,
-                                                                  layout=types.SimpleNamespace(num_channels=6)))
-    loop.global_state = {"w": np.zeros(2, np.float32)}
-    return loop
+def bare_members(grid, *overrides: str) -> M.Membership:
+    """Membership without a real model or data: enough for its message checks."""
+    job = types.SimpleNamespace(expected_nodes=len(grid.nodes), stop=None, poll_interval_s=0.01, progress=False,
+                                node_names=None, cfg=tiny_cfg(*overrides), run=None)  # fmt: skip
+    model = types.SimpleNamespace(data=types.SimpleNamespace(normalizer=None, window_len=2,
+                                                             layout=types.SimpleNamespace(num_channels=6)))
+    return M.Membership(grid, job, model, say=lambda text: None)
 
 
 def test_metrics_must_hold_a_count_and_finite_numbers():
     grid = ScriptedGrid([1], lambda m: None)
     msg = Message(RecordDict(), dst_node_id=1, message_type="evaluate")
     grid.push_messages([msg])
-    assert S.check_metrics(reply(msg, **{"num-examples": 3, "accuracy": 0.5})) == (3, {"accuracy": 0.5})
+    assert T.check_metrics(reply(msg, **{"num-examples": 3, "accuracy": 0.5})) == (3, {"accuracy": 0.5})
     for metrics, problem in [({"accuracy": 0.5}, "no num-examples"), ({"num-examples": 2.5}, "not a count"),
                              ({"num-examples": -1}, "not a count"), ({"num-examples": float("inf")}, "finite"),
                              ({"num-examples": 3, "loss": float("nan")}, "metric loss is nan")]:  # fmt: skip
         with pytest.raises(FedharError, match=problem):
-            S.check_metrics(reply(msg, **metrics))
+            T.check_metrics(reply(msg, **metrics))
 
 
 def test_bad_client_evaluations_are_left_out_with_a_reason_and_the_round_goes_on(tmp_path, monkeypatch):
@@ -86,7 +84,7 @@ def test_bad_client_evaluations_are_left_out_with_a_reason_and_the_round_goes_on
 def test_setup_fails_clearly_when_no_node_holds_training_windows():
     grid = ScriptedGrid([1, 2], lambda m: reply(m, f"node-{m.metadata.dst_node_id}", **{"num-examples": 0}))
     with pytest.raises(DataError, match="none of the 2 nodes that answered holds training windows.*data.classes"):
-        bare_loop(grid).describe(0, 1, fit_normalizer=True)
+        bare_members(grid).describe(0, 1, fit=True)
 
 
 @pytest.mark.parametrize("metrics, problem", [
@@ -96,12 +94,12 @@ def test_setup_fails_clearly_when_no_node_holds_training_windows():
 ])  # fmt: skip
 def test_impossible_setup_counts_are_rejected(metrics, problem):
     grid = ScriptedGrid([1], lambda m: None)
-    msg = Message(RecordDict(), dst_node_id=1, message_type=S.MESSAGE_DESCRIBE)
+    msg = Message(RecordDict(), dst_node_id=1, message_type=M.MESSAGE_DESCRIBE)
     grid.push_messages([msg])
     answer = reply(msg, "phone", **metrics)
     answer.content["moments"] = state_to_record({"sum": np.zeros(6), "sum_sq": np.ones(6)})
     with pytest.raises(FedharError, match=problem):
-        bare_loop(grid)._check_description(1, answer, with_moments=True, with_pair=False)
+        bare_members(grid)._check_description(1, answer, with_moments=True, with_pair=False)
 
 
 def test_a_message_the_superlink_refuses_is_an_error_reply_and_a_short_id_list_an_error():
@@ -113,12 +111,12 @@ def test_a_message_the_superlink_refuses_is_an_error_reply_and_a_short_id_list_a
     grid = Refusing([1, 2], lambda m: reply(m, **{"num-examples": 1}))
     grid.refuse = lambda ids: ["", ids[1]]  # HttpGrid: "" for the message to a node that left
     messages = [Message(RecordDict(), dst_node_id=n, message_type="train") for n in (1, 2)]
-    replies = S._send(grid, messages, 1.0, None, 0.01)
-    assert "refused the message" in S._reply_error(replies[1]) and S._reply_error(replies[2]) is None
+    replies = T.send_and_collect(grid, messages, 1.0, None, 0.01)
+    assert "refused the message" in T.reply_error(replies[1]) and T.reply_error(replies[2]) is None
     grid.refuse = lambda ids: []  # HttpGrid after HTTP 413; InMemoryGrid drops what it refuses
     messages = [Message(RecordDict(), dst_node_id=n, message_type="train") for n in (1, 2)]
     with pytest.raises(FedharError, match=r"accepted 0 of 2 `train` messages.*fraction_train"):
-        S._send(grid, messages, 1.0, None, 0.01)
+        T.send_and_collect(grid, messages, 1.0, None, 0.01)
 
 
 def test_a_node_that_hangs_at_setup_costs_the_full_timeout_once(tmp_path, monkeypatch):
@@ -136,15 +134,15 @@ def test_a_node_that_hangs_at_setup_costs_the_full_timeout_once(tmp_path, monkey
             return None if message.metadata.dst_node_id == 103 else DirectGrid.handle(self, message)
 
     waits = []
-    real_send = S._send
+    real_send = T.send_and_collect
 
     def send(grid, messages, timeout, *args):
         if 103 in [m.metadata.dst_node_id for m in messages]:
             waits.append(timeout)
         return real_send(grid, messages, timeout, *args)
 
-    monkeypatch.setattr(S, "_send", send)
-    monkeypatch.setattr(S, "DESCRIBE_RETRY_TIMEOUT_S", 0.1)
+    monkeypatch.setattr(M, "send_and_collect", send)
+    monkeypatch.setattr(M, "DESCRIBE_RETRY_TIMEOUT_S", 0.1)
     cfg = tiny_cfg(f"output_dir={tmp_path}", "name=hung", "federated.rounds=3", "federated.round_timeout_s=0.5")
     grid = HungNode()
     run_federation(grid, ServerJob(cfg, RunDir.create(cfg, kind="server"), expected_nodes=4, progress=False))

@@ -14,7 +14,8 @@ from flwr.serverapp import Grid
 from fedhar.config import load_config
 from fedhar.data.preprocess import Normalizer
 from fedhar.errors import CheckpointError, ConfigError, FedharError
-from fedhar.federated import strategies as S
+from fedhar.federated import aggregation as S
+from fedhar.federated.transport import LocalGrid
 from fedhar.federated.records import RoundJob, record_to_state, state_to_record
 
 #: a tiny federation: 5 synthetic subjects (3 train clients, 1 validation, 1 test), tiny untrained backbone
@@ -87,45 +88,72 @@ def test_round_job_roundtrip():
     assert RoundJob.from_record(RoundJob(cfg, 3, 1, 0.004, 77, norm, calibration).to_record()).calibration == calibration
 
 
-# ---- strategies ---------------------------------------------------------------------------------
+# ---- strategies (Flower's, behind fedhar's round loop) ------------------------------------------
 
 
 def _update(name: str, n: int, **tensors) -> S.ClientUpdate:
-    return S.ClientUpdate(name, {k: np.asarray(v, np.float32) for k, v in tensors.items()}, n)
+    """A checked update as the loop hands it on (its metrics: what QFedAvg reads)."""
+    return S.ClientUpdate(name, {k: np.asarray(v, np.float32) for k, v in tensors.items()}, n, {"train_loss": 0.5})
+
+
+def _round(strategy, glob, updates, rnd=1):
+    """One round as the loop runs it: the strategy's configure_train for the sampled nodes, then aggregate."""
+    S.configure(strategy, rnd, glob, list(range(len(updates))))
+    return S.aggregate(strategy, rnd, glob, updates)
+
+
+def _built(name: str, *overrides: str, n: int = 4):
+    cfg = tiny_cfg(f"federated.strategy={name}", *overrides)
+    return S.build_strategy(cfg, n)
 
 
 def test_fedavg_weights_by_examples_whatever_the_reply_order():
     updates = [_update("b", 3, w=[4.0, 8.0]), _update("a", 1, w=[0.0, 0.0])]
-    new, _ = S.Strategy().aggregate({"w": np.zeros(2, np.float32)}, updates)
+    glob = {"w": np.zeros(2, np.float32)}
+    new, _ = _round(_built("fedavg"), glob, updates)
     assert new["w"].dtype == np.float32 and np.allclose(new["w"], [3.0, 6.0])
-    flipped, _ = S.Strategy().aggregate({"w": np.zeros(2, np.float32)}, updates[::-1])
+    flipped, _ = _round(_built("fedavg"), glob, updates[::-1])
     assert np.array_equal(new["w"], flipped["w"])
 
 
-def test_fedprox_aggregates_like_fedavg_and_sets_the_client_term():
+def test_fedprox_aggregates_like_fedavg_and_tells_clients_its_mu():
     updates = [_update("a", 2, w=[1.0]), _update("b", 2, w=[3.0])]
-    prox = S.make_strategy(tiny_cfg("federated.strategy=fedprox", "federated.proximal_mu=0.5"))
-    assert prox.proximal_mu == 0.5 and S.Strategy().proximal_mu == 0.0
-    assert np.allclose(prox.aggregate({"w": np.zeros(1, np.float32)}, updates)[0]["w"], [2.0])
+    prox = _built("fedprox", "federated.strategy_args={proximal_mu: 0.5}")
+    glob = {"w": np.zeros(1, np.float32)}
+    _, config = S.configure(prox, 1, glob, [0, 1])
+    assert config["proximal-mu"] == 0.5 and S.proximal_mu(prox) == 0.5
+    assert np.allclose(S.aggregate(prox, 1, glob, updates)[0]["w"], [2.0])
 
 
-@pytest.mark.parametrize("kind", ["adam", "yogi"])
-def test_server_optimisers_follow_reddi_et_al_and_resume_exactly(kind):
-    lr, b1, b2, tau = 0.1, 0.9, 0.99, 1e-3
-    opt = S.FedOpt(kind, lr, b1, b2, tau)
+@pytest.mark.parametrize("name", ["fedadam", "fedyogi", "fedadagrad", "fedavgm"])
+def test_server_optimiser_state_is_saved_and_a_resumed_run_continues_exactly(name):
+    args = "federated.strategy_args={server_momentum: 0.9}" if name == "fedavgm" else \
+        "federated.strategy_args={eta: 0.1}"  # fmt: skip
     x = {"w": np.array([0.0, 1.0], np.float32)}
-    updates = [_update("a", 1, w=[1.0, 1.0]), _update("b", 1, w=[1.0, 3.0])]  # mean [1, 2] → Δ = [1, 1]
-    x1, _ = opt.aggregate(x, updates)
-    m, v = (1 - b1) * 1.0, (1 - b2) * 1.0  # both rules give v = (1-b2)Δ² from v = 0
-    assert np.allclose(x1["w"], x["w"] + lr * m / (np.sqrt(v) + tau), atol=1e-6)
-    saved = {k: a.copy() for k, a in opt.server_state().items()}
-    x2, _ = opt.aggregate(x1, updates)
-    resumed = S.FedOpt(kind, lr, b1, b2, tau)
-    resumed.load_server_state(saved)
-    assert np.array_equal(resumed.aggregate(x1, updates)[0]["w"], x2["w"])
-    delta = np.array([1.0, 2.0]) - x1["w"].astype(np.float64)
-    v2 = v * b2 + (1 - b2) * delta**2 if kind == "adam" else v - (1 - b2) * delta**2 * np.sign(v - delta**2)
-    assert np.allclose(opt.v["w"], v2)
+    updates = [_update("a", 1, w=[1.0, 1.0]), _update("b", 1, w=[1.0, 3.0])]
+    straight = _built(name, args)
+    x1, _ = _round(straight, x, updates, 1)
+    arrays, extra = S.server_state(straight)
+    assert arrays, f"{name} saved no server state"
+    x2, _ = _round(straight, x1, updates, 2)
+    resumed = _built(name, args)
+    S.load_server_state(resumed, {k: v.copy() for k, v in arrays.items()}, json.loads(json.dumps(extra)))
+    assert np.array_equal(_round(resumed, x1, updates, 2)[0]["w"], x2["w"])
+    fresh = _round(_built(name, args), x1, updates, 2)[0]["w"]  # without the saved moments: another step
+    assert not np.allclose(fresh, x2["w"])
+
+
+def test_fedadam_is_floweres_with_bias_correction():
+    """Flower's FedAdam: x + eta·sqrt(1-b2^(t+1))/(1-b1^(t+1)) · m/(sqrt(v)+tau), t the round (here 1)."""
+    eta, b1, b2, tau = 0.1, 0.9, 0.99, 1e-3
+    x = {"w": np.array([0.0, 1.0], np.float32)}
+    updates = [_update("a", 1, w=[1.0, 1.0]), _update("b", 1, w=[1.0, 3.0])]  # mean [1, 2]: delta [1, 1]
+    new, _ = _round(_built("fedadam", f"federated.strategy_args={{eta: {eta}, beta_1: {b1}, beta_2: {b2}}}"), x,
+                    updates)  # fmt: skip
+    m, v = (1 - b1) * 1.0, (1 - b2) * 1.0
+    corrected = eta * np.sqrt(1 - b2**2) / (1 - b1**2) * m / (np.sqrt(v) + tau)
+    uncorrected = eta * m / (np.sqrt(v) + tau)  # fedhar's own FedAdam before the switch
+    assert np.allclose(new["w"] - x["w"], corrected, atol=1e-6) and not np.isclose(corrected, uncorrected)
 
 
 def _lora_updates(rng, out=6, inp=5, r=2, share_space=True, clients=3):
@@ -142,96 +170,74 @@ def _lora_updates(rng, out=6, inp=5, r=2, share_space=True, clients=3):
     return updates
 
 
+A_NAME, B_NAME = "m.lora_A.default.weight", "m.lora_B.default.weight"
+
+
+def _weights(updates):
+    return np.asarray([u.num_examples for u in updates], np.float64)
+
+
 def test_exact_lora_aggregation_reproduces_the_mean_product_when_it_has_rank_r():
     rng = np.random.default_rng(1)
     updates = _lora_updates(rng)
     scaling = 16 / 2
     glob = {k: np.zeros_like(v) for k, v in updates[0].state.items()}
-    new, diag = S.LoraExact(rank=2, scaling=scaling).aggregate(glob, updates)
-    exact = S.exact_lora_mean(updates, "m.lora_A.default.weight", "m.lora_B.default.weight", scaling)
-    product = scaling * new["m.lora_B.default.weight"].astype(np.float64) @ new["m.lora_A.default.weight"]
+    strategy = S.LoraExact(rank=2, scaling=scaling)
+    new, diag = _round(strategy, glob, updates)
+    states = [u.state for u in updates]
+    exact = S.exact_lora_mean(states, _weights(updates), A_NAME, B_NAME, scaling)
+    product = scaling * new[B_NAME].astype(np.float64) @ new[A_NAME]
     assert np.allclose(product, exact, rtol=1e-4, atol=1e-4 * np.abs(exact).max())
     assert diag["lora_svd_residual"] < 1e-4
-    a = new["m.lora_A.default.weight"].astype(np.float64)
+    a = new[A_NAME].astype(np.float64)
     assert np.allclose(a @ a.T, np.eye(2), atol=1e-5)  # A keeps orthonormal rows: a scale like LoRA's own init
-    assert np.allclose(new["head.weight"], S.weighted_average(updates)["head.weight"])  # other tensors: FedAvg
+    heads = np.stack([u.state["head.weight"] for u in updates])
+    assert np.allclose(new["head.weight"], (_weights(updates)[:, None] * heads).sum(0) / 6)  # other tensors: FedAvg
     # plain averaging of A and B misses the mean product by a wide margin on the same updates
-    assert S.product_gap(updates, [("m.lora_A.default.weight", "m.lora_B.default.weight")], scaling) > 0.05
+    assert S.product_gap(updates, [(A_NAME, B_NAME)], scaling) > 0.05
 
 
 def test_exact_lora_aggregation_truncates_to_the_best_rank_r_approximation():
     rng = np.random.default_rng(2)
     updates = _lora_updates(rng, share_space=False)
     glob = {k: np.zeros_like(v) for k, v in updates[0].state.items()}
-    new, diag = S.LoraExact(rank=2, scaling=1.0).aggregate(glob, updates)
-    exact = S.exact_lora_mean(updates, "m.lora_A.default.weight", "m.lora_B.default.weight", 1.0)
+    new, diag = _round(S.LoraExact(rank=2, scaling=1.0), glob, updates)
+    exact = S.exact_lora_mean([u.state for u in updates], _weights(updates), A_NAME, B_NAME, 1.0)
     u, s, vt = np.linalg.svd(exact)
     best = (u[:, :2] * s[:2]) @ vt[:2]
-    product = new["m.lora_B.default.weight"].astype(np.float64) @ new["m.lora_A.default.weight"]
+    product = new[B_NAME].astype(np.float64) @ new[A_NAME]
     assert np.allclose(product, best, atol=1e-5)
-    assert diag["lora_svd_residual"] == pytest.approx(np.sqrt((s[2:] ** 2).sum() / (s**2).sum()), rel=1e-6)
+    assert diag["lora_svd_residual"] == pytest.approx(np.sqrt((s[2:] ** 2).sum() / (s**2).sum()), rel=1e-5)
 
 
-#: the aggregator each ``federated.strategy`` name must build, and the name it reports
-STRATEGY_CLASSES = {"fedavg": (S.Strategy, "fedavg"), "fedprox": (S.FedProx, "fedprox"),
-                    "fedadam": (S.FedOpt, "fedadam"), "fedyogi": (S.FedOpt, "fedyogi"),
-                    "ffa-lora": (S.Strategy, "fedavg"), "lora-exact": (S.LoraExact, "lora-exact")}  # fmt: skip
-
-
-@pytest.mark.parametrize("name", list(STRATEGY_CLASSES))
-def test_each_strategy_name_builds_its_own_aggregator_with_the_configured_settings(name):
-    cfg = tiny_cfg(f"federated.strategy={name}", "federated.proximal_mu=0.3", "federated.server_lr=0.05",
-                   "federated.server_beta1=0.8", "federated.server_beta2=0.95", "federated.server_tau=0.002",
-                   "model.lora.r=4", "model.lora.alpha=12")  # fmt: skip
-    strategy = S.make_strategy(cfg)
-    cls, built_as = STRATEGY_CLASSES[name]
-    assert type(strategy) is cls and strategy.name == built_as
-    assert strategy.proximal_mu == (0.3 if name == "fedprox" else 0.0)
-    if cls is S.FedOpt:
-        assert strategy.kind == name[3:]
-        assert (strategy.lr, strategy.beta1, strategy.beta2, strategy.tau) == (0.05, 0.8, 0.95, 0.002)
-    if cls is S.LoraExact:
-        assert (strategy.rank, strategy.scaling) == (4, 3.0)
-    assert set(STRATEGY_CLASSES) == set(S.STRATEGIES)  # a new strategy name needs a row above
-
-
-def test_exact_lora_aggregation_matches_an_independently_computed_weighted_product_mean():
+def test_exact_lora_mean_matches_an_independently_computed_weighted_product_mean():
     """Reference: sum_i (n_i / N) · s · B_i @ A_i, written out here (not via ``exact_lora_mean``)."""
     rng = np.random.default_rng(4)
-    a_name, b_name, r, scaling, counts = "m.lora_A.default.weight", "m.lora_B.default.weight", 2, 4.0, [1, 4, 9]
-    u, v = rng.standard_normal((6, r)), rng.standard_normal((r, 5))  # one shared rank-r space: exact at rank r
-    updates = [_update(f"c{i}", n, **{a_name: rng.standard_normal((r, r)) @ v, b_name: u @ rng.standard_normal((r, r))})
+    r, scaling, counts = 2, 4.0, [1, 4, 9]
+    u, v = rng.standard_normal((6, r)), rng.standard_normal((r, 5))
+    updates = [_update(f"c{i}", n, **{A_NAME: rng.standard_normal((r, r)) @ v, B_NAME: u @ rng.standard_normal((r, r))})
                for i, n in enumerate(counts)]  # fmt: skip
-    factors = [(x.state[b_name].astype(np.float64), x.state[a_name].astype(np.float64)) for x in updates]
+    factors = [(x.state[B_NAME].astype(np.float64), x.state[A_NAME].astype(np.float64)) for x in updates]
     reference = np.zeros((6, 5))
     for n, (b, a) in zip(counts, factors):
         reference += (n / sum(counts)) * scaling * (b @ a)
-    assert np.allclose(S.exact_lora_mean(updates, a_name, b_name, scaling), reference, rtol=1e-12, atol=1e-12)
-    glob = {k: np.zeros_like(x) for k, x in updates[0].state.items()}
-    new, diag = S.LoraExact(rank=r, scaling=scaling).aggregate(glob, updates)
-    product = scaling * new[b_name].astype(np.float64) @ new[a_name].astype(np.float64)
-    tol = 1e-5 * np.abs(reference).max()
-    assert np.allclose(product, reference, rtol=1e-5, atol=tol) and diag["lora_svd_residual"] < 1e-5
-    # unequal counts: an unweighted mean would land far from the reference
+    states = [x.state for x in updates]
+    assert np.allclose(S.exact_lora_mean(states, np.asarray(counts), A_NAME, B_NAME, scaling), reference, rtol=1e-12)
     unweighted = sum(scaling * (b @ a) for b, a in factors) / len(factors)
     assert not np.allclose(unweighted, reference, rtol=0.05)
 
 
-@pytest.mark.parametrize("make", [
-    S.Strategy, lambda: S.FedProx(0.1), lambda: S.FedOpt("yogi", 0.1, 0.9, 0.99, 1e-3), lambda: S.LoraExact(2, 2.0),
-], ids=["fedavg", "fedprox", "fedyogi", "lora-exact"])  # fmt: skip
-def test_aggregation_is_bit_identical_whatever_the_reply_order(make):
-    """float64 sums depend on their order in the last bits: only a fixed order makes all 24 orders agree."""
+@pytest.mark.parametrize("name", ["fedavg", "fedprox", "fedyogi", "fedmedian", "lora-exact"])
+def test_aggregation_is_bit_identical_whatever_the_reply_order(name):
     rng = np.random.default_rng(5)
-    updates = [S.ClientUpdate(f"c{i}", {"m.lora_A.default.weight": rng.standard_normal((2, 16)),
-                                        "m.lora_B.default.weight": rng.standard_normal((16, 2)),
-                                        "head.weight": rng.standard_normal(64)}, n)
+    updates = [S.ClientUpdate(f"c{i}", {A_NAME: rng.standard_normal((2, 16)).astype(np.float32),
+                                        B_NAME: rng.standard_normal((16, 2)).astype(np.float32),
+                                        "head.weight": rng.standard_normal(64).astype(np.float32)}, n)
                for i, n in enumerate([3, 7, 11, 5])]  # fmt: skip
     glob = {k: np.zeros_like(x) for k, x in updates[0].state.items()}
-    outs = [make().aggregate(glob, list(order))[0] for order in itertools.permutations(updates)]
-    assert len(outs) == 24
+    outs = [_round(_built(name), glob, list(order))[0] for order in itertools.permutations(updates)]
     for out in outs[1:]:
-        assert all(out[k].dtype == np.float64 and np.array_equal(out[k], outs[0][k]) for k in glob)
+        assert all(np.array_equal(out[k], outs[0][k]) for k in glob)
 
 
 def test_ffa_lora_freezes_a_so_plain_averaging_of_b_is_exact():
@@ -249,9 +255,74 @@ def test_ffa_lora_freezes_a_so_plain_averaging_of_b_is_exact():
     a = rng.standard_normal((2, 5))  # the shared, frozen A
     bs = [rng.standard_normal((4, 2)) for _ in range(3)]
     updates = [_update(f"c{i}", i + 1, b=b) for i, b in enumerate(bs)]
-    mean_b = S.weighted_average(updates)["b"].astype(np.float64)
+    mean_b = _round(S.build_strategy(cfg, 3), {"b": np.zeros((4, 2), np.float32)}, updates)[0]["b"].astype(np.float64)
     exact = sum(w * b @ a for w, b in zip(np.array([1, 2, 3]) / 6, bs))
     assert np.allclose(mean_b @ a, exact, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(S.STRATEGIES))
+def test_every_strategy_name_builds_and_aggregates_a_round(name):
+    from fedhar.config import STRATEGY_NAMES
+
+    rng = np.random.default_rng(6)
+    updates = _lora_updates(rng, clients=5)
+    glob = {k: np.zeros_like(v) for k, v in updates[0].state.items()}
+    args = {"krum": "{num_malicious_nodes: 1}", "multikrum": "{num_malicious_nodes: 1, num_nodes_to_select: 2}",
+            "bulyan": "{num_malicious_nodes: 0}"}.get(name, "{}")  # fmt: skip
+    cfg = tiny_cfg(f"federated.strategy={name}", f"federated.strategy_args={args}")
+    strategy = S.build_strategy(S.check_strategy(cfg, 5), 5)
+    new, _ = _round(strategy, glob, updates)
+    assert set(new) == set(glob) and all(np.isfinite(v).all() and v.dtype == glob[k].dtype for k, v in new.items())
+    assert not all(np.array_equal(new[k], glob[k]) for k in glob)
+    assert set(STRATEGY_NAMES) == set(S.STRATEGIES)  # the config's list of names is the aggregation module's
+
+
+# Bulyan needs n >= 4f+3: with five clients only f=0, which keeps every update (a plain mean): no protection
+@pytest.mark.parametrize("name, moves_less", [("fedmedian", True), ("krum", True), ("multikrum", True),
+                                              ("bulyan", False), ("fedtrimmedavg", True), ("fedavg", False)])
+def test_one_scaled_update_of_five_moves_robust_rules_little_and_fedavg_far(name, moves_less):
+    rng = np.random.default_rng(7)
+    glob = {"w": np.zeros(20, np.float32)}
+    honest = [_update(f"c{i}", 10, w=1.0 + 0.1 * rng.standard_normal(20)) for i in range(4)]
+    attacker = _update("c9", 10, w=1e6 * (1.0 + 0.1 * rng.standard_normal(20)))
+    args = {"krum": "{num_malicious_nodes: 1}", "multikrum": "{num_malicious_nodes: 1, num_nodes_to_select: 2}",
+            "bulyan": "{num_malicious_nodes: 0}", "fedtrimmedavg": "{beta: 0.2}"}.get(name, "{}")  # fmt: skip
+    clean, _ = _round(_built(name, f"federated.strategy_args={args}", n=4), glob, honest)
+    attacked, _ = _round(_built(name, f"federated.strategy_args={args}", n=5), glob, [*honest, attacker])
+    shift = float(np.linalg.norm(attacked["w"] - clean["w"]))
+    assert (shift < 1.0) == moves_less, f"{name} moved by {shift:.3g}"
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["federated.strategy=fedadam", "federated.strategy_args={lr: 0.1}"], r"FedAdam has no such argument.*'eta'"),
+    (["federated.strategy_args={fraction_train: 0.5}"], "is set by federated.fraction_train"),
+    (["federated.strategy=fedtrimmedavg", "federated.strategy_args={beta: 0.7}"], r"beta"),
+    (["federated.server_lr=0.1"], "moved: use federated.strategy_args.eta"),
+])  # fmt: skip
+def test_bad_strategy_settings_fail_before_round_one(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        tiny_cfg(*overrides)
+
+
+def test_krum_needs_more_clients_than_its_assumed_attackers_allow():
+    cfg = load_config(None, [*TINY_FED, "federated.strategy=krum", "federated.strategy_args={num_malicious_nodes: 1}"])
+    with pytest.raises(ConfigError, match=r"needs at least 5 updates per round \(2f\+3\), but a round samples 3"):
+        S.check_strategy(cfg, 3)
+    S.check_strategy(cfg, 5)
+    bulyan = load_config(None, [*TINY_FED, "federated.strategy=bulyan", "federated.strategy_args={num_malicious_nodes: 1}"])
+    with pytest.raises(ConfigError, match=r"at least 7 updates.*4f\+3"):
+        S.check_strategy(bulyan, 5)
+
+
+def test_the_norm_bound_clips_or_rejects_an_outsized_update():
+    glob = {"w": np.zeros(3, np.float32)}
+    updates = [_update(f"c{i}", 1, w=[1.0, 0.0, 0.0]) for i in range(3)] + [_update("big", 1, w=[0.0, 100.0, 0.0])]
+    clipped = S.bound_updates(glob, updates, 10.0, "clip")
+    assert clipped.scales == {"big": pytest.approx(0.1)} and len(clipped.updates) == 4
+    assert np.allclose(clipped.updates[-1].state["w"], [0.0, 10.0, 0.0])
+    rejected = S.bound_updates(glob, updates, 10.0, "reject")
+    assert list(rejected.rejected) == ["big"] and len(rejected.updates) == 3
+    assert S.bound_updates(glob, updates, None).updates == updates
 
 
 @pytest.mark.parametrize(
@@ -344,46 +415,8 @@ def _server_task_identity(monkeypatch):
         monkeypatch.setattr(TaskIdentity, field, value)
 
 
-class DirectGrid(Grid):
+class DirectGrid(LocalGrid):
     """A Grid that hands each message straight to the ClientApp: the round loop without an engine."""
-
-    def __init__(self, num_nodes: int):
-        from clients.app import app
-
-        self.app = app
-        self.contexts = {100 + i: Context(run_id=1, node_id=100 + i, node_config={"partition-id": i},
-                                          state=RecordDict(), run_config={}) for i in range(num_nodes)}  # fmt: skip
-        self.replies: dict[str, Message] = {}
-
-    def set_run(self, run) -> None:
-        raise NotImplementedError
-
-    @property
-    def run(self):
-        raise NotImplementedError
-
-    def create_message(self, content, message_type, dst_node_id, group_id, ttl=None):
-        raise NotImplementedError
-
-    def get_node_ids(self):
-        return list(self.contexts)
-
-    def handle(self, message: Message) -> Message:
-        return self.app(message, self.contexts[message.metadata.dst_node_id])
-
-    def push_messages(self, messages):
-        ids = []
-        for i, m in enumerate(messages):
-            m.metadata.__dict__["_message_id"] = f"m{len(self.replies) + i}"
-            self.replies[m.metadata.message_id] = self.handle(m)
-            ids.append(m.metadata.message_id)
-        return ids
-
-    def pull_messages(self, message_ids):
-        return [self.replies.pop(i) for i in sorted(message_ids, reverse=True)]  # replies arrive in any order
-
-    def send_and_receive(self, messages, *, timeout=None):
-        return self.pull_messages(self.push_messages(messages))
 
 
 class ErrorReplyGrid(DirectGrid):

@@ -174,7 +174,7 @@ class NodeIdentity:
 
 def preflight(cfg: ExperimentConfig, opts: ServerOptions) -> tuple[ExperimentConfig, Tls, list[Path]]:
     """Every check that can fail before a run folder or a process exists: config, TLS files, device keys."""
-    from fedhar.federated.strategies import check_strategy
+    from fedhar.federated.aggregation import check_strategy
 
     cfg = check_strategy(cfg)
     check_deployable(cfg)
@@ -194,7 +194,8 @@ def preflight(cfg: ExperimentConfig, opts: ServerOptions) -> tuple[ExperimentCon
 def serve(cfg: ExperimentConfig, run: RunDir, opts: ServerOptions, resume: bool = False,
           progress: bool = True) -> dict:  # fmt: skip
     """Run (or resume) the federation ``cfg`` on real devices; returns the ``metrics.json`` summary."""
-    from fedhar.federated.server import DEPLOY_POLL_S, ServerJob, run_federation
+    from fedhar.federated.server import ServerJob, run_federation
+    from fedhar.federated.transport import DEPLOY_POLL_S
 
     cfg, tls, keys = preflight(cfg, opts)
     host, port = split_address(opts.superlink or opts.address)

@@ -85,7 +85,7 @@ def train_client(job: RoundJob, data: ClientData, global_state: dict[str, np.nda
     """Train E local epochs from the global state; returns (new trainable state, metrics)."""
     model = process_model(job.cfg, data.train, job.normalizer)
     set_trainable_state(model, global_state, where="the server's global state")
-    mu = job.cfg.federated.proximal_mu if job.cfg.federated.strategy == "fedprox" else 0.0
+    mu = job.proximal_mu  # FedProx: sent by the strategy with every train message
     regularizer = proximal_term(model, global_state, mu) if mu > 0 else None
     result = fit(model, data.train, None, local_train_config(job.cfg, job.lr), job.seed, regularizer=regularizer)
     metrics = {
@@ -174,3 +174,16 @@ def handle_evaluate(message: Message, context: Context) -> Message:
         return _reply(message, data.name if data else f"node-{context.node_id}", 0, {})
     metrics = evaluate_client(job, data, _global_state(message, job, data))
     return _reply(message, data.name, len(data.val), metrics)
+
+
+def client_side_dp_mod(message: Message, context: Context, call_next) -> Message:
+    """Client-side DP (``federated.dp.side: client``): where the server's train message carries a clipping norm,
+    Flower's ``adaptiveclipping_mod`` clips the update to it on the device (and reports whether it had to, the
+    bit adaptive clipping needs); every other message passes untouched."""
+    from flwr.clientapp.mod import adaptiveclipping_mod
+    from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
+
+    config = message.content.config_records.get("config") if message.metadata.message_type == "train" else None
+    if config is None or KEY_CLIPPING_NORM not in config:
+        return call_next(message, context)
+    return adaptiveclipping_mod(message, context, call_next)

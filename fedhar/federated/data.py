@@ -129,6 +129,12 @@ def client_data(cfg: ExperimentConfig, node_config: dict, stage: int) -> ClientD
             return None
         train, _, _ = subject_split(cfg)
         name, windows = names[pid], train.subset(parts[pid])
+        attack = cfg.federated.attack
+        if attack is not None and attack.kind == "label-flip":  # simulated data poisoning (fedhar.federated.attacks)
+            from fedhar.federated.attacks import attacking_clients, flip_labels
+
+            if name in attacking_clients(cfg, [n for n, p in zip(names, parts) if len(p)]):
+                windows = dataclasses.replace(windows, y=flip_labels(windows.y, len(windows.label_names)))
     else:
         raise ConfigError(
             f"this node's config has neither `{DATA_PATH}` (a device's own recordings: `fedhar client --data PATH`) "

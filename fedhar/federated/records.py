@@ -78,6 +78,7 @@ class RoundJob:
     seed: int  # the client's training seed for this round
     normalizer: Normalizer | None  # None in the setup round, before it is fitted
     calibration: dict | None = None  # PairCalibration.to_json(): clients apply it to their local evaluation
+    proximal_mu: float = 0.0  # FedProx's mu, set by the strategy's configure_train (Flower's `proximal-mu` key)
 
     def to_record(self) -> ConfigRecord:
         record = ConfigRecord({
@@ -108,4 +109,7 @@ class RoundJob:
             normalizer = Normalizer(mean, std)
         rnd, stage, lr, seed = int(record["round"]), int(record["stage"]), float(record["lr"]), int(record["seed"])
         calibration = json.loads(str(record["client-calibration"])) if "client-calibration" in record else None
-        return cls(cfg, rnd, stage, lr, seed, normalizer, calibration)
+        mu = float(record.get("proximal-mu", 0.0))
+        if not mu >= 0:
+            raise CheckpointError(f"the server's proximal-mu is {mu}, not a weight >= 0")
+        return cls(cfg, rnd, stage, lr, seed, normalizer, calibration, mu)

@@ -25,7 +25,8 @@ from fedhar.calibration import check_pair
 from fedhar.config import ExperimentConfig
 from fedhar.errors import ConfigError, FedharError
 from fedhar.federated.data import simulated_partition, subject_split
-from fedhar.federated.strategies import check_strategy
+from fedhar.federated.aggregation import check_strategy
+from fedhar.federated.membership import sample_size
 from fedhar.results.run import RunDir
 
 
@@ -103,6 +104,8 @@ def preflight(cfg: ExperimentConfig) -> tuple[ExperimentConfig, list[str]]:
     """Every check that can fail before anything starts: strategy vs model, client count, cluster address."""
     cfg = check_strategy(cfg)
     names = check_federation(cfg)
+    parts, _ = simulated_partition(cfg)
+    check_strategy(cfg, sample_size(sum(1 for p in parts if len(p)), cfg))  # Krum's f against the sample, ...
     if cfg.train.client_calibration:
         train, _, _ = subject_split(cfg)
         check_pair(train.label_names, cfg.train.client_calibration)

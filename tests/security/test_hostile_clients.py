@@ -14,6 +14,7 @@ import pytest
 from flwr.app import MetricRecord
 
 from fedhar.federated import server as S
+from fedhar.federated.client import MESSAGE_DESCRIBE
 from fedhar.federated.records import state_to_record
 from tests.test_federated import DirectGrid, tiny_cfg
 from tests.test_federated import _server_task_identity  # noqa: F401 - an autouse fixture
@@ -79,19 +80,19 @@ def honest(*_):
 
 
 def _inflate_count_only(kind, reply, _):
-    if kind == S.MESSAGE_DESCRIBE:
+    if kind == MESSAGE_DESCRIBE:
         set_metrics(reply, **{"num-examples": 1_000_000_000})
 
 
 def _negative_variance(kind, reply, _):
-    if kind == S.MESSAGE_DESCRIBE:
+    if kind == MESSAGE_DESCRIBE:
         m = moments_of(reply)
         m["sum_sq"] = m["sum"] ** 2 / metrics_of(reply)["num-values"] * 0.5  # below sum²/count
         reply.content["moments"] = state_to_record(m)
 
 
 def _huge_mean(kind, reply, _):
-    if kind == S.MESSAGE_DESCRIBE:
+    if kind == MESSAGE_DESCRIBE:
         m = moments_of(reply)
         count = metrics_of(reply)["num-values"]
         m["sum"] = m["sum"] + 1e4 * count  # a mean of 10,000 g: drags the normaliser anywhere
@@ -100,12 +101,12 @@ def _huge_mean(kind, reply, _):
 
 
 def _values_do_not_match_windows(kind, reply, _):
-    if kind == S.MESSAGE_DESCRIBE:
+    if kind == MESSAGE_DESCRIBE:
         set_metrics(reply, **{"num-values": metrics_of(reply)["num-values"] * 50})
 
 
 def _nan_moments(kind, reply, _):
-    if kind == S.MESSAGE_DESCRIBE:
+    if kind == MESSAGE_DESCRIBE:
         m = moments_of(reply)
         m["sum"][0] = np.nan
         reply.content["moments"] = state_to_record(m)
@@ -135,7 +136,7 @@ def test_an_inflated_but_consistent_claim_is_capped_in_the_average_and_the_norma
     factor = 1000
 
     def inflate(kind, reply, _):
-        if kind in (S.MESSAGE_DESCRIBE, "train"):
+        if kind in (MESSAGE_DESCRIBE, "train"):
             m = metrics_of(reply)
             changes = {"num-examples": m["num-examples"] * factor}
             if "num-values" in m:

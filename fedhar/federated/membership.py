@@ -1,0 +1,310 @@
+"""Who is in the federation: the setup question every node is asked, what its answer may claim, who is online.
+
+At setup (and whenever the data stage changes) each node says what it holds: a name, a window count and,
+for the global normaliser, per-channel sums and sums of squares (no window leaves a client). Those are
+claims, so they are checked against what real windows can give and capped in their influence
+(``federated.max_weight_ratio``); a node's name is its authenticated one where the deployment has device
+keys; a name already taken, a forged or failed answer leaves that node out (asked again later with
+back-off) and never stops the federation. Deployed nodes come and go: ``refresh`` describes the ones that
+joined late before every round.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from flwr.app import Message, RecordDict
+from flwr.serverapp import Grid
+
+from fedhar.calibration import num_posture_cues
+from fedhar.config import ExperimentConfig
+from fedhar.errors import DataError, FedharError
+from fedhar.federated.client import MESSAGE_DESCRIBE, PAIR_STATISTICS
+from fedhar.federated.records import RoundJob, record_to_state
+from fedhar.federated.transport import check_metrics, reply_error, send_and_collect, wait_for_nodes
+
+DESCRIBE_BACKOFF_MAX_ROUNDS = 4  # a node whose setup answer failed is asked again after 1, 2, then every 4 rounds
+DESCRIBE_RETRY_TIMEOUT_S = 30.0  # how long a retry waits (a first try waits federated.round_timeout_s)
+#: more windows than a device can record: 2.56 s windows at 50 % overlap, around the clock for over 10 years
+MAX_CLIENT_WINDOWS = 250_000_000
+#: |a canonical sample| no IMU reports: 100 g (consumer accelerometers saturate at 16-32 g, crash-test ones
+#: near 100) or 100 rad/s (gyroscopes saturate near 35 rad/s, 2000 °/s)
+PHYSICAL_LIMIT = 100.0
+
+
+@dataclass
+class ClientInfo:
+    node_id: int
+    name: str  # the node's authenticated name where the deployment has one, else the name the client sent
+    num_examples: int  # the windows it described at setup
+    weight: int = 0  # its aggregation weight: num_examples, capped (federated.max_weight_ratio)
+    claimed: str | None = None  # the name it sent, when that differs from its authenticated name
+
+
+@dataclass
+class Federation:
+    """The server's view of who is out there at the current stage."""
+
+    stage: int
+    clients: list[ClientInfo] = field(default_factory=list)  # sorted by name, only those holding data
+
+
+
+@dataclass
+class SetupTotals:
+    """What the setup answers add up to: [count, sums, sums of squares] per channel (None: data.normalize off)
+    and the calibration pair's cue sums (None: no calibration)."""
+
+    moments: np.ndarray | None
+    pair: dict[str, np.ndarray] | None
+
+
+def sample_size(holding: int, cfg: ExperimentConfig) -> int:
+    """How many clients a round samples from ``holding`` clients with data: ``fraction_train`` of them, at least
+    ``min_clients`` (at most all)."""
+    return min(holding, max(int(holding * cfg.federated.fraction_train), cfg.federated.min_clients))
+
+
+def sample_clients(fed: Federation, cfg: ExperimentConfig, rnd: int,
+                   online: set[int] | None = None) -> list[ClientInfo]:  # fmt: skip
+    """``fraction_train`` of the connected clients holding data (at least ``min_clients``), seeded by round."""
+    available = [c for c in fed.clients if online is None or c.node_id in online]
+    k = max(int(len(available) * cfg.federated.fraction_train), cfg.federated.min_clients)
+    if k > len(available):
+        raise FedharError(
+            f"round {rnd}: {len(available)} connected clients hold data at stage {fed.stage}, "
+            f"fewer than federated.min_clients={cfg.federated.min_clients}"
+        )
+    rng = np.random.default_rng([cfg.seed, rnd])
+    chosen = sorted(rng.choice(len(available), size=k, replace=False).tolist())
+    return [available[i] for i in chosen]
+
+
+
+class Membership:
+    """The server's view of the nodes: described, failed (with back-off), online; the current federation."""
+
+    def __init__(self, grid: Grid, job, model, say):
+        self.grid, self.job, self.cfg, self.run, self.model, self._say = grid, job, job.cfg, job.run, model, say
+        self.federation = Federation(stage=-1)
+        self.described: set[int] = set()  # nodes asked at the current stage (with or without data)
+        self.failed: dict[int, tuple[int, int]] = {}  # setup answer failed: node → (failures in a row, next round)
+        self.online: set[int] | None = None  # connected nodes, as of the start of the round
+        self.setup_errors: list[str] = []
+        self.weight_cap = MAX_CLIENT_WINDOWS  # federated.max_weight_ratio × the median window count, set at setup
+
+    def describe(self, stage: int, rnd: int, fit: bool, late_nodes: list[int] | None = None) -> SetupTotals | None:
+        """Ask every node what it holds at ``stage`` (before round ``rnd``); with ``fit``, return the totals of
+        their moments and calibration-pair sums (the loop fits the normaliser and the calibration from them).
+
+        With ``late_nodes`` only those nodes are asked (they connected after the federation was described)
+        and the clients among them join the current federation. A node whose earlier answer failed is asked
+        only once its back-off has passed, and waited for at most ``DESCRIBE_RETRY_TIMEOUT_S``.
+        """
+        fed = self.cfg.federated
+        nodes = late_nodes or wait_for_nodes(self.grid, self.job.expected_nodes, fed.min_clients, self.job.stop,
+                                             fed.client_wait_s)  # fmt: skip
+        fresh = [n for n in nodes if n not in self.failed]
+        retry = [n for n in nodes if n in self.failed and self.failed[n][1] <= rnd]
+        retry_timeout = min(fed.round_timeout_s or math.inf, DESCRIBE_RETRY_TIMEOUT_S)
+        job = RoundJob(self.cfg, 0, stage, self.cfg.train.lr, self.cfg.seed, None)
+        replies: dict[int, Message | None] = {}
+        for group, timeout in ((fresh, fed.round_timeout_s), (retry, retry_timeout)):
+            messages = [Message(RecordDict({"config": job.to_record()}), dst_node_id=n,
+                                message_type=MESSAGE_DESCRIBE) for n in group]  # fmt: skip
+            if messages:
+                replies.update(send_and_collect(self.grid, messages, timeout, self.job.stop, self.job.poll_interval_s))
+        clients, failures, parts, pair_parts, answered = [], {}, {}, {}, set()
+        with_moments = fit and self.cfg.data.normalize
+        with_pair = fit and bool(self.cfg.train.client_calibration)
+        for node, reply in replies.items():
+            if reply is None:
+                waited = f"{retry_timeout} s (a retry)" if node in retry else f"round_timeout_s={fed.round_timeout_s}"
+                failures[node] = f"no answer within {waited}"
+                continue
+            if (err := reply_error(reply)) is not None:
+                failures[node] = err
+                continue
+            try:
+                info, part, pair_part = self._check_description(node, reply, with_moments, with_pair)
+            except (FedharError, KeyError, TypeError, ValueError) as e:
+                failures[node] = f"setup answer rejected ({e})"
+                continue
+            answered.add(node)
+            if info is None:
+                continue
+            clients.append(info)
+            parts[node], pair_parts[node] = part, pair_part
+        if not late_nodes:  # one name, one client: a device naming itself like another never stops the federation
+            clients = self._unique_names(clients, failures)
+        answered -= set(failures)
+        for node in answered:
+            self.failed.pop(node, None)
+        errors = []
+        for node, reason in failures.items():  # asked again later (it may be fixed), with back-off (it may hang)
+            count = self.failed.get(node, (0, 0))[0] + 1
+            self.failed[node] = (count, rnd + min(2 ** (count - 1), DESCRIBE_BACKOFF_MAX_ROUNDS))
+            errors.append(f"node {node}: {reason} (asked again before round {self.failed[node][1]})")
+        self.described = (self.described if late_nodes else set()) | answered
+        self.setup_errors = errors
+        if late_nodes:
+            self._join(clients, errors)
+            return None
+        for err in errors:
+            self._say(f"[yellow]setup: {err}[/]")
+        if errors and not clients:
+            raise FedharError(f"every client failed the setup round; first error: {errors[0]}")
+        if not clients:
+            waiting = len(nodes) - len(fresh) - len(retry)  # failed earlier, not yet due to be asked again
+            raise DataError(f"none of the {len(answered)} nodes that answered holds training windows at stage {stage}"
+                            + (f" ({waiting} more failed their setup earlier and wait to be asked again)" if waiting
+                               else "")
+                            + ": check data.classes and data.split.train against the clients' data (a device: its "
+                            "--data / --subjects)")  # fmt: skip
+        self.weight_cap = weight_cap([c.num_examples for c in clients], fed.max_weight_ratio)
+        for c in clients:
+            c.weight = min(c.num_examples, self.weight_cap)
+        self.federation = Federation(stage, clients)
+        if not fit:
+            return None
+        # each client's moments count as much as its capped weight: an inflated count cannot set the normaliser
+        moments = None
+        if self.cfg.data.normalize:
+            moments = sum(parts[c.node_id] * (c.weight / c.num_examples) for c in clients)
+        pair_totals = None
+        for c in clients:
+            if (pair_part := pair_parts[c.node_id]) is not None:
+                pair_totals = pair_part if pair_totals is None else {k: v + pair_part[k] for k, v in pair_totals.items()}
+        return SetupTotals(moments, pair_totals)
+
+    @staticmethod
+    def _unique_names(clients: list[ClientInfo], failures: dict[int, str]) -> list[ClientInfo]:
+        """Clients sorted by name, one node per name: a later node with a taken name is left out (asked again
+        later, when the other may have left), with the reason, instead of the run stopping."""
+        kept: list[ClientInfo] = []
+        for c in sorted(clients, key=lambda c: (c.name, c.node_id)):
+            if kept and kept[-1].name == c.name:
+                failures[c.node_id] = f"client name {c.name} is already used by node {kept[-1].node_id}; left out"
+                continue
+            kept.append(c)
+        return kept
+
+    def _check_description(self, node: int, reply: Message, with_moments: bool, with_pair: bool
+                           ) -> tuple[ClientInfo | None, np.ndarray | None, dict[str, np.ndarray] | None]:  # fmt: skip
+        """A client's setup answer, checked: (client, [count, sums, sums of squares], calibration-pair cue sums);
+        client None: holds no data.
+
+        The name is the node's authenticated one where the deployment has it (``ServerJob.node_names``): a
+        device's claimed name is only a label. Claims are checked for what real windows can give: a window
+        count below ``MAX_CLIENT_WINDOWS``, exactly ``window`` values per channel per window, sums of squares
+        no smaller than a zero variance allows, and means / mean squares a real IMU can record.
+        """
+        n, metrics = check_metrics(reply)
+        if n == 0:
+            return None, None, None
+        if n > MAX_CLIENT_WINDOWS:
+            raise FedharError(f"claims {n:,} training windows, more than any device records "
+                              f"({MAX_CLIENT_WINDOWS:,}: years of continuous recording)")  # fmt: skip
+        claimed = str(reply.content["client"]["name"])
+        known = self.job.node_names(node) if self.job.node_names is not None else None
+        info = ClientInfo(node, known or claimed, n, claimed=claimed if known and known != claimed else None)
+        pair = self._check_pair_statistics(reply, info, n) if with_pair else None
+        if not with_moments:
+            return info, None, pair
+        channels = self.model.data.layout.num_channels
+        expected = {"sum": ((channels,), np.dtype("float64")), "sum_sq": ((channels,), np.dtype("float64"))}
+        m = record_to_state(reply.content["moments"], expected, where=f"client {info.name}'s moments")
+        count = metrics.get("num-values", 0.0)  # finite: check_metrics; the sums: record_to_state
+        check_moments(count, m["sum"], m["sum_sq"], windows=n, window_len=self.model.data.window_len)
+        return info, np.concatenate([[count], m["sum"], m["sum_sq"]]), pair
+
+    def _check_pair_statistics(self, reply: Message, info: ClientInfo, windows: int) -> dict[str, np.ndarray]:
+        """The calibration pair's posture-cue sums a client sent at setup, checked before they are summed."""
+        if PAIR_STATISTICS not in reply.content:
+            raise FedharError("sent no calibration-pair statistics although train.client_calibration is set")
+        d = num_posture_cues(self.model.data.layout)
+        f64 = np.dtype("float64")
+        expected = {"count": ((2,), f64), "sum": ((2, d), f64), "outer": ((2, d, d), f64)}
+        stats = record_to_state(reply.content[PAIR_STATISTICS], expected, where=f"client {info.name}'s pair statistics")
+        count = stats["count"]
+        if (count < 0).any() or (count != np.round(count)).any() or count.sum() > windows:
+            raise FedharError(f"client {info.name}'s pair statistics are impossible (counts {count.tolist()} "
+                              f"of {windows} windows)")  # fmt: skip
+        return stats
+
+    def _join(self, clients: list[ClientInfo], errors: list[str]) -> None:
+        """Late nodes join the federation; a known name on a new node id is that client come back."""
+        by_name = {c.name: c for c in self.federation.clients}
+        for c in clients:
+            old = by_name.get(c.name)
+            if old is not None and old.node_id in self.online:
+                errors.append(f"node {c.node_id}: client name {c.name} is already used by connected node {old.node_id}")
+                continue
+            c.weight = min(c.num_examples, self.weight_cap)  # the federation's cap: a late claim cannot raise it
+            by_name[c.name] = c
+            self._say(f"client {c.name} {'rejoined' if old else 'joined'} ({c.num_examples} windows)")
+        for err in errors:
+            self._say(f"[yellow]a joining node failed: {err}[/]")
+        self.federation = Federation(self.federation.stage, sorted(by_name.values(), key=lambda c: c.name))
+        self.write_federation()
+
+    def write_federation(self) -> None:
+        self.run.write_json("federation.json", {
+            "stage": self.federation.stage,
+            "clients": [{"name": c.name, "windows": c.num_examples, "weight": c.weight,
+                         **({"claimed_name": c.claimed} if c.claimed else {})} for c in self.federation.clients],
+            "weight_cap": self.weight_cap,
+            "failed_nodes": self.setup_errors,
+            "normalizer": self.model.data.normalizer.to_json(),
+            "normalizer_source": "client moments (sums and sums of squares)" if self.cfg.data.normalize else "identity",
+        })  # fmt: skip
+
+    def refresh(self, rnd: int) -> None:
+        """Which nodes are connected now; describe the ones not yet asked at this stage (late joiners), and
+        those whose failed answer's back-off has passed.
+
+        Waits up to ``federated.client_wait_s`` while fewer than ``min_clients`` clients are connected.
+        """
+        fed = self.cfg.federated
+        deadline = time.monotonic() + fed.client_wait_s
+        while True:
+            self.online = set(self.grid.get_node_ids())
+            self.failed = {n: f for n, f in self.failed.items() if n in self.online}  # one that left comes back fresh
+            new = sorted(n for n in self.online - self.described if self.failed.get(n, (0, 0))[1] <= rnd)
+            if new:
+                self.describe(self.federation.stage, rnd, fit=False, late_nodes=new)
+            connected = [c for c in self.federation.clients if c.node_id in self.online]
+            if len(connected) >= fed.min_clients or time.monotonic() > deadline:
+                return
+            if self.job.stop is not None and self.job.stop.is_set():
+                raise FedharError("the simulation engine stopped while waiting for clients")
+            time.sleep(max(self.job.poll_interval_s, 1.0))
+
+
+def check_moments(count: float, total: np.ndarray, total_sq: np.ndarray, windows: int, window_len: int) -> None:
+    """Refuse per-channel moments that no set of ``windows`` real windows gives (they would set the normaliser)."""
+    if count != windows * window_len:
+        raise FedharError(f"moments over {count:g} values per channel, but {windows} windows of {window_len} samples "
+                          f"hold {windows * window_len}")  # fmt: skip
+    mean, mean_sq = total / count, total_sq / count
+    if (mean_sq < mean**2 * (1 - 1e-9) - 1e-12).any():
+        bad = int(np.argmax(mean**2 - mean_sq))
+        raise FedharError(f"moments are impossible: channel {bad}'s sum of squares is below sum²/count (a negative "
+                          "variance)")  # fmt: skip
+    if (np.abs(mean) > PHYSICAL_LIMIT).any() or (mean_sq > PHYSICAL_LIMIT**2).any():
+        raise FedharError(f"moments are impossible: a channel's mean or RMS exceeds {PHYSICAL_LIMIT:g} (g or rad/s), "
+                          "beyond what an IMU records")  # fmt: skip
+
+
+def weight_cap(counts: list[int], ratio: float | None) -> int:
+    """The largest aggregation weight a client may have: ``ratio`` × the median described window count.
+
+    Why: a client's window count is its own claim; uncapped, one device claiming a billion windows would
+    decide every average. The median is what most clients hold, so honest size differences up to ``ratio``
+    keep their weight. ``ratio`` None: no cap."""
+    if ratio is None or not counts:
+        return MAX_CLIENT_WINDOWS
+    return max(1, int(ratio * float(np.median(counts))))
