@@ -520,9 +520,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist; see configs/ for examples")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"{path} is not valid YAML: {e}") from e
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{path} is not a UTF-8 text file (byte {e.start}); a config is YAML text") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path} must hold a mapping of config sections, got {type(data).__name__}")
     data = apply_overrides(data, overrides or [])

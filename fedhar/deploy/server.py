@@ -62,7 +62,10 @@ class ServerOptions:
 
 
 def check_deployable(cfg: ExperimentConfig) -> None:
-    """Config rules for devices that window their own recordings."""
+    """Config rules for devices that window their own recordings (and no simulated attack)."""
+    if cfg.federated.attack is not None:
+        raise ConfigError("federated.attack is for simulation benchmarks only (fedhar simulate): remove it from a "
+                          "deployment's config")  # fmt: skip
     if not cfg.data.classes:
         raise ConfigError("set `data.classes` (the activities, in the model's order): each device maps its own "
                           "recordings onto that list")  # fmt: skip

@@ -392,3 +392,13 @@ def test_a_supernode_that_gives_up_exits_instead_of_idling(tmp_path, process_mar
 
 
 from tests.test_federated_sim import process_mark  # noqa: E402,F401 - fixture
+
+
+def test_a_deployment_refuses_a_simulated_attack():
+    from fedhar.config import load_config
+    from fedhar.deploy.server import check_deployable
+    from fedhar.errors import ConfigError
+
+    cfg = load_config(None, ["data.classes=[a, b]", "federated.attack.kind=scale"])
+    with pytest.raises(ConfigError, match="for simulation benchmarks only"):
+        check_deployable(cfg)

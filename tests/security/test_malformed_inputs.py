@@ -366,3 +366,13 @@ def test_fuzzed_npz_files_load_or_fail_as_fedhar_errors(sources, tmp_path):
             rejected += not _loads_or_fedhar_error(lambda: WindowSet.load(path))
             _loads_or_fedhar_error(lambda: load_recordings(path, "generic"))
     assert rejected > 20
+
+
+def test_a_binary_config_file_is_one_line_exit_2(tmp_path, capsys):
+    from fedhar.cli.main import main as cli
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_bytes(b"name: x\n\xff\xfe\x00garbage")
+    assert cli(["train", "--config", str(bad)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "bad.yaml is not a UTF-8 text file" in err[0]
