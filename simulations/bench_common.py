@@ -26,15 +26,22 @@ COLUMNS = ["variant", "device", "model", "test_accuracy", "test_macro_f1", "best
            "trainable_percent", "epochs_run", "train_seconds", "train_windows_per_s", "wall_seconds", "peak_rss_mb"]  # fmt: skip
 
 
+def run_fresh(cmd: list[str], name: str) -> float:
+    """Run one variant's command in a fresh process; its wall seconds, or a stop naming the command."""
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd)
+    if proc.returncode != 0:
+        raise SystemExit(f"variant {name} failed (exit {proc.returncode}); command: {' '.join(cmd)}")
+    return time.perf_counter() - t0
+
+
 def run_variant(config: str, name: str, out: Path, overrides: list[str]) -> dict:
     """One `fedhar train` run; returns its metrics.json plus the variant name."""
     cmd = [sys.executable, "-m", "fedhar.cli.main", "train", "--config", config, "--quiet",
            f"name={name}", f"output_dir={out}", *overrides]  # fmt: skip
     print(f"\n=== {name}: {' '.join(overrides) or '(config defaults)'}", flush=True)
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd)
-    if proc.returncode != 0:
-        raise SystemExit(f"variant {name} failed (exit {proc.returncode}); command: {' '.join(cmd)}")
+    run_fresh(cmd, name)
     run_dir = written_run_dir(out, name)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     metrics["variant"] = name

@@ -29,12 +29,10 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-from bench_common import plt, save_plot
+from bench_common import plt, run_fresh, save_plot
 from run_inputs import check_reusable, provenance
 
 from fedhar.config import load_config, shipped_config
@@ -84,11 +82,8 @@ def simulate(config: str | None, name: str, out: Path, overrides: list[str]) -> 
     cmd = [sys.executable, "-m", "fedhar.cli.main", "simulate", *(["--config", config] if config else []), "--quiet",
            f"name={name}", f"output_dir={out}", *overrides]  # fmt: skip
     print(f"\n=== {name}: {' '.join(overrides)}", flush=True)
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd)
-    if proc.returncode != 0:
-        raise SystemExit(f"{name} failed (exit {proc.returncode}); command: {' '.join(cmd)}")
-    return json.loads((run_dir / "metrics.json").read_text()), time.perf_counter() - t0, run_dir
+    wall = run_fresh(cmd, name)
+    return json.loads((run_dir / "metrics.json").read_text()), wall, run_dir
 
 
 def result_row(name: str, m: dict, wall: float, **fields) -> dict:

@@ -66,12 +66,7 @@ def test_uci_har_errors(tmp_path):
 
 def _write_hapt(root):
     """A minimal RawData/ folder: one experiment of 100 samples, one labelled segment."""
-    raw = root / "RawData"
-    raw.mkdir(parents=True)
-    (raw / "labels.txt").write_text("1 1 5 10 89\n")
-    for sensor in ("acc", "gyro"):
-        (raw / f"{sensor}_exp01_user01.txt").write_text("0.0 0.0 1.0\n" * 100)
-    return root
+    return L.write_hapt(root, samples=100, segments="1 1 5 10 89\n", row="0.0 0.0 1.0\n")
 
 
 def test_hapt_errors(tmp_path):

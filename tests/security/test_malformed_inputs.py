@@ -9,7 +9,7 @@ import zipfile
 
 import numpy as np
 import pytest
-from fixtures.layouts import WRITERS, write_npz
+from fixtures.layouts import WRITERS, write_hapt, write_npz
 
 from fedhar.cli.main import main
 from fedhar.config import ModelConfig
@@ -21,16 +21,6 @@ from fedhar.model.har_model import DataSpec, build_model
 from fedhar.model.state import save_checkpoint
 
 HEADER = "timestamp,acc_x,acc_y,acc_z,gyro_x,gyro_y,gyro_z,label"
-
-
-def write_hapt(root):
-    """A minimal HAPT RawData/ folder: one experiment of 200 samples, two labelled segments."""
-    raw = root / "RawData"
-    raw.mkdir(parents=True)
-    (raw / "labels.txt").write_text("1 1 5 10 89\n1 1 4 90 189\n")
-    for sensor in ("acc", "gyro"):
-        (raw / f"{sensor}_exp01_user01.txt").write_text("1.0 0.0 0.0\n" * 200)
-    return root
 
 
 def write_csv(path, n=200):
