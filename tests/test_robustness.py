@@ -120,3 +120,14 @@ def test_attacks_are_absent_from_the_deployed_path(tmp_path):
         assert "attack" not in inspect.getsource(function), function.__name__
     deploy = Path(__file__).resolve().parents[1] / "fedhar" / "deploy"
     assert not [p.name for p in deploy.glob("*.py") if "attacks" in p.read_text()]
+
+
+@pytest.mark.parametrize("extra", [[], ["federated.dp.clipping=adaptive", "federated.dp.delta=null",
+                                         "federated.dp.noise_multiplier=0.1"]],
+                         ids=["fixed-accounted", "adaptive"])  # fmt: skip
+def test_a_resumed_dp_run_continues_its_accountant_and_clipping_norm_exactly(tmp_path, extra):
+    _, full = _run_direct(tmp_path, "full", *DP, *extra, "federated.rounds=2")
+    _run_direct(tmp_path, "part", *DP, *extra, "federated.rounds=1")
+    _, part = _run_direct(tmp_path, "part", *DP, *extra, "federated.rounds=2", resume=True)
+    for key in ("test_macro_f1", "val_loss", "dp_clipping_norm", *(["dp_epsilon"] if not extra else [])):
+        assert [r[key] for r in rounds(part)] == [r[key] for r in rounds(full)], key

@@ -270,6 +270,8 @@ def aggregate(strategy: Strategy, rnd: int, global_state: State, updates: list[C
 
     replies = []
     for u in sorted(updates, key=lambda u: u.name):  # a fixed order: sums must not depend on arrival
+        # tensors in the global state's order: Flower's DP wrappers pair reply and global arrays by position
+        u = ClientUpdate(u.name, {k: u.state[k] for k in global_state if k in u.state}, u.num_examples, u.metrics)
         # the client's own (checked) metrics travel on: QFedAvg reads train_loss, client-side adaptive DP its norm bit
         metrics = {**(u.metrics or {}), "num-examples": float(u.num_examples)}
         replies.append(Message(RecordDict({"arrays": state_to_record(u.state), "metrics": MetricRecord(metrics)}),

@@ -223,7 +223,7 @@ class RoundLoop:
         self.model.set_normalizer(Normalizer.from_json(info["data"]["normalizer"]))
         if "client_calibration" in info:
             self.calibration = PairCalibration.from_json(info["client_calibration"])
-        self.global_state = state
+        self.global_state = get_trainable_state(self.model)  # the model's tensor order (a file's may differ)
         arrays, extra = folder / SERVER_STATE_FILE, folder / SERVER_STATE_JSON
         self.saved_server_state = (load_file(str(arrays)) if arrays.is_file() else {},
                                    json.loads(extra.read_text()) if extra.is_file() else {})  # fmt: skip
