@@ -166,14 +166,10 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def check(config: str | None, overrides: list[str]) -> None:
-    """The checks ``fedhar simulate`` makes before round 1 that depend on the federation's size."""
-    from fedhar.federated.aggregation import check_strategy
-    from fedhar.federated.data import simulated_partition
-    from fedhar.federated.membership import sample_size
+    """The checks ``fedhar simulate`` makes before round 1 (Krum's or Bulyan's f against the sampled clients...)."""
+    from fedhar.federated.simulate import preflight
 
-    cfg = check_strategy(load_config(config, overrides))
-    parts, _ = simulated_partition(cfg)
-    check_strategy(cfg, sample_size(sum(1 for part in parts if len(part)), cfg))
+    preflight(load_config(config, overrides))
 
 
 def write_outputs(rows: list[dict], out: Path, config: str | None, base: list[str]) -> None:

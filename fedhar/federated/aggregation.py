@@ -211,10 +211,6 @@ def layers(strategy: Strategy) -> list[Strategy]:
     return out
 
 
-def proximal_mu(strategy: Strategy) -> float:
-    return float(getattr(layers(strategy)[-1], "proximal_mu", 0.0))
-
-
 # ---- aggregation ---------------------------------------------------------------------------------
 
 

@@ -153,13 +153,21 @@ class RoundLoop:
     """State of one federated run on the server."""
 
     def __init__(self, grid: Grid, job: ServerJob):
-        self.grid, self.job, self.cfg, self.run = grid, job, job.cfg, job.run
-        if self.cfg.federated.attack is not None and not job.simulated:
-            raise ConfigError("federated.attack is for simulation benchmarks only (fedhar simulate); remove it")
+        self.job, self.cfg, self.run = job, job.cfg, job.run
+        self.attackers: set[str] = set()  # simulated poisoning (federated.attack): who attacks
+        if self.cfg.federated.attack is not None:
+            if not job.simulated:
+                raise ConfigError("federated.attack is for simulation benchmarks only (fedhar simulate); remove it")
+            from fedhar.federated.attacks import AttackedGrid, attacking_clients
+            from fedhar.federated.data import simulated_partition
+
+            parts, names = simulated_partition(self.cfg)
+            self.attackers = set(attacking_clients(self.cfg, [n for n, part in zip(names, parts) if len(part)]))
+            grid = AttackedGrid(grid, self.cfg, sorted(self.attackers))  # the attackers' replies are rewritten
+        self.grid = grid
         self.strategy = None  # built once the federation's size is known (DP accounts per sampled client)
         self.num_sampled = 0
         self.saved_server_state: tuple[dict, dict] = ({}, {})  # from --resume, loaded into the strategy once built
-        self.attackers: set[str] = set()  # simulated poisoning: who attacks (run_federation sets it)
         self.stopped: str | None = None  # why the run ended before federated.rounds (a privacy budget)
         # what checkpoints record of the training data (fedhar evaluate warns on it); in a simulation the clients
         # hold the config's training split, deployed devices' own subjects are unknown here (and the server's
@@ -458,16 +466,7 @@ def run_federation(grid: Grid, job: ServerJob) -> dict:
     """Run (or resume) the federation ``job`` describes; returns the summary written to ``metrics.json``."""
     t_start = time.perf_counter()
     cfg = job.cfg
-    attackers: list[str] = []
-    if cfg.federated.attack is not None and job.simulated:  # a benchmark's simulated poisoning (attacks.py)
-        from fedhar.federated.attacks import AttackedGrid, attacking_clients
-        from fedhar.federated.data import simulated_partition
-
-        parts, names = simulated_partition(cfg)
-        attackers = attacking_clients(cfg, [n for n, part in zip(names, parts) if len(part)])
-        grid = AttackedGrid(grid, cfg, attackers)
     loop = RoundLoop(grid, job)
-    loop.attackers = set(attackers)
     start = loop.restore() if job.resume else 0
     loop.describe(stage_of_round(cfg, start + 1), start + 1, fit_normalizer=start == 0)
     loop.prepare_strategy()

@@ -102,10 +102,9 @@ def check_federation(cfg: ExperimentConfig) -> list[str]:
 
 def preflight(cfg: ExperimentConfig) -> tuple[ExperimentConfig, list[str]]:
     """Every check that can fail before anything starts: strategy vs model, client count, cluster address."""
-    cfg = check_strategy(cfg)
     names = check_federation(cfg)
     parts, _ = simulated_partition(cfg)
-    check_strategy(cfg, sample_size(sum(1 for p in parts if len(p)), cfg))  # Krum's f against the sample, ...
+    cfg = check_strategy(cfg, sample_size(sum(1 for p in parts if len(p)), cfg))  # Krum's f against the sample...
     if cfg.train.client_calibration:
         train, _, _ = subject_split(cfg)
         check_pair(train.label_names, cfg.train.client_calibration)
