@@ -19,6 +19,7 @@ LOADERS = {
     "realworld": "fedhar.data.loaders.realworld",
     "wisdm": "fedhar.data.loaders.wisdm",
     "pamap2": "fedhar.data.loaders.pamap2",
+    "spar": "fedhar.data.loaders.spar",
     "generic": "fedhar.data.loaders.generic",  # last: detection accepts any CSV folder with channel columns
 }
 
