@@ -1,0 +1,1 @@
+"""Continual adaptation: stage schedules, cross-stage evaluation, methods against forgetting."""
