@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from fedhar.data.device_transform import DeviceTransform
 from fedhar.errors import ConfigError
 
 
@@ -377,6 +378,72 @@ class FederatedConfig:
                               f"or null (no cap), got {self.max_weight_ratio}")  # fmt: skip
 
 
+CONTINUAL_METHODS = ("naive", "replay", "l2", "ewc", "joint")
+
+
+@dataclass
+class StageConfig:
+    """One stage of a continual schedule: how many rounds, and what is true of the clients' data meanwhile.
+
+    Every filter is over window tags (null: no filter). ``subjects`` picks the training subjects that take part
+    (the held-out subjects are always the experiment's validation / test subjects); ``devices`` / ``placements``
+    what they record with; ``classes`` the labels the stage has (class-incremental: windows of other classes are
+    not labelled, so not trained on); ``transform`` a simulated second device (resampling, frame, gain, bias,
+    drift, noise) for data recorded with one. The stage's *domain* is the held-out subjects' windows under the
+    same device, placement, class and transform filters: the server scores every domain after every stage."""
+
+    name: str | None = None  # default: stage-1, stage-2, ...
+    rounds: int = 1
+    subjects: list[str] | None = None
+    devices: list[str] | None = None
+    placements: list[str] | None = None
+    classes: list[str] | None = None
+    transform: DeviceTransform | None = None
+
+    def validate(self, path: str) -> None:
+        if self.rounds < 1:
+            raise ConfigError(f"{path}.rounds must be >= 1, got {self.rounds}")
+        for key in ("subjects", "devices", "placements", "classes"):
+            if getattr(self, key) is not None and not getattr(self, key):
+                raise ConfigError(f"{path}.{key} is empty: list at least one, or drop the key (no filter)")
+
+
+@dataclass
+class ContinualConfig:
+    """Continual adaptation: an ordered schedule of stages (their rounds replace ``federated.rounds``) and the
+    method against forgetting. See docs/continual.md."""
+
+    stages: list[StageConfig] = field(default_factory=list)
+    # naive: keep training (forgets) | replay: a bounded on-device buffer of the client's own past windows mixed
+    # into its local training | l2: a pull toward the previous stage's global tensors | ewc: the same pull
+    # weighted by a federated Fisher estimate | joint: every stage's data from round 1 (the upper reference)
+    method: str = "naive"
+    replay_size: int = 256  # replay: windows a client keeps from its earlier stages
+    reg_strength: float = 1.0  # l2 / ewc: λ of λ/2 · Σ F (w − w_prev)², F = 1 for l2, normalised to mean 1 for ewc
+    fisher_windows: int = 512  # ewc: windows per client for its Fisher estimate
+
+    def validate(self, path: str) -> None:
+        if not self.stages:
+            raise ConfigError(f"{path}.stages is empty: list at least one stage ({{rounds: N, ...}})")
+        if self.method not in CONTINUAL_METHODS:
+            raise ConfigError(f"{path}.method must be one of {list(CONTINUAL_METHODS)}, got `{self.method}`")
+        names = [s.name or f"stage-{i + 1}" for i, s in enumerate(self.stages)]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"{path}.stages: two stages share a name ({names})")
+        if self.replay_size < 1 or self.fisher_windows < 1:
+            raise ConfigError(f"{path}: replay_size and fisher_windows must be >= 1")
+        if not self.reg_strength >= 0:
+            raise ConfigError(f"{path}.reg_strength must be >= 0, got {self.reg_strength}")
+
+    @property
+    def stage_names(self) -> list[str]:
+        return [s.name or f"stage-{i + 1}" for i, s in enumerate(self.stages)]
+
+    @property
+    def total_rounds(self) -> int:
+        return sum(s.rounds for s in self.stages)
+
+
 @dataclass
 class ExperimentConfig:
     name: str = "default"
@@ -386,6 +453,7 @@ class ExperimentConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     federated: FederatedConfig = field(default_factory=FederatedConfig)
+    continual: ContinualConfig | None = None  # a stage schedule (continual adaptation); null: one stage
 
     def validate(self, path: str = "") -> None:
         if not self.name or "/" in self.name or self.name.startswith("."):
@@ -394,6 +462,11 @@ class ExperimentConfig:
         if self.model.kind in ("llm", "transformer") and window % tokens:  # both patch the window; caught early
             raise ConfigError(f"model.tokens={tokens} must divide data.window={window} "
                               f"(e.g. model.tokens={divisor_near(window, tokens)})")  # fmt: skip
+        if self.continual is not None:
+            self.federated.rounds = self.continual.total_rounds  # the schedule says how many rounds there are
+            if self.federated.dp is not None:
+                raise ConfigError("continual with federated.dp is not supported: Flower's DP accountant assumes one "
+                                  "number of sampled clients, and stages change who takes part")  # fmt: skip
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

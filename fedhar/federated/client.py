@@ -19,6 +19,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 
 from fedhar.calibration import PairCalibration, labelled_pair_statistics
 from fedhar.config import ExperimentConfig, TrainConfig
+from fedhar.continual.regularize import ANCHOR, FISHER_REPLY, IMPORTANCE, anchor_penalty, fisher_diagonal
 from fedhar.data.preprocess import Normalizer
 from fedhar.data.windows import WindowSet
 from fedhar.federated.data import ClientData, client_data
@@ -81,12 +82,20 @@ def moments(ws: WindowSet) -> dict[str, np.ndarray]:
     return {"sum": x.sum(axis=(0, 2)), "sum_sq": (x**2).sum(axis=(0, 2))}
 
 
-def train_client(job: RoundJob, data: ClientData, global_state: dict[str, np.ndarray]) -> tuple[dict, dict]:
-    """Train E local epochs from the global state; returns (new trainable state, metrics)."""
+def train_client(job: RoundJob, data: ClientData, global_state: dict[str, np.ndarray],
+                 anchor: dict[str, np.ndarray] | None = None,
+                 importance: dict[str, np.ndarray] | None = None) -> tuple[dict, dict]:  # fmt: skip
+    """Train E local epochs from the global state; returns (new trainable state, metrics).
+
+    ``anchor`` (continual ``l2`` / ``ewc``): the previous stage's global tensors, pulled toward with weights
+    ``importance`` (ewc's Fisher; None: 1) at ``continual.reg_strength``."""
     model = process_model(job.cfg, data.train, job.normalizer)
     set_trainable_state(model, global_state, where="the server's global state")
     mu = job.proximal_mu  # FedProx: sent by the strategy with every train message
-    regularizer = proximal_term(model, global_state, mu) if mu > 0 else None
+    terms = [proximal_term(model, global_state, mu)] if mu > 0 else []
+    if anchor is not None and job.cfg.continual is not None:
+        terms.append(anchor_penalty(model, anchor, importance, job.cfg.continual.reg_strength))
+    regularizer = (lambda m: sum(t(m) for t in terms)) if terms else None
     result = fit(model, data.train, None, local_train_config(job.cfg, job.lr), job.seed, regularizer=regularizer)
     metrics = {
         "train_loss": result.final_train_loss,
@@ -162,10 +171,33 @@ def handle_train(message: Message, context: Context) -> Message:
         return _reply(message, f"node-{context.node_id}", 0, {})
     if NODE_THREADS in context.node_config:  # a device knows its own cores (the job's config is this message's copy)
         job.cfg.train.num_threads = int(context.node_config[NODE_THREADS])
-    state, metrics = train_client(job, data, _global_state(message, job, data))
+    global_state = _global_state(message, job, data)
+    anchor, importance = _continual_records(message, job, data)
+    fisher = None
+    if job.fisher_windows:  # ewc: the Fisher of the received global model on this client's windows, before training
+        model = process_model(job.cfg, data.train, job.normalizer)
+        set_trainable_state(model, global_state, where="the server's global state")
+        fisher = fisher_diagonal(model, data.train, job.fisher_windows, job.seed)
+    extra = {"anchor": anchor, "importance": importance} if anchor is not None else {}
+    state, metrics = train_client(job, data, global_state, **extra)
     arrays = state_to_record(state)
     metrics["client_seconds"] = time.perf_counter() - t0  # the whole handler: decoding, training, encoding
-    return _reply(message, data.name, len(data.train), metrics, arrays)
+    reply = _reply(message, data.name, len(data.train), metrics, arrays)
+    if fisher is not None:
+        reply.content[FISHER_REPLY] = state_to_record(fisher)
+    return reply
+
+
+def _continual_records(message: Message, job: RoundJob, data: ClientData) -> tuple[dict | None, dict | None]:
+    """The previous stage's global tensors and their importance, when the server sent them (l2 / ewc)."""
+    if ANCHOR not in message.content:
+        return None, None
+    spec = expected_spec(process_model(job.cfg, data.train, job.normalizer))
+    anchor = record_to_state(message.content[ANCHOR], spec, where="the server's continual anchor")
+    importance = None
+    if IMPORTANCE in message.content:
+        importance = record_to_state(message.content[IMPORTANCE], spec, where="the server's continual importance")
+    return anchor, importance
 
 
 def handle_evaluate(message: Message, context: Context) -> Message:

@@ -12,9 +12,12 @@ node's config (Flower's ``node_config``) and the round's ``stage`` from the serv
   windowed exactly as the server's config says (rate, window, overlap, sensors, label mapping) and
   mapped onto the server's ``data.classes``, so every client's windows fit the global model.
 
-A data schedule that changes what clients hold, or which clients exist, between rounds (continual
-adaptation) is a change to this module (``stage_of_round``, ``client_data``), not to the client or
-the round loop. In this version there is one stage.
+A continual schedule (``continual:``, ``fedhar.continual.schedule``) changes what clients hold between
+rounds: the server sends the stage with every message, a simulated node holds its partition of that
+stage's training windows (the same node is the same user in every stage: a subject who takes no part
+in a stage holds nothing and sits it out), and with ``continual.method: replay`` each client adds its
+bounded buffer of its own earlier stages' windows (``fedhar.continual.replay``). A deployed node is
+told the stage and keeps holding what its device records.
 
 Window sets and partitions are cached per process (each Ray worker or device loads them once per
 run; ``load_windows`` adds an on-disk cache across runs).
@@ -33,8 +36,10 @@ from pathlib import Path
 import numpy as np
 
 from fedhar.config import ExperimentConfig, SplitConfig
-from fedhar.data.partition import client_names, partition
+from fedhar.continual import schedule
+from fedhar.data.partition import NATURAL, client_names, partition
 from fedhar.data.pipeline import load_windows, naming_the_csv, one_csv_as_folder, split_windows, window_cache_dir
+from fedhar.data.recording import natural_key
 from fedhar.data.windows import WindowSet
 from fedhar.errors import ConfigError, DataError
 
@@ -45,7 +50,8 @@ SUBJECTS = "subjects"  # optional: only these subjects of the recordings (comma-
 CLIENT_NAME = "name"  # optional: the client's name in results (default: host and folder)
 
 _SPLITS: dict[str, tuple[WindowSet, WindowSet, WindowSet]] = {}
-_PARTITIONS: dict[str, tuple[list[np.ndarray], list[str]]] = {}
+_PARTITIONS: dict[str, tuple[list[np.ndarray], list[str]]] = {}  # one run's partitions, one entry per stage
+_STAGE_TRAIN: dict[str, WindowSet] = {}  # one run's training windows per stage
 _LOCAL: dict[str, tuple[str, WindowSet]] = {}
 
 
@@ -100,22 +106,53 @@ def held_out_split(cfg: ExperimentConfig) -> tuple[WindowSet, WindowSet]:
     return ws.where(subject=val), ws.where(subject=test)
 
 
-def simulated_partition(cfg: ExperimentConfig, stage: int = 0) -> tuple[list[np.ndarray], list[str]]:
-    """Window indices (into the training split) and names of the simulated clients at ``stage``."""
-    fed = cfg.federated
-    key = json.dumps([_data_key(cfg), fed.partition, fed.num_clients, fed.alpha, fed.quantity_skew, stage])
-    if key not in _PARTITIONS:
+def stage_windows(cfg: ExperimentConfig, stage: int = 0) -> WindowSet:
+    """The training windows the simulated clients hold at ``stage`` (the training split without a schedule)."""
+    run = json.dumps([_data_key(cfg), cfg.to_dict()["continual"]], default=str)
+    key = f"{run}|{stage}"
+    if key not in _STAGE_TRAIN:
+        if not any(k.startswith(f"{run}|") for k in _STAGE_TRAIN):
+            _STAGE_TRAIN.clear()  # another run's: one run's stages are kept, not every run's
         train, _, _ = subject_split(cfg)
-        parts = partition(train, fed.partition, fed.num_clients, fed.alpha, fed.quantity_skew, seed=cfg.seed)
-        _PARTITIONS.clear()
-        _PARTITIONS[key] = (parts, client_names(train, fed.partition, parts))
+        _STAGE_TRAIN[key] = schedule.stage_train(cfg, train, stage)
+    return _STAGE_TRAIN[key]
+
+
+def simulated_partition(cfg: ExperimentConfig, stage: int = 0) -> tuple[list[np.ndarray], list[str]]:
+    """Window indices (into ``stage_windows(cfg, stage)``) and names of the simulated nodes at ``stage``.
+
+    The nodes are the same in every stage (node k is one user throughout): with a natural partition
+    (subject, device, placement) one node per value the tag takes in *any* stage, holding nothing in a stage
+    it takes no part in; with dirichlet / iid ``num_clients`` nodes, each stage's windows split afresh.
+    """
+    fed = cfg.federated
+    run = json.dumps([_data_key(cfg), cfg.to_dict()["continual"], fed.partition, fed.num_clients, fed.alpha,
+                      fed.quantity_skew], default=str)  # fmt: skip
+    key = f"{run}|{stage}"
+    if key not in _PARTITIONS:
+        if not any(k.startswith(f"{run}|") for k in _PARTITIONS):
+            _PARTITIONS.clear()
+        ws = stage_windows(cfg, stage)
+        if cfg.continual is None or fed.partition not in NATURAL:
+            seed = cfg.seed if stage == 0 else cfg.seed + 7919 * stage
+            if len(ws) == 0:
+                raise DataError(f"stage {stage} holds no training windows")
+            parts = partition(ws, fed.partition, fed.num_clients, fed.alpha, fed.quantity_skew, seed=seed)
+            names = client_names(ws, fed.partition, parts)
+        else:  # the population of every stage, so node ids keep their user across stages
+            values = sorted(set().union(*(set(getattr(stage_windows(cfg, s), fed.partition).tolist())
+                                          for s in range(schedule.num_stages(cfg)))), key=natural_key)  # fmt: skip
+            tags = getattr(ws, fed.partition)
+            parts = [np.flatnonzero(tags == v) for v in values]
+            names = [f"{fed.partition}-{v}" for v in values]
+        _PARTITIONS[key] = (parts, names)
     return _PARTITIONS[key]
 
 
 def stage_of_round(cfg: ExperimentConfig, rnd: int) -> int:
-    """The data stage round ``rnd`` trains on. This version has one stage (0); a continual schedule maps
-    rounds to stages here, and the server describes the federation again whenever the stage changes."""
-    return 0
+    """The data stage round ``rnd`` trains on (0 without a continual schedule); the server describes the
+    federation again whenever the stage changes."""
+    return schedule.stage_of_round(cfg, rnd)
 
 
 def client_data(cfg: ExperimentConfig, node_config: dict, stage: int) -> ClientData | None:
@@ -127,8 +164,7 @@ def client_data(cfg: ExperimentConfig, node_config: dict, stage: int) -> ClientD
         pid = int(node_config[PARTITION_ID])
         if pid >= len(parts) or len(parts[pid]) == 0:
             return None
-        train, _, _ = subject_split(cfg)
-        name, windows = names[pid], train.subset(parts[pid])
+        name, windows = names[pid], stage_windows(cfg, stage).subset(parts[pid])
         attack = cfg.federated.attack
         if attack is not None and attack.kind == "label-flip":  # simulated data poisoning (fedhar.federated.attacks)
             from fedhar.federated.attacks import attacking_clients, flip_labels
@@ -143,6 +179,12 @@ def client_data(cfg: ExperimentConfig, node_config: dict, stage: int) -> ClientD
     if len(windows) == 0:
         return None
     fit_part, val_part = local_holdout(windows, cfg.federated.client_val_fraction)
+    if cfg.continual is not None and cfg.continual.method == "replay":  # (a device also keeps this stage's share)
+        from fedhar.continual.replay import replay_buffer
+
+        buffer = replay_buffer(cfg, node_config, name, stage, fit_part)
+        if buffer is not None and len(buffer):
+            fit_part = WindowSet.concat([fit_part, buffer])
     return ClientData(name, fit_part, val_part)
 
 

@@ -14,6 +14,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message
 
 from fedhar.config import ExperimentConfig, from_dict
+from fedhar.continual.regularize import FISHER_REQUEST
 from fedhar.data.preprocess import Normalizer
 from fedhar.errors import CheckpointError
 from fedhar.model.state import check_state
@@ -79,6 +80,7 @@ class RoundJob:
     normalizer: Normalizer | None  # None in the setup round, before it is fitted
     calibration: dict | None = None  # PairCalibration.to_json(): clients apply it to their local evaluation
     proximal_mu: float = 0.0  # FedProx's mu, set by the strategy's configure_train (Flower's `proximal-mu` key)
+    fisher_windows: int = 0  # continual ewc: estimate the Fisher on this many windows and send it back (0: no)
 
     def to_record(self) -> ConfigRecord:
         record = ConfigRecord({
@@ -93,6 +95,8 @@ class RoundJob:
             record["norm-std"] = [float(v) for v in self.normalizer.std]
         if self.calibration is not None:
             record["client-calibration"] = json.dumps(self.calibration)
+        if self.fisher_windows:
+            record[FISHER_REQUEST] = int(self.fisher_windows)
         return record
 
     @classmethod
@@ -112,4 +116,7 @@ class RoundJob:
         mu = float(record.get("proximal-mu", 0.0))
         if not mu >= 0:
             raise CheckpointError(f"the server's proximal-mu is {mu}, not a weight >= 0")
-        return cls(cfg, rnd, stage, lr, seed, normalizer, calibration, mu)
+        fisher = int(record.get(FISHER_REQUEST, 0))
+        if fisher < 0:
+            raise CheckpointError(f"the server's {FISHER_REQUEST} is {fisher}, not a window count >= 0")
+        return cls(cfg, rnd, stage, lr, seed, normalizer, calibration, mu, fisher)

@@ -65,6 +65,8 @@ from fedhar.data.recording import natural_key
 from fedhar.errors import ConfigError, FedharError
 from fedhar.config import shipped_config
 from fedhar.federated.membership import ClientInfo, Membership, sample_clients, sample_size
+from fedhar.continual import regularize, schedule
+from fedhar.data.windows import WindowSet
 from fedhar.federated.data import held_out_split, stage_of_round, subject_split
 from fedhar.federated.transport import PULL_INTERVAL_S, check_metrics, send_and_collect, unusable_reason
 from fedhar.federated.records import RoundJob, record_bytes, record_to_state, state_to_record
@@ -79,6 +81,7 @@ from fedhar.training.loop import metrics_from_logits
 STATE_DIR = "state"
 SERVER_STATE_FILE = "server.safetensors"
 SERVER_STATE_JSON = "server.json"  # the strategy's scalar state and the privacy accountant
+CONTINUAL_STATE_FILE = "continual.safetensors"  # l2 / ewc: the anchor, its importance, the Fisher sum
 
 
 @dataclass
@@ -177,7 +180,20 @@ class RoundLoop:
             train, self.val, self.test = subject_split(self.cfg)
             self.provenance["train_subjects"] = sorted(set(train.subject.tolist()), key=natural_key)
         else:
+            train = None
             self.val, self.test = held_out_split(self.cfg)
+        # continual: every stage's held-out domain is scored every round; val_* / test_* are on all of them
+        self.domains: list[schedule.Domain] | None = None
+        self.continual: dict = {"initial": None, "after_stage": {}}  # the accuracy matrix's rows, by stage
+        self.anchor: dict[str, np.ndarray] | None = None  # l2 / ewc: the global tensors at the previous stage's end
+        self.importance: dict[str, np.ndarray] | None = None  # ewc: their normalised Fisher
+        self.fisher_sum: dict[str, np.ndarray] | None = None  # ewc: the stages' Fisher estimates so far
+        self.anchor_stage = 0  # the stage the anchor was set for
+        if self.cfg.continual is not None:
+            schedule.check_schedule(self.cfg, train, self.val, self.test)
+            self.domains = schedule.domains(self.cfg, self.val, self.test)
+            self.val, self.test = (_joined([getattr(d, split) for d in self.domains], fallback)
+                                   for split, fallback in (("val", self.val), ("test", self.test)))  # fmt: skip
         reference = self.val if len(self.val) else self.test
         if len(reference) == 0:
             raise ConfigError("federated runs evaluate centrally on held-out subjects: data.split must leave "
@@ -222,6 +238,7 @@ class RoundLoop:
             return 0
         data = json.loads(rounds_path.read_text())
         self.rows, self.client_rows = data["rounds"], data.get("clients", [])
+        self.continual = data.get("continual", self.continual)
         if not self.rows:
             return 0
         last = int(self.rows[-1]["round"])
@@ -235,6 +252,13 @@ class RoundLoop:
         arrays, extra = folder / SERVER_STATE_FILE, folder / SERVER_STATE_JSON
         self.saved_server_state = (load_file(str(arrays)) if arrays.is_file() else {},
                                    json.loads(extra.read_text()) if extra.is_file() else {})  # fmt: skip
+        if (path := folder / CONTINUAL_STATE_FILE).is_file():
+            saved = load_file(str(path))
+            for part in ("anchor", "importance", "fisher_sum"):
+                found = {k.split("/", 1)[1]: v for k, v in saved.items() if k.startswith(f"{part}/")}
+                setattr(self, part, {n: found[n] for n in self.global_state if n in found} if found else None)
+            self.anchor_stage = int(json.loads((folder / SERVER_STATE_JSON).read_text()).get("anchor_stage", 0)
+                                    if (folder / SERVER_STATE_JSON).is_file() else 0)  # fmt: skip
         return last
 
     def prepare_strategy(self) -> None:
@@ -256,11 +280,17 @@ class RoundLoop:
         arrays, extra = aggregation.server_state(self.strategy)
         if arrays:
             save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp / SERVER_STATE_FILE))
+        kept = {f"{part}/{k}": np.ascontiguousarray(v) for part in ("anchor", "importance", "fisher_sum")
+                for k, v in (getattr(self, part) or {}).items()}  # fmt: skip
+        if kept:
+            save_file(kept, str(tmp / CONTINUAL_STATE_FILE))
+            extra = {**extra, "anchor_stage": self.anchor_stage}
         if extra:
             (tmp / SERVER_STATE_JSON).write_text(json.dumps(extra))
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
-        self.run.write_json("rounds.json", {"rounds": self.rows, "clients": self.client_rows})
+        self.run.write_json("rounds.json", {"rounds": self.rows, "clients": self.client_rows,
+                                            **({"continual": self.continual} if self.domains is not None else {})})
         self.run.write_csv("rounds.csv", self.rows)
         self.run.write_csv("clients.csv", self.client_rows)
         for old in root.glob("round-*"):
@@ -280,20 +310,26 @@ class RoundLoop:
         # the strategy's own configure_train: what it records (arrays sent, the privacy event) and adds to the config
         arrays, strategy_config = aggregation.configure(self.strategy, rnd, self.global_state,
                                                         [c.node_id for c in chosen])  # fmt: skip
+        fisher = self.wants_fisher(rnd)
+        continual_records = {}
+        if self.anchor is not None:  # l2 / ewc: what the local penalty pulls toward
+            continual_records[regularize.ANCHOR] = state_to_record(self.anchor)
+            if self.importance is not None:
+                continual_records[regularize.IMPORTANCE] = state_to_record(self.importance)
         messages, down = [], {}
         for c in chosen:
             job = RoundJob(self.cfg, rnd, self.members.federation.stage, lr, client_seed(self.cfg.seed, rnd, c.name),
-                           self.model.data.normalizer)  # fmt: skip
+                           self.model.data.normalizer, fisher_windows=fisher)  # fmt: skip
             config = job.to_record()
             for key, value in strategy_config.items():
                 config[key] = value
-            msg = Message(RecordDict({"config": config, "arrays": arrays}), dst_node_id=c.node_id,
-                          message_type="train", group_id=str(rnd))  # fmt: skip
+            msg = Message(RecordDict({"config": config, "arrays": arrays, **continual_records}),
+                          dst_node_id=c.node_id, message_type="train", group_id=str(rnd))  # fmt: skip
             messages.append(msg)
             down[c.node_id] = record_bytes(msg)
         replies = send_and_collect(self.grid, messages, fed_cfg.round_timeout_s, self.job.stop, self.job.poll_interval_s)
         by_node = {c.node_id: c for c in chosen}
-        updates, errors, rejected, clients = [], [], [], []
+        updates, errors, rejected, clients, estimates = [], [], [], [], {}
         for node, reply in replies.items():
             info = by_node[node]
             if (why := unusable_reason(reply, fed_cfg.round_timeout_s)) is not None:
@@ -301,6 +337,8 @@ class RoundLoop:
                 continue
             try:
                 n, metrics, state = self.check_update(reply, info)
+                if fisher and n:
+                    estimates[info.name] = (self.check_fisher(reply), info.weight)
             except (FedharError, AttributeError, KeyError, TypeError, ValueError) as e:
                 # a malformed or hostile reply: left out of this round's aggregate, the round goes on
                 rejected.append(f"{info.name}: update rejected: {e}")
@@ -324,6 +362,11 @@ class RoundLoop:
                 self._say(f"[yellow]{row['client']}: update norm {row['update_norm']:.4g} clipped to "
                           f"{fed_cfg.update_norm_bound:g} x the round's median[/]")  # fmt: skip
         rejected += [f"{name}: update rejected: {why}" for name, why in bounded.rejected.items()]
+        if fisher:  # ewc: this stage's Fisher, from the clients whose update counts, added to the earlier stages'
+            kept = [estimates[u.name] for u in sorted(updates, key=lambda u: u.name) if u.name in estimates]
+            if (merged := regularize.merge_importance(kept)) is not None:
+                self.fisher_sum = merged if self.fisher_sum is None else {
+                    k: self.fisher_sum[k] + v for k, v in merged.items()}  # fmt: skip
         clients = [row for row in clients if row["client"] not in bounded.rejected]
         if self.attackers:
             for row in clients:
@@ -361,7 +404,7 @@ class RoundLoop:
                "clients_updated": len(updates), "clients_failed": len(errors), "clients_rejected": len(rejected),
                "clients_clipped": len(bounded.scales),
                **({"clients_attacking": sum(c.name in self.attackers for c in chosen)} if self.attackers else {}),
-               **self.central_metrics()}  # fmt: skip
+               **self.central_metrics(stage_end=self.stage_ending(rnd))}  # fmt: skip
         if eval_errors is not None:
             row["client_eval_errors"] = eval_errors
         total_down = sum(c["bytes_down"] for c in clients) + sum(v["eval_bytes_down"] for v in local_eval.values())
@@ -431,17 +474,23 @@ class RoundLoop:
             self._say(f"[yellow]round {rnd}: {problem}[/]")
         return out, problems
 
-    def central_metrics(self) -> dict:
+    def central_metrics(self, stage_end: int | None = None) -> dict:
         """The global model on the held-out subjects, and how long the server took to score it.
 
         With a calibration, each held-out subject also re-splits the pair on its own windows, as a
-        client would (``{split}_calibrated_*``; the full scores stay in ``self.calibrated``).
+        client would (``{split}_calibrated_*``; the full scores stay in ``self.calibrated``). With a continual
+        schedule, also every stage's domain (``{split}_macro_f1@<stage>``); ``stage_end`` (a stage just ended,
+        or -1 for the model before training) keeps that row of the accuracy matrix with per-class and
+        per-subject scores.
         """
         t0 = time.perf_counter()
         out = {}
         for split, ws in (("val", self.val), ("test", self.test)):
             if len(ws):
-                logits = predict_logits(self.model, ws.x, self.cfg.train.eval_batch_size)
+                if self.domains is not None:
+                    logits = self.score_domains(split, out, stage_end)
+                else:
+                    logits = predict_logits(self.model, ws.x, self.cfg.train.eval_batch_size)
                 m = metrics_from_logits(logits, ws)
                 out.update({f"{split}_{k}": m[k] for k in ("accuracy", "macro_f1", "loss")})
                 if self.calibration is not None:
@@ -450,9 +499,77 @@ class RoundLoop:
         out["central_eval_seconds"] = round(time.perf_counter() - t0, 3)
         return out
 
+    def score_domains(self, split: str, out: dict, stage_end: int | None) -> np.ndarray:
+        """Score every stage's domain of ``split`` into ``out``; returns the logits of all of them, in the order of
+        ``self.val`` / ``self.test`` (their concatenation). At a stage end the row is kept in ``self.continual``."""
+        logits_all, row = [], {}
+        for domain in self.domains:
+            ws = getattr(domain, split)
+            if not len(ws):
+                continue
+            logits = predict_logits(self.model, ws.x, self.cfg.train.eval_batch_size)
+            logits_all.append(logits)
+            m = metrics_from_logits(logits, ws, by="subject" if stage_end is not None else None)
+            out[f"{split}_macro_f1@{domain.name}"] = m["macro_f1"]
+            out[f"{split}_accuracy@{domain.name}"] = m["accuracy"]
+            if stage_end is not None:
+                row[domain.name] = {"macro_f1": m["macro_f1"], "accuracy": m["accuracy"],
+                                    "per_class_f1": {c: m["per_class_f1"].get(c) for c, n in m["support"].items() if n},
+                                    "by_subject": {k: v["macro_f1"] for k, v in m["by_subject"].items()}}  # fmt: skip
+        if stage_end is not None and stage_end < 0:
+            self.continual["initial"] = {**(self.continual["initial"] or {}), split: row}
+        elif stage_end is not None:
+            self.continual["after_stage"].setdefault(str(stage_end), {})[split] = row
+        return np.concatenate(logits_all) if logits_all else np.zeros((0, len(self.model.data.label_names)), np.float32)
+
+    # -- continual ---------------------------------------------------------------------------------
+    def stage_ending(self, rnd: int) -> int | None:
+        """The stage whose last round ``rnd`` is (its accuracy-matrix row is scored after it), else None."""
+        if self.domains is None:
+            return None
+        ends = schedule.stage_last_rounds(self.cfg)
+        return ends.index(rnd) if rnd in ends else None
+
+    def wants_fisher(self, rnd: int) -> int:
+        """ewc: in a stage's last round (but the last stage's) the clients estimate the Fisher: windows each."""
+        cont = self.cfg.continual
+        if cont is None or cont.method != "ewc":
+            return 0
+        end = self.stage_ending(rnd)
+        return cont.fisher_windows if end is not None and end < schedule.num_stages(self.cfg) - 1 else 0
+
+    def begin_stage(self, stage: int) -> None:
+        """l2 / ewc: the global tensors at the end of the previous stage become the anchor (ewc: with the
+        normalised sum of the stages' Fisher estimates as its importance)."""
+        self.anchor_stage = stage
+        method = self.cfg.continual.method if self.cfg.continual is not None else "naive"
+        if method not in ("l2", "ewc") or stage == 0:
+            return
+        self.anchor = {k: v.copy() for k, v in self.global_state.items()}
+        if method == "ewc":
+            if self.fisher_sum is None:
+                raise FedharError(f"stage {stage}: no client sent a Fisher estimate in the previous stage's last "
+                                  "round, so ewc has no importance to weight the anchor with")  # fmt: skip
+            self.importance = regularize.normalised(self.fisher_sum)
+
+    def check_fisher(self, reply: Message) -> dict[str, np.ndarray]:
+        """A client's Fisher estimate: the trainable tensors' names and shapes, finite, >= 0; scaled to mean 1
+        (each client says which values matter, not how much its own numbers weigh)."""
+        if regularize.FISHER_REPLY not in reply.content:
+            raise FedharError("ewc asked for a Fisher estimate and the reply carries none")
+        estimate = record_to_state(reply.content[regularize.FISHER_REPLY], self.spec, where="the Fisher estimate")
+        if any((v < 0).any() for v in estimate.values()):
+            raise FedharError("the Fisher estimate has negative values (squared gradients cannot be negative)")
+        return regularize.normalised(estimate)
+
     def calibration_record(self) -> dict:
         """What a checkpoint stores of the calibration (``fedhar evaluate --calibrate`` reads it back)."""
         return {} if self.calibration is None else {"client_calibration": self.calibration.to_json()}
+
+
+def _joined(parts: list[WindowSet], fallback: WindowSet) -> WindowSet:
+    kept = [p for p in parts if len(p)]
+    return WindowSet.concat(kept) if kept else fallback.subset(np.zeros(len(fallback), dtype=bool))
 
 
 def fit_calibration(pair_totals: dict[str, np.ndarray] | None, pair: list[str]) -> PairCalibration:
@@ -470,6 +587,8 @@ def run_federation(grid: Grid, job: ServerJob) -> dict:
     start = loop.restore() if job.resume else 0
     loop.describe(stage_of_round(cfg, start + 1), start + 1, fit_normalizer=start == 0)
     loop.prepare_strategy()
+    if loop.domains is not None and loop.continual["initial"] is None:  # the b_j of forward transfer: no training yet
+        loop.central_metrics(stage_end=-1)
     counts = parameter_counts(loop.model)
     if job.progress:
         console.print(
@@ -483,6 +602,8 @@ def run_federation(grid: Grid, job: ServerJob) -> dict:
             loop.describe(stage, rnd, fit_normalizer=False)
             if job.progress:
                 console.print(f"stage {stage}: {len(loop.members.federation.clients)} clients hold data")
+        if loop.anchor_stage != stage:  # l2 / ewc: anchored at the end of the previous stage (also after a resume)
+            loop.begin_stage(stage)
         try:
             if job.progress:
                 with console.status(f"round {rnd}/{cfg.federated.rounds}: {cfg.federated.strategy} on "
@@ -521,6 +642,10 @@ def run_federation(grid: Grid, job: ServerJob) -> dict:
             loop.central_metrics()
         summary["client_calibrated"] = loop.calibrated
         summary["client_calibration"] = loop.calibration.to_json()
+    if loop.domains is not None:
+        from fedhar.continual.results import write_continual
+
+        summary["continual"] = write_continual(job.run, cfg, loop.continual, loop.rows)
     job.run.write_json("metrics.json", summary)
     if loop.rows:
         plot_rounds(loop.rows, job.run.path, title=f"{cfg.name}: {cfg.federated.strategy}"

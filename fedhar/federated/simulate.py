@@ -24,6 +24,7 @@ from typing import Iterator
 from fedhar.calibration import check_pair
 from fedhar.config import ExperimentConfig
 from fedhar.errors import ConfigError, FedharError
+from fedhar.continual import schedule
 from fedhar.federated.data import simulated_partition, subject_split
 from fedhar.federated.aggregation import check_strategy
 from fedhar.federated.membership import sample_size
@@ -89,15 +90,21 @@ def loopback_ray(local: bool) -> Iterator[None]:
 
 
 def check_federation(cfg: ExperimentConfig) -> list[str]:
-    """Names of the simulated clients; rejects a federation too small for ``min_clients``."""
-    parts, names = simulated_partition(cfg)
-    holding = [n for n, p in zip(names, parts) if len(p)]
-    if len(holding) < cfg.federated.min_clients:
-        raise ConfigError(
-            f"federated.partition={cfg.federated.partition} makes {len(holding)} clients with data, fewer than "
-            f"federated.min_clients={cfg.federated.min_clients}; lower min_clients or add training subjects/clients"
-        )
-    return names
+    """Names of the simulated clients; rejects a schedule that names what the data lacks, and a federation (at any
+    stage) too small for ``min_clients``."""
+    if cfg.continual is not None:
+        schedule.check_schedule(cfg, *subject_split(cfg))
+    for stage in range(schedule.num_stages(cfg)):
+        parts, names = simulated_partition(cfg, stage)
+        holding = [n for n, p in zip(names, parts) if len(p)]
+        if len(holding) < cfg.federated.min_clients:
+            where = f"stage {stage} ({cfg.continual.stage_names[stage]}): " if cfg.continual is not None else ""
+            raise ConfigError(
+                f"{where}federated.partition={cfg.federated.partition} makes {len(holding)} clients with data, fewer "
+                f"than federated.min_clients={cfg.federated.min_clients}; lower min_clients or add training "
+                "subjects/clients"
+            )
+    return simulated_partition(cfg, 0)[1]
 
 
 def preflight(cfg: ExperimentConfig) -> tuple[ExperimentConfig, list[str]]:
