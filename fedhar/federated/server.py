@@ -257,8 +257,7 @@ class RoundLoop:
             for part in ("anchor", "importance", "fisher_sum"):
                 found = {k.split("/", 1)[1]: v for k, v in saved.items() if k.startswith(f"{part}/")}
                 setattr(self, part, {n: found[n] for n in self.global_state if n in found} if found else None)
-            self.anchor_stage = int(json.loads((folder / SERVER_STATE_JSON).read_text()).get("anchor_stage", 0)
-                                    if (folder / SERVER_STATE_JSON).is_file() else 0)  # fmt: skip
+        self.anchor_stage = int(self.saved_server_state[1].pop("anchor_stage", 0))  # fedhar's, not the strategy's
         return last
 
     def prepare_strategy(self) -> None:

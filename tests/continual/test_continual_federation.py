@@ -13,7 +13,7 @@ from fedhar.federated.transport import LocalGrid
 from tests.continual.test_schedule import STAGES, TWO_DOMAINS
 
 #: enough local training that each stage is learnt (and the other one overwritten)
-LEARN = ["train.lr=0.004", "federated.local_epochs=2", "data.synthetic.seconds_per_activity=8"]
+LEARN = ["train.lr=0.004", "federated.local_epochs=3", "data.synthetic.seconds_per_activity=8"]
 
 
 @pytest.fixture(autouse=True)
