@@ -104,9 +104,9 @@ def stage_train(cfg: ExperimentConfig, train: WindowSet, stage: int) -> WindowSe
 
 def domains(cfg: ExperimentConfig, val: WindowSet, test: WindowSet) -> list[Domain]:
     """Every stage's held-out domain (validation and test subjects under that stage's filters)."""
-    names = cfg.continual.stage_names if cfg.continual is not None else ["all"]
     if cfg.continual is None:
         return [Domain("all", val, test)]
+    names = cfg.continual.stage_names
     return [Domain(names[s], stage_filter(cfg, val, s, "val", subjects=False),
                    stage_filter(cfg, test, s, "test", subjects=False)) for s in range(num_stages(cfg))]  # fmt: skip
 
