@@ -72,6 +72,15 @@ def stage_filter(cfg: ExperimentConfig, ws: WindowSet, stage: int, part: str, *,
     """``ws`` as stage ``stage`` sees it: its subjects (when ``subjects``), devices, placements and labelled
     classes, then its device transform (every transformed window is tagged with the transform's device name)."""
     spec = schedule(cfg)[stage]
+    out = ws.subset(_stage_mask(cfg, ws, stage, subjects))
+    if transform and spec.transform is not None and len(out):
+        out = apply_device_transform(out, spec.transform, _seed(cfg, stage, part))
+    return out
+
+
+def _stage_mask(cfg: ExperimentConfig, ws: WindowSet, stage: int, subjects: bool) -> np.ndarray:
+    """Which of ``ws`` stage ``stage`` has (its subjects when ``subjects``, devices, placements, classes)."""
+    spec = schedule(cfg)[stage]
     mask = np.ones(len(ws), dtype=bool)
     if subjects and spec.subjects is not None:
         mask &= np.isin(ws.subject, np.asarray(spec.subjects, dtype=str))
@@ -82,10 +91,7 @@ def stage_filter(cfg: ExperimentConfig, ws: WindowSet, stage: int, part: str, *,
     if spec.classes is not None:
         wanted = [i for i, name in enumerate(ws.label_names) if name in spec.classes]
         mask &= np.isin(ws.y, wanted)
-    out = ws.subset(mask)
-    if transform and spec.transform is not None and len(out):
-        out = apply_device_transform(out, spec.transform, _seed(cfg, stage, part))
-    return out
+    return mask
 
 
 def stage_train(cfg: ExperimentConfig, train: WindowSet, stage: int) -> WindowSet:
@@ -96,8 +102,11 @@ def stage_train(cfg: ExperimentConfig, train: WindowSet, stage: int) -> WindowSe
         return stage_filter(cfg, train, stage, "train", subjects=True)
     parts = [stage_filter(cfg, train, s, "train", subjects=True) for s in range(num_stages(cfg))]
     joined = WindowSet.concat([p for p in parts if len(p)] or [train.subset(np.zeros(len(train), bool))])
-    # an untransformed window in two stages (a subject in both) is one window, not two
-    keys = [f"{d}|{s}|{t:.6f}" for d, s, t in zip(joined.device, joined.session, joined.start_s)]
+    # an untransformed window in two stages (a subject in both) is one window, not two. A window is known by
+    # its place in ``train`` (and its device, which a transform renames): the tags do not tell windows apart
+    # (PAMAP2's session is `protocol` for every subject and IMU; windows read back from an .npz all start at 0 s)
+    index = np.concatenate([np.flatnonzero(_stage_mask(cfg, train, s, subjects=True)) for s in range(num_stages(cfg))])
+    keys = [f"{i}|{d}" for i, d in zip(index, joined.device)]
     _, first = np.unique(np.asarray(keys), return_index=True)
     return joined.subset(np.sort(first))
 
