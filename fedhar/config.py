@@ -378,7 +378,7 @@ class FederatedConfig:
                               f"or null (no cap), got {self.max_weight_ratio}")  # fmt: skip
 
 
-CONTINUAL_METHODS = ("naive", "replay", "l2", "ewc", "joint")
+CONTINUAL_METHODS = ("naive", "replay", "l2", "ewc", "olora", "joint")
 
 
 @dataclass
@@ -416,10 +416,13 @@ class ContinualConfig:
     stages: list[StageConfig] = field(default_factory=list)
     # naive: keep training (forgets) | replay: a bounded on-device buffer of the client's own past windows mixed
     # into its local training | l2: a pull toward the previous stage's global tensors | ewc: the same pull
-    # weighted by a federated Fisher estimate | joint: every stage's data from round 1 (the upper reference)
+    # weighted by a federated Fisher estimate | olora: a new LoRA adapter per stage, the earlier ones frozen, with
+    # an orthogonality penalty | joint: every stage's data from round 1 (the upper reference)
     method: str = "naive"
     replay_size: int = 256  # replay: windows a client keeps from its earlier stages
-    reg_strength: float = 1.0  # l2 / ewc: λ of λ/2 · Σ F (w − w_prev)², F = 1 for l2, normalised to mean 1 for ewc
+    # l2 / ewc: λ of λ/2 · Σ F (w − w_prev)², F = 1 for l2, normalised to mean 1 for ewc; olora: λ of
+    # λ · Σ ||A · A_kᵀ||₁ against the earlier stages' adapters
+    reg_strength: float = 1.0
     fisher_windows: int = 512  # ewc: windows per client for its Fisher estimate
 
     def validate(self, path: str) -> None:
@@ -467,9 +470,22 @@ class ExperimentConfig:
             if self.federated.dp is not None:
                 raise ConfigError("continual with federated.dp is not supported: Flower's DP accountant assumes one "
                                   "number of sampled clients, and stages change who takes part")  # fmt: skip
+            if self.continual.method == "olora":
+                check_olora(self.model)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def check_olora(model: ModelConfig) -> None:
+    """continual.method=olora adds a LoRA adapter per stage and trains its A: it needs LoRA with A trainable."""
+    if model.kind != "llm" or model.finetune != "lora":
+        raise ConfigError(f"continual.method=olora adds a LoRA adapter per stage, so it needs model.kind=llm and "
+                          f"model.finetune=lora (got kind={model.kind}, finetune={model.finetune}); set them, or "
+                          "use l2 / ewc")  # fmt: skip
+    if model.lora.freeze_a:
+        raise ConfigError("continual.method=olora keeps each stage's A orthogonal to the earlier ones, so A must "
+                          "train: set model.lora.freeze_a=false and a strategy other than ffa-lora")  # fmt: skip
 
 
 # ---- loading ----------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Strategy
 
-from fedhar.config import ExperimentConfig
+from fedhar.config import ExperimentConfig, check_olora
 from fedhar.errors import ConfigError, FedharError
 
 State = dict[str, np.ndarray]
@@ -143,6 +143,8 @@ def check_strategy(cfg: ExperimentConfig, num_sampled: int | None = None) -> Exp
                           "(or use strategy ffa-lora)")  # fmt: skip
     if fed.strategy == "ffa-lora":
         model.lora.freeze_a = True
+    if cfg.continual is not None and cfg.continual.method == "olora":
+        check_olora(model)  # again: ffa-lora has just frozen A
     try:
         build_strategy(cfg, num_sampled or max(fed.min_clients, 1))
     except (TypeError, ValueError) as e:  # the class's own check of its arguments

@@ -19,9 +19,11 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 
 from fedhar.calibration import PairCalibration, labelled_pair_statistics
 from fedhar.config import ExperimentConfig, TrainConfig
+from fedhar.continual import olora
 from fedhar.continual.regularize import ANCHOR, FISHER_REPLY, IMPORTANCE, anchor_penalty, fisher_diagonal
 from fedhar.data.preprocess import Normalizer
 from fedhar.data.windows import WindowSet
+from fedhar.errors import CheckpointError
 from fedhar.federated.data import ClientData, client_data
 from fedhar.federated.records import RoundJob, record_to_state, state_to_record
 from fedhar.model.har_model import DataSpec, HARNet, build_model, predict_logits
@@ -84,17 +86,23 @@ def moments(ws: WindowSet) -> dict[str, np.ndarray]:
 
 def train_client(job: RoundJob, data: ClientData, global_state: dict[str, np.ndarray],
                  anchor: dict[str, np.ndarray] | None = None,
-                 importance: dict[str, np.ndarray] | None = None) -> tuple[dict, dict]:  # fmt: skip
+                 importance: dict[str, np.ndarray] | None = None,
+                 past: dict[str, np.ndarray] | None = None) -> tuple[dict, dict]:  # fmt: skip
     """Train E local epochs from the global state; returns (new trainable state, metrics).
 
     ``anchor`` (continual ``l2`` / ``ewc``): the previous stage's global tensors, pulled toward with weights
-    ``importance`` (ewc's Fisher; None: 1) at ``continual.reg_strength``."""
+    ``importance`` (ewc's Fisher; None: 1) at ``continual.reg_strength``. ``past`` (``olora``): the earlier
+    stages' frozen adapters, active in the forward pass, the new one kept orthogonal to them."""
     model = process_model(job.cfg, data.train, job.normalizer)
+    olora.attach(model, past)
     set_trainable_state(model, global_state, where="the server's global state")
     mu = job.proximal_mu  # FedProx: sent by the strategy with every train message
     terms = [proximal_term(model, global_state, mu)] if mu > 0 else []
     if anchor is not None and job.cfg.continual is not None:
         terms.append(anchor_penalty(model, anchor, importance, job.cfg.continual.reg_strength))
+    if past and job.cfg.continual is not None:  # olora: keep the new adapter's A orthogonal to the earlier ones
+        ortho = olora.orthogonality_penalty(model, job.cfg.continual.reg_strength)
+        terms += [ortho] if ortho is not None else []
     regularizer = (lambda m: sum(t(m) for t in terms)) if terms else None
     result = fit(model, data.train, None, local_train_config(job.cfg, job.lr), job.seed, regularizer=regularizer)
     metrics = {
@@ -109,10 +117,12 @@ def train_client(job: RoundJob, data: ClientData, global_state: dict[str, np.nda
     return get_trainable_state(model), metrics
 
 
-def evaluate_client(job: RoundJob, data: ClientData, global_state: dict[str, np.ndarray]) -> dict:
-    """Score the global state on the client's local held-out windows; with the job's calibration, also
-    after the client re-splits the pair on those windows (``calibrated_*``)."""
+def evaluate_client(job: RoundJob, data: ClientData, global_state: dict[str, np.ndarray],
+                    past: dict[str, np.ndarray] | None = None) -> dict:  # fmt: skip
+    """Score the global state (with ``olora``'s ``past`` adapters) on the client's local held-out windows; with
+    the job's calibration, also after the client re-splits the pair on those windows (``calibrated_*``)."""
     model = process_model(job.cfg, data.train, job.normalizer)
+    olora.attach(model, past)
     set_trainable_state(model, global_state, where="the server's global state")
     logits = predict_logits(model, data.val.x, job.cfg.train.eval_batch_size)
     m = metrics_from_logits(logits, data.val)
@@ -176,9 +186,12 @@ def handle_train(message: Message, context: Context) -> Message:
     fisher = None
     if job.fisher_windows:  # ewc: the Fisher of the received global model on this client's windows, before training
         model = process_model(job.cfg, data.train, job.normalizer)
+        olora.attach(model, None)  # the process's model may hold an earlier olora run's adapters
         set_trainable_state(model, global_state, where="the server's global state")
         fisher = fisher_diagonal(model, data.train, job.fisher_windows, job.seed)
     extra = {"anchor": anchor, "importance": importance} if anchor is not None else {}
+    if (past := _past_adapters(message, job, data)) is not None:  # olora
+        extra["past"] = past
     state, metrics = train_client(job, data, global_state, **extra)
     arrays = state_to_record(state)
     metrics["client_seconds"] = time.perf_counter() - t0  # the whole handler: decoding, training, encoding
@@ -200,11 +213,27 @@ def _continual_records(message: Message, job: RoundJob, data: ClientData) -> tup
     return anchor, importance
 
 
+def _past_adapters(message: Message, job: RoundJob, data: ClientData) -> dict[str, np.ndarray] | None:
+    """olora: the earlier stages' frozen adapters the server sent, checked against this stage (stage s: 0..s-1)."""
+    method = job.cfg.continual.method if job.cfg.continual is not None else "naive"
+    if method != "olora" or job.stage == 0:
+        if olora.PAST_ADAPTERS in message.content:
+            raise CheckpointError(f"the server sent past adapters in stage {job.stage} of a `{method}` run; server "
+                                  "and client versions differ")  # fmt: skip
+        return None
+    if olora.PAST_ADAPTERS not in message.content:
+        raise CheckpointError(f"olora in stage {job.stage} needs the earlier stages' adapters and the server's "
+                              "message carries none; server and client versions differ")  # fmt: skip
+    spec = olora.past_spec(expected_spec(process_model(job.cfg, data.train, job.normalizer)), job.stage)
+    return record_to_state(message.content[olora.PAST_ADAPTERS], spec, where="the server's past adapters")
+
+
 def handle_evaluate(message: Message, context: Context) -> Message:
     job, data = _job_and_data(message, context)
     if data is None or data.val is None:
         return _reply(message, data.name if data else f"node-{context.node_id}", 0, {})
-    metrics = evaluate_client(job, data, _global_state(message, job, data))
+    past = _past_adapters(message, job, data)
+    metrics = evaluate_client(job, data, _global_state(message, job, data), **({"past": past} if past else {}))
     return _reply(message, data.name, len(data.val), metrics)
 
 

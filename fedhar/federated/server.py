@@ -65,7 +65,7 @@ from fedhar.data.recording import natural_key
 from fedhar.errors import ConfigError, FedharError
 from fedhar.config import shipped_config
 from fedhar.federated.membership import ClientInfo, Membership, sample_clients, sample_size
-from fedhar.continual import regularize, schedule
+from fedhar.continual import olora, regularize, schedule
 from fedhar.data.windows import WindowSet
 from fedhar.federated.data import held_out_split, stage_of_round, subject_split
 from fedhar.federated.transport import PULL_INTERVAL_S, check_metrics, send_and_collect, unusable_reason
@@ -81,7 +81,7 @@ from fedhar.training.loop import metrics_from_logits
 STATE_DIR = "state"
 SERVER_STATE_FILE = "server.safetensors"
 SERVER_STATE_JSON = "server.json"  # the strategy's scalar state and the privacy accountant
-CONTINUAL_STATE_FILE = "continual.safetensors"  # l2 / ewc: the anchor, its importance, the Fisher sum
+CONTINUAL_STATE_FILE = "continual.safetensors"  # anchor, importance, Fisher sum (l2 / ewc); past adapters (olora)
 
 
 @dataclass
@@ -188,7 +188,8 @@ class RoundLoop:
         self.anchor: dict[str, np.ndarray] | None = None  # l2 / ewc: the global tensors at the previous stage's end
         self.importance: dict[str, np.ndarray] | None = None  # ewc: their normalised Fisher
         self.fisher_sum: dict[str, np.ndarray] | None = None  # ewc: the stages' Fisher estimates so far
-        self.anchor_stage = 0  # the stage the anchor was set for
+        self.past_adapters: dict[str, np.ndarray] | None = None  # olora: the earlier stages' frozen adapters
+        self.anchor_stage = 0  # the stage the anchor (or olora's new adapter) was set for
         if self.cfg.continual is not None:
             schedule.check_schedule(self.cfg, train, self.val, self.test)
             self.domains = schedule.domains(self.cfg, self.val, self.test)
@@ -257,6 +258,12 @@ class RoundLoop:
             for part in ("anchor", "importance", "fisher_sum"):
                 found = {k.split("/", 1)[1]: v for k, v in saved.items() if k.startswith(f"{part}/")}
                 setattr(self, part, {n: found[n] for n in self.global_state if n in found} if found else None)
+            past = {k.split("/", 1)[1]: v for k, v in saved.items() if k.startswith("past_adapters/")}
+            if past:  # in the order the server sends them (stage by stage, the model's tensor order)
+                order = olora.past_spec(self.spec, olora.stages_in(past))
+                past = {n: past[n] for n in order if n in past}
+            self.past_adapters = past or None
+            olora.attach(self.model, self.past_adapters)  # checks names and shapes against the model
         self.anchor_stage = int(self.saved_server_state[1].pop("anchor_stage", 0))  # fedhar's, not the strategy's
         return last
 
@@ -279,7 +286,8 @@ class RoundLoop:
         arrays, extra = aggregation.server_state(self.strategy)
         if arrays:
             save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp / SERVER_STATE_FILE))
-        kept = {f"{part}/{k}": np.ascontiguousarray(v) for part in ("anchor", "importance", "fisher_sum")
+        parts = ("anchor", "importance", "fisher_sum", "past_adapters")
+        kept = {f"{part}/{k}": np.ascontiguousarray(v) for part in parts
                 for k, v in (getattr(self, part) or {}).items()}  # fmt: skip
         if kept:
             save_file(kept, str(tmp / CONTINUAL_STATE_FILE))
@@ -315,6 +323,7 @@ class RoundLoop:
             continual_records[regularize.ANCHOR] = state_to_record(self.anchor)
             if self.importance is not None:
                 continual_records[regularize.IMPORTANCE] = state_to_record(self.importance)
+        continual_records.update(self.past_record())
         messages, down = [], {}
         for c in chosen:
             job = RoundJob(self.cfg, rnd, self.members.federation.stage, lr, client_seed(self.cfg.seed, rnd, c.name),
@@ -447,7 +456,8 @@ class RoundLoop:
         arrays = state_to_record(self.global_state)
         job = RoundJob(self.cfg, rnd, self.members.federation.stage, lr, self.cfg.seed, self.model.data.normalizer,
                        self.calibration.to_json() if self.calibration is not None else None)  # fmt: skip
-        messages = [Message(RecordDict({"config": job.to_record(), "arrays": arrays}), dst_node_id=c.node_id,
+        past = self.past_record()  # olora: the model scored has the earlier stages' adapters too
+        messages = [Message(RecordDict({"config": job.to_record(), "arrays": arrays, **past}), dst_node_id=c.node_id,
                             message_type="evaluate", group_id=str(rnd)) for c in chosen]  # fmt: skip
         down = {m.metadata.dst_node_id: record_bytes(m) for m in messages}
         out, problems = {}, []
@@ -539,9 +549,16 @@ class RoundLoop:
 
     def begin_stage(self, stage: int) -> None:
         """l2 / ewc: the global tensors at the end of the previous stage become the anchor (ewc: with the
-        normalised sum of the stages' Fisher estimates as its importance)."""
+        normalised sum of the stages' Fisher estimates as its importance). olora: the global adapter becomes the
+        frozen adapter of the previous stage and a fresh one (B = 0: the same outputs) trains from here."""
         self.anchor_stage = stage
         method = self.cfg.continual.method if self.cfg.continual is not None else "naive"
+        if method == "olora" and stage > 0:
+            self.past_adapters = {**(self.past_adapters or {}), **olora.freeze_current(self.global_state, stage - 1)}
+            self.global_state = olora.fresh_current(self.global_state, self.cfg.seed, stage)
+            olora.attach(self.model, self.past_adapters)  # central evaluation scores with every adapter
+            set_trainable_state(self.model, self.global_state, where=f"stage {stage}'s new adapter")
+            return
         if method not in ("l2", "ewc") or stage == 0:
             return
         self.anchor = {k: v.copy() for k, v in self.global_state.items()}
@@ -550,6 +567,10 @@ class RoundLoop:
                 raise FedharError(f"stage {stage}: no client sent a Fisher estimate in the previous stage's last "
                                   "round, so ewc has no importance to weight the anchor with")  # fmt: skip
             self.importance = regularize.normalised(self.fisher_sum)
+
+    def past_record(self) -> dict:
+        """olora: the record of the earlier stages' frozen adapters every later train / evaluate message carries."""
+        return {olora.PAST_ADAPTERS: state_to_record(self.past_adapters)} if self.past_adapters else {}
 
     def check_fisher(self, reply: Message) -> dict[str, np.ndarray]:
         """A client's Fisher estimate: the trainable tensors' names and shapes, finite, >= 0; scaled to mean 1
@@ -623,6 +644,9 @@ def run_federation(grid: Grid, job: ServerJob) -> dict:
         "run": cfg.name, "seed": cfg.seed, "strategy": cfg.federated.strategy, "rounds": cfg.federated.rounds,
         **loop.calibration_record(), **loop.provenance,
     })  # fmt: skip
+    if loop.past_adapters:  # olora: the checkpoint's model needs the earlier stages' adapters too (load_checkpoint)
+        save_file({k: np.ascontiguousarray(v) for k, v in loop.past_adapters.items()},
+                  str(job.run.file("checkpoint") / olora.PAST_FILE))  # fmt: skip
     summary = summarize(cfg, loop.rows, loop.model, loop.members.federation.clients, time.perf_counter() - t_start)
     summary["strategy_args"] = dict(cfg.federated.strategy_args)
     if loop.stopped:

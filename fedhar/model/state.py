@@ -408,8 +408,26 @@ def load_checkpoint(folder: str | Path, device: str = "cpu", allow_download: boo
     except ConfigError as e:  # e.g. model.tokens that do not divide the window: the description is inconsistent
         raise CheckpointError(f"{where}: {e}; {_FIX}") from None
     set_trainable_state(model, state, where=str(folder))
+    _attach_past_adapters(model, folder)
     _check_reads_a_window(model, where)
     return model.to(device)
+
+
+def _attach_past_adapters(model: nn.Module, folder: Path) -> None:
+    """A continual ``olora`` run's checkpoint: its earlier stages' frozen adapters, active with the trained one."""
+    from fedhar.continual import olora
+
+    path = folder / olora.PAST_FILE
+    if not path.is_file():
+        return
+    try:
+        past = load_file(str(path))
+    except Exception as e:  # safetensors' own errors for a damaged file
+        raise CheckpointError(f"{path} is not a readable safetensors file ({e}); copy the checkpoint again") from None
+    try:
+        olora.attach(model, past)
+    except (ConfigError, CheckpointError) as e:
+        raise CheckpointError(f"{path}: {e}; {_FIX}") from None
 
 
 def _check_reads_a_window(model: nn.Module, where: str) -> None:
