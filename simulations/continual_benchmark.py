@@ -8,11 +8,14 @@ variant is a ``fedhar simulate`` run in a fresh process; its scores come from th
 Hyper-parameters are chosen on the **validation** subjects, never on the test subjects: for every method
 with a setting (``replay``: ``continual.replay_size``; ``l2`` / ``ewc`` / ``olora``: ``continual.reg_strength``)
 the grid (``--replay-sizes``, ``--reg-strengths``) runs at the first seed, the value with the best
-*validation* final average macro-F1 is kept (ties: the first listed), and the other seeds run with it. The
-table reports the test subjects' scores of the chosen setting over all seeds; the grid's rows are in
-continual_runs.csv.
+*validation* final average macro-F1 is kept (ties: the first listed), and the other seeds run with it.
+``--tune-on`` names the scenarios that run the grid; the others take the value chosen on the first of them
+(a setting carried from one scenario's validation subjects to another scenario: still no test score
+involved). The table reports the test subjects' scores of the chosen setting over all seeds; the grid's
+rows are in continual_runs.csv.
 
     python simulations/continual_benchmark.py --out runs/continual-bench                       # all of it
+    python simulations/continual_benchmark.py --out runs/continual-bench --tune-on synthetic   # as in docs/continual.md
     python simulations/continual_benchmark.py --out runs/continual-bench --scenarios synthetic --seeds 0,1,2
     python simulations/continual_benchmark.py --out runs/continual-quick --quick               # minutes, tiny
 
@@ -116,6 +119,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--replay-sizes", default="32,128,512", help="replay's grid (windows per client)")
     p.add_argument("--reg-strengths", default="0.1,1,10", help="l2 / ewc / olora grid (λ)")
+    p.add_argument("--tune-on", default=None, help="scenarios that run the grid on their own validation subjects "
+                   "(default: all); the others take the setting chosen on the first of these (it must run too)")
     p.add_argument("--quick", action="store_true", help="synthetic scenario, tiny backbone, 1 round per stage")
     p.add_argument("overrides", nargs="*", help="key=value overrides for every run")
     args = p.parse_args(argv)
@@ -126,20 +131,28 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         scenarios, seeds = ["synthetic"], seeds[:1]
         grids = {k: v[:2] for k, v in grids.items()}
-    for s in scenarios:
+    tune_on = scenarios if args.tune_on is None else args.tune_on.split(",")
+    for s in [*scenarios, *tune_on]:
         if s not in SCENARIOS:
             raise SystemExit(f"unknown scenario `{s}`; choose from {list(SCENARIOS)}")
+    if not [s for s in scenarios if s in tune_on]:
+        raise SystemExit(f"--tune-on {','.join(tune_on)}: none of these runs (--scenarios {','.join(scenarios)}); "
+                         "the settings of the others are chosen there")  # fmt: skip
+    scenarios = [s for s in scenarios if s in tune_on] + [s for s in scenarios if s not in tune_on]
     for m in methods:
         if m not in METHODS:
             raise SystemExit(f"unknown method `{m}`; choose from {list(METHODS)}")
     args.out.mkdir(parents=True, exist_ok=True)
     runs: list[dict] = []
     chosen: dict[tuple[str, str], str] = {}
+    tuned: dict[tuple[str, str], str] = {}  # where each chosen setting was chosen
     for scenario in scenarios:
         config = quick_config(SCENARIOS[scenario], args.out) if args.quick else SCENARIOS[scenario]
         base = [*(QUICK if args.quick else []), *args.overrides]
         for method in methods:
             grid = grids.get(SETTING.get(method, ""), [None])
+            if scenario not in tune_on and method in SETTING:  # the value chosen on the tuning scenario
+                grid = [chosen[(tune_on[0], method)].split("=", 1)[1]]
             scored = []
             for value in grid:  # at the first seed: every value of the grid, scored on validation subjects
                 name, overrides, label = variant(scenario, method, seeds[0], value, base)
@@ -150,14 +163,16 @@ def main(argv: list[str] | None = None) -> None:
             best = max(scored, key=lambda t: t[0])[1] if grid != [None] else None  # max keeps the first of ties
             chosen[(scenario, method)] = variant(scenario, method, seeds[0], best, base)[2]
             if best is not None:
-                print(f"--- {scenario} {method}: {chosen[(scenario, method)]} chosen on validation macro-F1 "
-                      f"({', '.join(f'{v}: {s:.4f}' for s, v in scored)})", flush=True)  # fmt: skip
+                where = scenario if scenario in tune_on else tune_on[0]
+                tuned[(scenario, method)] = where
+                print(f"--- {scenario} {method}: {chosen[(scenario, method)]} chosen on {where}'s validation "
+                      f"macro-F1 ({', '.join(f'{v}: {s:.4f}' for s, v in scored)})", flush=True)  # fmt: skip
             for seed in seeds[1:]:
                 name, overrides, label = variant(scenario, method, seed, best, base)
                 c, wall, run_dir = simulate(config, name, args.out, overrides)
                 runs.append({**run_row(scenario, method, label, seed, c, wall, run_dir), "overrides": overrides})
-            write_outputs(runs, chosen, args.out, base)  # after every method: a cut-off run keeps its table
-    write_outputs(runs, chosen, args.out, [*args.overrides])
+            write_outputs(runs, chosen, tuned, args.out, base)  # after every method: a cut-off run keeps its table
+    write_outputs(runs, chosen, tuned, args.out, [*args.overrides])
     print((args.out / "continual_table.md").read_text())
     print((args.out / "continual_targets.md").read_text())
 
@@ -209,8 +224,11 @@ def targets(table: list[dict]) -> list[str]:
     return lines
 
 
-def write_outputs(runs: list[dict], chosen: dict, out: Path, base: list[str]) -> None:
+def write_outputs(runs: list[dict], chosen: dict, tuned: dict, out: Path, base: list[str]) -> None:
     table = summarise(runs, chosen)
+    for t in table:
+        if (where := tuned.get((t["scenario"], t["method"]))) is not None:
+            t["setting"] = f"{t['setting']} ({where} val)"
     write_json_atomic(out / "continual_runs.json", {"runs": runs, "table": table, "overrides": base, **provenance()})
     with open(out / "continual_runs.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=RUN_COLUMNS, extrasaction="ignore")
@@ -222,7 +240,7 @@ def write_outputs(runs: list[dict], chosen: dict, out: Path, base: list[str]) ->
         w = csv.DictWriter(f, fieldnames=[*cols, "bytes_per_client_per_round_mean"], extrasaction="ignore")
         w.writeheader()
         w.writerows(table)
-    head = ["scenario", "method", "setting (chosen on val)", "seeds", "final avg macro-F1", "forgetting",
+    head = ["scenario", "method", "setting (chosen on)", "seeds", "final avg macro-F1", "forgetting",
             "max forgetting", "BWT", "FWT", "val final avg", "MB / client / round"]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for t in table:

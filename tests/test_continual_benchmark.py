@@ -69,3 +69,28 @@ def test_quick_run_chooses_on_validation_and_writes_every_file(tmp_path):
     before = (out / "synthetic-naive-s0" / "metrics.json").stat().st_mtime_ns
     cb.main(["--out", str(out), "--quick", "--methods", "naive"])  # a re-run reuses what was measured
     assert (out / "synthetic-naive-s0" / "metrics.json").stat().st_mtime_ns == before
+
+
+def test_tune_on_carries_the_setting_chosen_on_validation_to_the_other_scenarios(tmp_path, monkeypatch):
+    calls = []
+    val = {"16": 0.2, "64": 0.6, "256": 0.4}  # replay_size=64 scores best on synthetic's validation subject
+
+    def fake_simulate(config, name, out, overrides):
+        calls.append(name)
+        return {}, 1.0, out / name
+
+    def fake_row(scenario, method, setting, seed, c, wall, run_dir):
+        v = val[setting.split("=")[1]] if setting else 0.5
+        return {**_run(method, seed, v, v, 0.0, setting, scenario=scenario), "run_dir": str(run_dir)}
+
+    monkeypatch.setattr(cb, "simulate", fake_simulate)
+    monkeypatch.setattr(cb, "run_row", fake_row)
+    cb.main(["--out", str(tmp_path), "--scenarios", "spar,synthetic", "--tune-on", "synthetic", "--methods", "replay",
+             "--seeds", "0,1", "--replay-sizes", "16,64,256"])  # fmt: skip
+    assert calls == ["synthetic-replay-replaysize16-s0", "synthetic-replay-replaysize64-s0",
+                     "synthetic-replay-replaysize256-s0", "synthetic-replay-replaysize64-s1",
+                     "spar-replay-replaysize64-s0", "spar-replay-replaysize64-s1"]  # fmt: skip
+    table = json.loads((tmp_path / "continual_runs.json").read_text())["table"]
+    assert [t["setting"] for t in table] == ["replay_size=64 (synthetic val)", "replay_size=64 (synthetic val)"]
+    with pytest.raises(SystemExit, match="--tune-on hapt: none of these runs"):
+        cb.main(["--out", str(tmp_path), "--scenarios", "spar", "--tune-on", "hapt"])
