@@ -62,7 +62,9 @@ class DataConfig:
     labelled_percent: float | None = None  # low-label protocol: keep p % of training windows (stratified)
     sensors: list[str] = field(default_factory=lambda: ["acc", "gyro"])
     normalize: bool = True  # per-channel standardisation fitted on training windows only
-    placement: str | None = None  # loaders with several IMUs (PAMAP2, RealWorld): which one
+    # loaders with several IMUs (PAMAP2, RealWorld, SPAR...): which one, or a list of them, each read with
+    # the loader's own placement option and joined into one set (every recording keeps the loader's tag)
+    placement: str | list[str] | None = None
     # keyword options of the loader, e.g. generic {units: "acc=m/s^2", labels: [sit, walk], max_gap_s: 2,
     # sample_rate: 100 (the rate CSVs without a time column were recorded at)}, pamap2
     # {optional: true}; an option the loader does not have is an error that lists the ones it has
@@ -92,6 +94,27 @@ class DataConfig:
             raise ConfigError(f"{path}.sensors must name at least one sensor group (e.g. [acc, gyro])")
         if "placement" in self.loader_options:
             raise ConfigError(f"{path}.loader_options.placement: set {path}.placement instead")
+        check_placement(self.placement, f"{path}.placement")
+
+
+def check_placement(value: Any, field: str = "data.placement") -> None:
+    """``data.placement``: null, one placement name, or a non-empty list of distinct names."""
+    example = f"e.g. `{field}: waist`, or a list `{field}: [waist, forearm]`"
+    if value is None or isinstance(value, str):
+        return
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{field} must be a placement name or a list of them, got {value!r}; {example}")
+    if not value:
+        raise ConfigError(f"{field} is an empty list: name at least one placement ({example}), or set it to null "
+                          "for the loader's default")  # fmt: skip
+    for i, p in enumerate(value):
+        if not isinstance(p, str) or not p.strip():
+            raise ConfigError(f"{field}[{i}] must be a placement name, got {p!r} in {list(value)}; {example}")
+    keys = [p.strip().lower() for p in value]  # the loaders read placement names case-blind
+    twice = sorted({k for k in keys if keys.count(k) > 1})
+    if twice:
+        raise ConfigError(f"{field} lists {', '.join(f'`{k}`' for k in twice)} more than once in {list(value)}; "
+                          "list each placement once")  # fmt: skip
 
 
 @dataclass
@@ -499,13 +522,17 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
         if value is None and type(None) in args:
             return None
         errors = []
-        for a in args:
-            if a is type(None):
-                continue
+        arms = [a for a in args if a is not type(None)]
+        for a in arms:
             try:
                 return _coerce(value, a, path)
             except ConfigError as e:
                 errors.append(str(e))
+        if len(arms) > 1:  # say what was wrong within the arm of the value's shape, else every shape allowed
+            shaped = [e for a, e in zip(arms, errors) if _shape_of(a) == _shape_of(type(value))]
+            if shaped:
+                raise ConfigError(shaped[0])
+            raise ConfigError(f"{path} must be {' or '.join(_describe(a) for a in arms)}, got {value!r}")
         raise ConfigError(errors[0] if errors else f"{path}: bad value {value!r}")
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
@@ -553,6 +580,25 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
             raise ConfigError(f"{path} must be a string, got {value!r}")
         return value
     return value
+
+
+def _shape_of(tp: Any) -> str:
+    """list, mapping or scalar: what kind of YAML value a type annotation (or a value's type) is."""
+    origin = typing.get_origin(tp) or tp
+    if origin in (list, tuple):
+        return "list"
+    if origin is dict or dataclasses.is_dataclass(tp):
+        return "mapping"
+    return "scalar"
+
+
+def _describe(tp: Any) -> str:
+    """A type annotation in words, for an error message."""
+    if typing.get_origin(tp) is list:
+        (item,) = typing.get_args(tp)
+        return "a list of strings" if item is str else "a list"
+    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
+    return names.get(tp, "a mapping" if _shape_of(tp) == "mapping" else getattr(tp, "__name__", str(tp)))
 
 
 def from_dict(cls: type, data: dict, path: str = "") -> Any:

@@ -228,3 +228,150 @@ def test_a_rewritten_file_of_the_same_size_is_read_again(tmp_path):
     np.testing.assert_allclose(again.x[:, 0], 0.375, atol=1e-6)
     assert len(again) == len(first) and again.notes["cache"] != first.notes["cache"]
     assert load_windows(cfg).notes["cache_hit"]
+
+
+# ---- data.placement: one placement or a list of them ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def multi_placement(tmp_path_factory):
+    """The RealWorld fixture with four positions (forearm is the LG watch) and the PAMAP2 fixture (three IMUs)."""
+    root = tmp_path_factory.mktemp("placements")
+    return {"realworld": L.write_realworld(root / "rw", positions=("chest", "forearm", "upperarm", "waist")),
+            "pamap2": L.write_pamap2(root / "pamap2")}  # fmt: skip
+
+
+def _placement_cfg(path, dataset: str, placement: str) -> DataConfig:
+    from fedhar.config import load_config
+
+    return load_config(None, [f"data.dataset={dataset}", f"data.path={path}", "data.window=64",
+                              f"data.placement={placement}"]).data  # fmt: skip
+
+
+@pytest.mark.parametrize("dataset, listed, one_by_one, tags", [
+    ("realworld", "[waist, forearm]", ["waist", "forearm"], ["waist", "forearm"]),
+    ("pamap2", "[hand, chest, ankle]", ["hand", "chest", "ankle"], ["wrist", "chest", "ankle"]),
+    ("pamap2", "[wrist, chest, ankle]", ["hand", "chest", "ankle"], ["wrist", "chest", "ankle"]),  # hand's alias
+])  # fmt: skip
+def test_a_placement_list_reads_every_placement_with_its_loaders_tag(multi_placement, dataset, listed, one_by_one,
+                                                                     tags):  # fmt: skip
+    """The windows of each listed placement, as a config naming it alone yields them, in the list's order."""
+    path = multi_placement[dataset]
+    cfg = _placement_cfg(path, dataset, listed)
+    assert isinstance(cfg.placement, list) and len(cfg.placement) == len(tags)
+    ws = load_windows(cfg, use_cache=False)
+    parts = [load_windows(_placement_cfg(path, dataset, p), use_cache=False) for p in one_by_one]
+    assert [len(p) for p in parts] == [int((ws.placement == t).sum()) for t in tags] and all(map(len, parts))
+    assert list(dict.fromkeys(ws.placement.tolist())) == tags  # each recording keeps the tag its loader gave
+    np.testing.assert_array_equal(ws.x, np.concatenate([p.x for p in parts]))
+    np.testing.assert_array_equal(ws.y, np.concatenate([p.y for p in parts]))
+    assert ws.label_names == parts[0].label_names and set(ws.dataset.tolist()) == {dataset}
+    assert ws.layout == parts[0].layout
+    rs = read_recordings(cfg)
+    assert rs.dataset == dataset and rs.summary()["placements"] == sorted(tags)
+    if dataset == "realworld":  # the watch on the forearm, the phone on the waist
+        assert set(ws.where(placement="forearm").device.tolist()) == {"lg-g-watch-r"}
+        assert set(ws.where(placement="waist").device.tolist()) == {"samsung-galaxy-s4"}
+
+
+def test_a_placement_list_has_its_own_window_cache_entry(multi_placement, tmp_path):
+    path = multi_placement["realworld"]
+    one = dataclasses.replace(_placement_cfg(path, "realworld", "waist"), cache_dir=str(tmp_path / "cache"))
+    both = dataclasses.replace(one, placement=["waist", "forearm"])
+    assert len({_fingerprint(one, 0), _fingerprint(both, 0), _fingerprint(dataclasses.replace(one, placement=None), 0),
+                _fingerprint(dataclasses.replace(one, placement=["forearm", "waist"]), 0)}) == 4  # fmt: skip
+    waist = load_windows(one)
+    listed = load_windows(both)
+    assert not listed.notes["cache_hit"] and set(listed.placement.tolist()) == {"waist", "forearm"}
+    again = load_windows(both)
+    assert again.notes["cache_hit"] and len(again) == len(listed) > len(waist)
+
+
+@pytest.mark.parametrize("value, message", [
+    ("[]", r"^data.placement is an empty list: name at least one placement \(e.g. `data.placement: waist`, or a "
+           r"list `data.placement: \[waist, forearm\]`\), or set it to null for the loader's default$"),
+    ("[waist, forearm, waist]", r"^data.placement lists `waist` more than once in \['waist', 'forearm', 'waist'\]; "
+                                r"list each placement once$"),
+    ("[Waist, waist]", r"lists `waist` more than once"),  # the loaders read names case-blind
+    ("['', waist]", r"^data.placement\[0\] must be a placement name, got '' in \['', 'waist'\]; e.g. "),
+    ("{waist: 1}", r"^data.placement must be a string or a list of strings, got \{'waist': 1\}$"),
+    ("[[waist]]", r"^data.placement\[0\] must be a string, got \['waist'\]$"),
+])  # fmt: skip
+def test_a_bad_placement_list_names_the_key_the_value_and_the_fix(value, message):
+    from fedhar.config import load_config
+
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [f"data.placement={value}"])
+
+
+def test_placement_values_the_config_accepts():
+    from fedhar.config import load_config
+
+    assert load_config(None, ["data.placement=waist"]).data.placement == "waist"
+    assert load_config(None, ["data.placement=[waist, forearm]"]).data.placement == ["waist", "forearm"]
+    assert load_config(None, ["data.placement=[chest]"]).data.placement == ["chest"]
+    assert load_config(None, ["data.placement=null"]).data.placement is None
+    with pytest.raises(ConfigError, match="data.placement is an empty list"):  # built in code, then validated
+        DataConfig(placement=[]).validate("data")
+    with pytest.raises(ConfigError, match=r"data.placement\[1\] must be a placement name, got 3"):
+        DataConfig(placement=["waist", 3]).validate("data")
+
+
+def _error(cfg: DataConfig) -> str:
+    with pytest.raises((ConfigError, DataError)) as e:
+        read_recordings(cfg)
+    return f"{type(e.value).__name__}: {e.value}"
+
+
+def test_a_listed_placement_the_loader_lacks_keeps_the_loaders_own_error(multi_placement, tmp_path):
+    """The same one line a config naming that placement alone gets (it lists the loader's choices)."""
+    for dataset, listed, bad in (("realworld", "[waist, pocket]", "pocket"), ("pamap2", "[hand, thigh]", "thigh")):
+        path = multi_placement[dataset]
+        message = _error(_placement_cfg(path, dataset, bad))
+        assert f"has no placement `{bad}`; set `data.placement` to one of [" in message
+        assert _error(_placement_cfg(path, dataset, listed)) == message
+    hapt = L.write_hapt(tmp_path / "hapt")  # one placement (waist): any other, listed or not, errs as today
+    message = _error(DataConfig(dataset="hapt", path=str(hapt), placement="forearm"))
+    assert message == "DataError: HAPT has no placement `forearm`; set `data.placement` to one of ['waist']"
+    assert _error(DataConfig(dataset="hapt", path=str(hapt), placement=["waist", "forearm"])) == message
+    assert read_recordings(DataConfig(dataset="hapt", path=str(hapt), placement=["waist"])).summary()["placements"] == [
+        "waist"]  # fmt: skip
+
+
+def test_a_placement_listed_twice_under_two_names_is_refused(multi_placement, tmp_path):
+    """hand and wrist are one PAMAP2 IMU: its windows would be in the set twice."""
+    message = _error(_placement_cfg(multi_placement["pamap2"], "pamap2", "[hand, chest, wrist]"))
+    assert message == ("DataError: data.placement lists `hand` and `wrist`, which both read pamap2's `wrist` "
+                       "recordings; list each placement once")  # fmt: skip
+    generic = L.write_generic_csv(tmp_path / "csv")  # the generic loader only tags its one folder
+    message = _error(DataConfig(dataset="generic", path=str(generic), placement=["wrist", "waist"]))
+    assert message.startswith("ConfigError: data.placement ['wrist', 'waist']: the generic loader reads one folder")
+    rs = read_recordings(DataConfig(dataset="generic", path=str(generic), placement=["wrist"]))
+    assert rs.summary()["placements"] == ["wrist"]
+
+
+def test_join_placements_merges_differing_label_tables():
+    from fedhar.data.pipeline import join_placements
+    from fedhar.data.recording import Recording, RecordingSet
+
+    def part(placement, names, labels):
+        rec = Recording(np.zeros((len(labels), 6)), np.asarray(labels), 50.0, "1", "s", "generic", placement=placement)
+        return placement, RecordingSet([rec], names, "generic", skipped=[f"{placement} skip"])
+
+    rs = join_placements([part("wrist", ["sit", "walk"], [0, 1, -1]), part("waist", ["walk", "run"], [1, 0, -1])])
+    assert rs.label_names == ["sit", "walk", "run"] and rs.skipped == ["wrist skip", "waist skip"]
+    assert [r.labels.tolist() for r in rs.recordings] == [[0, 1, -1], [2, 1, -1]]
+    assert [r.placement for r in rs.recordings] == ["wrist", "waist"]
+
+
+def test_a_checkpoint_keeps_a_placement_list(tiny_windows, tmp_path):
+    """The windowing stored with a model (which `fedhar evaluate` reuses) may hold the list."""
+    from fedhar.config import ModelConfig
+    from fedhar.model.har_model import DataSpec, build_model, windowing_record
+    from fedhar.model.state import load_checkpoint, save_checkpoint
+
+    cut = windowing_record(DataConfig(dataset="pamap2", placement=["hand", "chest"]))
+    assert cut["placement"] == ["hand", "chest"]
+    model = build_model(ModelConfig(kind="deepconvlstm", hidden=16), DataSpec.from_windows(tiny_windows, windowing=cut))
+    loaded = load_checkpoint(save_checkpoint(model, tmp_path / "ckpt"))
+    assert loaded.data.windowing["placement"] == ["hand", "chest"]

@@ -88,12 +88,12 @@ class DeviceTransform:
                 raise ConfigError(f"{path}.{key} must be a number >= 0, got {value!r}")
         if not isinstance(self.axes, str):
             raise ConfigError(f"{path}.axes must be a string such as `y,x,-z`, got {self.axes!r}")
-        _axes_matrix(self.axes, f"{path}.axes")
+        axes_matrix(self.axes, f"{path}.axes")
 
     def frame(self) -> np.ndarray:
         """``P Mᵀ``: old sensor frame → this device's frame (the same for acc and gyro)."""
         rx, ry, rz = (_axis_rotation(axis, math.radians(a)) for axis, a in enumerate(self.rotate_deg))
-        return _axes_matrix(self.axes, "axes") @ (rx @ ry @ rz).T
+        return axes_matrix(self.axes, "axes") @ (rx @ ry @ rz).T
 
 
 def apply_device_transform(ws: WindowSet, transform: DeviceTransform, seed: int = 0) -> WindowSet:
@@ -170,11 +170,16 @@ def _is_number(v) -> bool:
     return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def _axes_matrix(axes: str, path: str) -> np.ndarray:
-    # fedhar.data.synthetic imports fedhar.config, which imports this module: import it when used
-    from fedhar.data.synthetic import axes_matrix
-
-    return axes_matrix(axes, path)
+def axes_matrix(axes: str, path: str = "axes") -> np.ndarray:
+    """Signed permutation ``P`` with ``device = P @ sensor`` from e.g. ``"y,x,-z"``."""
+    parts = [p.strip().lower() for p in axes.split(",")]
+    names = [p.lstrip("+-") for p in parts]
+    if len(parts) != 3 or sorted(names) != ["x", "y", "z"]:
+        raise ConfigError(f"{path} must name x, y and z once each with optional signs (e.g. `y,x,-z`), got `{axes}`")
+    matrix = np.zeros((3, 3))
+    for row, (part, name) in enumerate(zip(parts, names)):
+        matrix[row, "xyz".index(name)] = -1.0 if part.startswith("-") else 1.0
+    return matrix
 
 
 def _axis_rotation(axis: int, angle: float) -> np.ndarray:

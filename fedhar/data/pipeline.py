@@ -11,6 +11,8 @@ from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
+
 from fedhar.cache import cache_root
 from fedhar.config import DataConfig
 from fedhar.data.activities import common_label_map
@@ -20,7 +22,7 @@ from fedhar.data.preprocess import relabel, resample_recording, select_sensors
 from fedhar.data.recording import RecordingSet
 from fedhar.data.splits import split_by_subject
 from fedhar.data.windows import WindowSet, make_windows
-from fedhar.errors import DataError
+from fedhar.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -39,14 +41,24 @@ def read_recordings(cfg: DataConfig, seed: int = 0, missing_classes_ok: bool = F
     else:
         check_data_path(cfg.dataset, cfg.path)
         name = detect_layout(cfg.path) if cfg.dataset == "auto" else cfg.dataset
-        options = {"placement": cfg.placement} if cfg.placement else {}
+        options: dict = {}
         # loaders that fuse unpaired sensors onto a grid grid at the target rate at once (one interpolation,
         # not two); generic's option is the rate untimed CSVs were recorded at, never assumed (loader_options)
         if cfg.sample_rate is not None and name != "generic" and "sample_rate" in loader_options(name):
             options["sample_rate"] = cfg.sample_rate
         if cfg.sensors and "sensors" in loader_options(name):  # files with extra sensors join the others
             options["sensors"] = list(cfg.sensors)
-        rs = load_recordings(cfg.path, name, **{**options, **cfg.loader_options})
+        options = {**options, **cfg.loader_options}
+        if isinstance(cfg.placement, (list, tuple)):  # each placement as the loader reads it alone, then joined
+            if name == "generic" and len(cfg.placement) > 1:
+                raise ConfigError(f"data.placement {list(cfg.placement)}: the generic loader reads one folder and "
+                                  "only tags it with data.placement; give one name (or one folder per placement, "
+                                  "each its own run)")  # fmt: skip
+            rs = join_placements([(p, load_recordings(cfg.path, name, **{**options, "placement": p}))
+                                  for p in cfg.placement])  # fmt: skip
+        else:
+            one = {"placement": cfg.placement} if cfg.placement else {}
+            rs = load_recordings(cfg.path, name, **{**options, **one})
     if cfg.common_labels:  # first onto the common names, then label_map renames those
         rs = relabel(rs, None, common_label_map(rs.dataset))
     rs = relabel(rs, cfg.classes, cfg.label_map, missing_ok=missing_classes_ok)
@@ -54,6 +66,39 @@ def read_recordings(cfg: DataConfig, seed: int = 0, missing_classes_ok: bool = F
     if cfg.sample_rate is not None:
         rs.recordings = [resample_recording(r, cfg.sample_rate) for r in rs.recordings]
     return rs
+
+
+def join_placements(parts: list[tuple[str, RecordingSet]]) -> RecordingSet:
+    """The recordings of each ``(data.placement value, what the loader read for it)`` as one set; each recording
+    keeps its loader's placement tag. Label tables that differ (a generic folder's, read from its files) are
+    merged in order of first appearance, and each recording's label ids re-indexed onto the merged table."""
+    if len(parts) == 1:
+        return parts[0][1]
+    first = parts[0][1]
+    owner: dict[str, str] = {}  # placement tag → the data.placement value that read it
+    for value, rs in parts:
+        for tag in sorted({r.placement for r in rs.recordings}):
+            if tag in owner:
+                raise DataError(f"data.placement lists `{owner[tag]}` and `{value}`, which both read {rs.dataset}'s "
+                                f"`{tag}` recordings; list each placement once")  # fmt: skip
+            owner[tag] = value
+    layouts = {r.layout for _, rs in parts for r in rs.recordings}
+    if len(layouts) > 1:
+        raise DataError(f"data.placement {[v for v, _ in parts]}: the placements' recordings have different "
+                        f"channels {[list(x.channels) for x in layouts]}; list placements of one sensor set, or "
+                        "keep the groups they share with data.sensors")  # fmt: skip
+    names = list(first.label_names)
+    for _, rs in parts[1:]:
+        names += [n for n in rs.label_names if n not in names]
+    recordings, skipped = [], []
+    for _, rs in parts:
+        if list(rs.label_names) != names:
+            index = np.asarray([names.index(n) for n in rs.label_names], dtype=np.int64)
+            for r in rs.recordings:
+                r.labels = np.where(r.labels >= 0, index[np.clip(r.labels, 0, None)], r.labels)
+        recordings += rs.recordings
+        skipped += rs.skipped
+    return RecordingSet(recordings, names, first.dataset, skipped=skipped)
 
 
 def _fingerprint(cfg: DataConfig, seed: int, lenient: bool = False) -> str:

@@ -50,6 +50,7 @@ from typing import Any
 import numpy as np
 
 from fedhar.config import from_dict
+from fedhar.data.device_transform import axes_matrix
 from fedhar.data.recording import IMU6, UNLABELLED, Recording, RecordingSet
 from fedhar.errors import ConfigError
 
@@ -247,18 +248,6 @@ def _with_custom(presets: dict, custom: dict[str, dict[str, Any]], cls: type, pa
         start = dataclasses.asdict(presets[base_name]) if base_name else {}
         table[name] = from_dict(cls, {**start, **fields, "name": name}, where)
     return table
-
-
-def axes_matrix(axes: str, path: str = "axes") -> np.ndarray:
-    """Signed permutation ``P`` with ``device = P @ sensor`` from e.g. ``"y,x,-z"``."""
-    parts = [p.strip().lower() for p in axes.split(",")]
-    names = [p.lstrip("+-") for p in parts]
-    if len(parts) != 3 or sorted(names) != ["x", "y", "z"]:
-        raise ConfigError(f"{path} must name x, y and z once each with optional signs (e.g. `y,x,-z`), got `{axes}`")
-    matrix = np.zeros((3, 3))
-    for row, (part, name) in enumerate(zip(parts, names)):
-        matrix[row, "xyz".index(name)] = -1.0 if part.startswith("-") else 1.0
-    return matrix
 
 
 # ---- activities: motion and posture tables -------------------------------------------------

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from fedhar.config import ModelConfig
-from fedhar.model.har_model import DataSpec, HARNet
+from fedhar.model.base import DataSpec, HARNet
 
 
 class DeepConvLSTM(HARNet):

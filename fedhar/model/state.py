@@ -343,7 +343,9 @@ def _check_windowing(f: _Fields, cut: dict) -> None:
             raise f.fail("data.windowing.overlap", f"must be below 1, got {cut['overlap']}")
     if "label_rule" in cut and cut["label_rule"] not in ("inside", "majority"):
         raise f.fail("data.windowing.label_rule", f"must be inside or majority, got {_kind(cut['label_rule'])}")
-    if cut.get("placement") is not None:
+    if isinstance(cut.get("placement"), list):  # data.placement listing several (each read, then joined)
+        f.texts(cut["placement"], "data.windowing.placement", min_len=1)
+    elif cut.get("placement") is not None:
         f.text(cut["placement"], "data.windowing.placement")
     if "common_labels" in cut:
         f.flag(cut["common_labels"], "data.windowing.common_labels", none_ok=True)

@@ -2,10 +2,10 @@
 fixture writes waist, forearm, upperarm, chest) and PAMAP2 (hand / chest / ankle IMUs), from fixture files in
 their official layouts (tests/fixtures/layouts.py).
 
-The loaders read one placement per call (``data.placement``), so a schedule over placements runs on the
-placements' windows joined into one set, as a user would save them in an ``.npz`` (tested at the end). The tags
-are the loaders' own: RealWorld's position names (forearm is the LG watch, the others the Galaxy S4), PAMAP2's
-``wrist`` (the hand IMU), ``chest`` and ``ankle``.
+A schedule over placements reads all of them with one config, ``data.placement: [..]`` (each placement as the
+loader reads it alone, joined into one set); the user's other path, the placements' windows saved as one ``.npz``,
+is tested at the end. The tags are the loaders' own: RealWorld's position names (forearm is the LG watch, the
+others the Galaxy S4), PAMAP2's ``wrist`` (the hand IMU), ``chest`` and ``ankle``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from fixtures import layouts as L
 
-from fedhar.config import DataConfig, SplitConfig, load_config
+from fedhar.config import load_config
 from fedhar.continual import schedule
 from fedhar.data.pipeline import load_windows, split_windows
 from fedhar.data.splits import split_by_subject
@@ -36,24 +36,28 @@ RW_EXPECTED = [({"waist"}, {"1", "2"}), ({"forearm", "upperarm"}, {"2", "3"})]
 PAMAP2_EXPECTED = [({"wrist"}, {"101", "102"}), ({"chest"}, {"102", "103"}), ({"ankle"}, {"101", "102", "103"})]
 
 
-def _joined(dataset: str, path, placements, val: str, test: str) -> tuple[WindowSet, WindowSet, WindowSet]:
-    """Every placement's windows as one set, split by subject (validation ``val``, test ``test``)."""
-    parts = [load_windows(DataConfig(dataset=dataset, path=str(path), window=64, placement=p), use_cache=False)
-             for p in placements]  # fmt: skip
-    return split_by_subject(WindowSet.concat(parts), SplitConfig(val=[val], test=[test]), 0)
+def _placements(placements) -> str:
+    """The ``data.placement`` override listing ``placements``."""
+    return f"data.placement=[{', '.join(placements)}]"
+
+
+def _split(cfg) -> tuple[WindowSet, WindowSet, WindowSet]:
+    """The config's windows (every placement it lists), split by subject; uncached: a module fixture runs
+    before the per-test window cache folder is set."""
+    return split_by_subject(load_windows(cfg.data, use_cache=False), cfg.data.split, cfg.seed)
 
 
 @pytest.fixture(scope="module")
 def realworld(tmp_path_factory):
     path = L.write_realworld(tmp_path_factory.mktemp("rw"), probands=RW_PROBANDS,
                              positions=("chest", "forearm", "upperarm", "waist"))  # fmt: skip
-    return path, _joined("realworld", path, RW_PLACEMENTS, "4", "5")
+    return path, _split(rw_cfg(path, _placements(RW_PLACEMENTS)))
 
 
 @pytest.fixture(scope="module")
 def pamap2(tmp_path_factory):
     path = L.write_pamap2(tmp_path_factory.mktemp("pamap2"), subjects=PAMAP2_SUBJECTS)
-    return path, _joined("pamap2", path, PAMAP2_IMUS, "104", "105")
+    return path, _split(pamap2_cfg(path, _placements(PAMAP2_IMUS)))
 
 
 def rw_cfg(path, *overrides: str):
@@ -221,7 +225,7 @@ def test_a_stage_naming_what_the_layout_lacks_stops_with_one_line(realworld, pam
 
 
 def test_realworld_loaded_at_one_placement_names_the_one_it_has(realworld):
-    """The pipeline loads ``data.placement`` alone: a stage of another position is told what there is."""
+    """A config naming one ``data.placement`` loads it alone: a stage of another position is told what there is."""
     path, _ = realworld
     cfg = rw_cfg(path, "data.placement=waist", "continual.stages=[{rounds: 1}, {rounds: 1, placements: [forearm]}]")
     train, val, test = split_windows(cfg.data, cfg.seed)
@@ -230,7 +234,23 @@ def test_realworld_loaded_at_one_placement_names_the_one_it_has(realworld):
         schedule.check_schedule(cfg, train, val, test)
 
 
-# ---- the user's path: the placements saved as one .npz -----------------------------------------
+# ---- the user's paths: the placements listed in the config, or saved as one .npz ---------------
+
+
+@pytest.mark.parametrize("dataset", ["realworld", "pamap2"])
+def test_a_config_listing_the_placements_runs_the_schedule_through_the_pipeline(realworld, pamap2, dataset):
+    """One config: ``data.placement`` lists the placements the stages name (the window cache included)."""
+    if dataset == "realworld":
+        path, (train, _, _) = realworld
+        cfg = rw_cfg(path, _placements(RW_PLACEMENTS), RW_STAGES)
+        expected = RW_EXPECTED
+    else:
+        path, (train, _, _) = pamap2
+        cfg = pamap2_cfg(path, _placements(PAMAP2_IMUS), PAMAP2_STAGES)
+        expected = PAMAP2_EXPECTED
+    train2, val2, test2 = split_windows(cfg.data, cfg.seed)
+    np.testing.assert_array_equal(train2.x, train.x)
+    assert_schedule(cfg, train2, val2, test2, expected)
 
 
 @pytest.mark.parametrize("method", ["naive", "joint"])
