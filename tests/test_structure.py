@@ -215,7 +215,6 @@ def test_no_import_cycles():
     assert not found, "import cycles in the package:\n  " + "\n  ".join(describe(c) for c in found)
 
 
-@pytest.mark.xfail(strict=True, reason="the back-arrows are removed in the next commit")
 def test_nothing_below_the_cli_imports_it_and_fedhar_does_not_import_the_app_packages():
     found = back_arrows(without_exceptions(import_graph()))
     assert not found, "imports pointing back up (into fedhar.cli, or from fedhar into clients/server):\n  " + "\n  ".join(

@@ -5,10 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from rich.console import Console
 from rich.table import Table
 
-console = Console(stderr=True)
+from fedhar.console import console  # noqa: F401 - the commands import it from here
 
 
 def add_config_args(p: argparse.ArgumentParser, required: bool = False) -> None:

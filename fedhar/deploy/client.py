@@ -98,7 +98,7 @@ def client_tls(insecure: bool, ca: Path | None, key: Path | None) -> Tls:
 def run_client(server: str, config: dict, tls: Tls, key: Path | None, work_dir: Path,
                heartbeat_s: float | None = None) -> None:  # fmt: skip
     """Serve the federation at ``server`` until interrupted (Ctrl+C or SIGTERM)."""
-    from clients.app import app  # torch, transformers and the model code load once, before connecting
+    from fedhar.federated.client_app import app  # torch, transformers and the model code load once, before connecting
 
     split_address(server)
     work_dir.mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,7 @@ Why fedhar executes the apps itself (Flower's ``--isolation process``): with the
 which imports torch, rebuilds the model and reloads the frozen backbone each time (seconds to
 minutes per message on a small device), and it installs and runs the app code that the *server*
 sent in its FAB. In ``process`` isolation the SuperNode only queues tasks on its local Runtime API;
-``fedhar client`` claims them (``AcquireTask``) and runs the installed ``clients.app`` ClientApp in
+``fedhar client`` claims them (``AcquireTask``) and runs the installed fedhar ClientApp in
 one process that keeps its model between rounds, so a device executes only the fedhar it has
 installed. ``fedhar server`` does the same on the SuperLink for the ServerApp, so the round loop
 runs in the ``fedhar server`` process with its config, progress output and errors in hand.
@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedhar import __version__
+from fedhar.console import console
 from fedhar.errors import ConfigError, FedharError
 
 log = logging.getLogger("fedhar.deploy")
@@ -59,8 +60,6 @@ class StartFailed(FedharError):
 
 def say(text: str) -> None:
     """One console line per event (not wrapped: servers and devices usually log to files)."""
-    from fedhar.cli.common import console
-
     console.print(text, soft_wrap=True)
 
 
@@ -395,9 +394,10 @@ def app_fab(run_config: dict[str, str]):
 
     Devices in process isolation execute their own installed fedhar, not this code; they check that the
     FAB's version is theirs. (A SuperNode in Flower's default subprocess isolation would run this FAB.)
+    The app packages' files are found, not imported: fedhar does not depend on its Flower entry points.
     """
-    import clients.app
-    import server.app
+    from importlib.util import find_spec
+
     from flwr.cli.build import build_fab_from_files
     from flwr.supercore.fab import Fab
 
@@ -420,10 +420,13 @@ clientapp = "clients.app:app"
 {config_lines}
 """
     files: dict[str, bytes | Path] = {"pyproject.toml": pyproject.encode()}
-    for module in (server.app, clients.app):
-        folder = Path(module.__file__).parent
-        files[f"{folder.name}/__init__.py"] = folder / "__init__.py"
-        files[f"{folder.name}/app.py"] = Path(module.__file__)
+    for package in ("server", "clients"):
+        spec = find_spec(package)  # a top-level package: located without running it
+        if spec is None or spec.origin is None:
+            raise FedharError(f"the `{package}` package of fedhar's Flower app is not installed here; reinstall fedhar")
+        folder = Path(spec.origin).parent
+        files[f"{package}/__init__.py"] = folder / "__init__.py"
+        files[f"{package}/app.py"] = folder / "app.py"
     content, _ = build_fab_from_files(files)
     return Fab(hashlib.sha256(content).hexdigest(), content, {})
 

@@ -136,7 +136,7 @@ def simulate(cfg: ExperimentConfig, run: RunDir, resume: bool = False, verbose: 
     import ray
     from flwr.simulation import run_simulation
 
-    from clients.app import app as client_app
+    from fedhar.federated.client_app import app as client_app
     from fedhar.federated.server import ServerJob, build_server_app
 
     # Flower's logger propagates to the root handler; quiet unless -v (client errors come back in replies)

@@ -125,7 +125,7 @@ class LocalGrid(Grid):
     def __init__(self, num_nodes: int):
         from flwr.app import Context, RecordDict
 
-        from clients.app import app
+        from fedhar.federated.client_app import app
 
         self.app = app
         self.contexts = {100 + i: Context(run_id=1, node_id=100 + i, node_config={"partition-id": i},
