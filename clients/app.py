@@ -4,4 +4,8 @@ fedhar's ClientApp is defined in ``fedhar.federated.client_app`` (describe / tra
 client-side DP mod); this module only makes it loadable where Flower looks for it.
 """
 
-from fedhar.federated.client_app import app  # noqa: F401 - Flower loads `app` from here
+from fedhar.environment import set_process_environment
+
+set_process_environment()  # an entry point: before the ClientApp's imports load torch
+
+from fedhar.federated.client_app import app  # noqa: E402, F401 - Flower loads `app` from here

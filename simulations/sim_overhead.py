@@ -46,6 +46,9 @@ METRICS = ("val_macro_f1", "test_macro_f1", "test_accuracy", "test_loss")
 def sequential(config: str, overrides: list[str], out: Path) -> None:
     """The same round loop on a Grid that runs each client in this process, one after another (no engine,
     no Ray); writes ``sequential.json``. The difference to ``fedhar simulate`` is the engine's cost."""
+    from fedhar.environment import set_process_environment
+
+    set_process_environment()  # as `fedhar simulate` runs: passive OpenMP threads, set before torch loads
     from fedhar.config import load_config
     from fedhar.federated.aggregation import check_strategy
     from fedhar.federated.data import simulated_partition

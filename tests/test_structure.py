@@ -6,7 +6,8 @@
 * nothing in ``fedhar/`` imports the top-level ``clients`` or ``server`` packages (Flower's app entry points
   are thin wrappers over fedhar, not a layer fedhar depends on).
 
-Imports under ``if TYPE_CHECKING:`` are left out: they never run.
+Imports under ``if TYPE_CHECKING:`` are left out: they never run. And importing the federated package changes
+no environment variable (``fedhar.environment`` sets them where a process starts).
 """
 
 from __future__ import annotations
@@ -258,3 +259,52 @@ def test_dotted_names_resolve_to_repository_modules():
     assert _resolve("fedhar.deploy.server") == "fedhar.deploy.server"  # not the top-level `server` package
     assert _resolve("server.app") == "server.app"
     assert _resolve("torch.nn") is None
+
+
+# ---- no import side effects ------------------------------------------------------------------------------
+
+FEDHAR_VARIABLES = ("FLWR_TELEMETRY_ENABLED", "OMP_WAIT_POLICY")  # what fedhar.environment sets
+
+
+def _environment_after(imports: list[str]) -> dict:
+    """The variables that importing ``imports`` changes (name → [before, after]), in a fresh process whose
+    environment lacks fedhar's variables."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import importlib, json, os, sys\n"
+        "before = dict(os.environ)\n"
+        f"for name in {imports!r}: importlib.import_module(name)\n"
+        "after = dict(os.environ)\n"
+        "print(json.dumps({k: [before.get(k), after.get(k)] for k in set(before) | set(after) "
+        "if before.get(k) != after.get(k)}))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in FEDHAR_VARIABLES}
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_importing_fedhar_federated_leaves_the_environment_unchanged():
+    assert _environment_after(["fedhar.federated"]) == {}
+
+
+def test_no_federated_module_sets_fedhar_variables_on_import():
+    modules = sorted(m for m in MODULES if m.startswith("fedhar.federated."))
+    changed = _environment_after(modules)
+    assert not {k: v for k, v in changed.items() if k in FEDHAR_VARIABLES}, changed  # (Flower sets GRPC_VERBOSITY)
+
+
+def test_set_process_environment_sets_defaults_and_keeps_the_users_choice(monkeypatch):
+    import os
+
+    from fedhar.environment import set_process_environment
+
+    monkeypatch.delenv("FLWR_TELEMETRY_ENABLED", raising=False)
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    set_process_environment()
+    assert os.environ["FLWR_TELEMETRY_ENABLED"] == "0"
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"

@@ -12,10 +12,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import os
 import sys
 
 from fedhar import __version__
+from fedhar.environment import set_process_environment
 from fedhar.errors import FedharError
 
 #: subcommand → module in fedhar.cli (imported only when used: torch/flwr imports are slow)
@@ -49,10 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")  # Flower telemetry only when the user opts in
-    # torch's OpenMP threads spin while idle; on a shared or small machine that steals the cores of
-    # every other process (seen: 10x slower evaluation beside a second job). Set before torch loads.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    set_process_environment()  # Flower telemetry off unless opted in, passive OpenMP threads: before torch loads
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # key=value overrides may follow options (`fedhar train --config c.yaml train.epochs=3 --quiet`)

@@ -23,6 +23,7 @@ from typing import Iterator
 
 from fedhar.calibration import check_pair
 from fedhar.config import ExperimentConfig
+from fedhar.environment import set_process_environment
 from fedhar.errors import ConfigError, FedharError
 from fedhar.continual import schedule
 from fedhar.federated.data import simulated_partition, subject_split
@@ -129,6 +130,7 @@ def simulate(cfg: ExperimentConfig, run: RunDir, resume: bool = False, verbose: 
              progress: bool = True) -> dict:  # fmt: skip
     """Run (or resume) the federation in ``cfg``, results in ``run``; returns the ``metrics.json`` summary."""
     cfg, names = preflight(cfg)
+    set_process_environment()  # before Ray starts: its workers inherit it
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # Ray's usage reporting: opt in, like Flower's
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")  # never let Ray re-create the env with uv
     os.environ.setdefault("RAY_DEDUP_LOGS", "0" if verbose else "1")
