@@ -402,6 +402,7 @@ class FederatedConfig:
 
 
 CONTINUAL_METHODS = ("naive", "replay", "l2", "ewc", "olora", "joint")
+EWC_IMPORTANCE = ("parameters", "product")  # continual.ewc_importance
 
 
 @dataclass
@@ -447,6 +448,11 @@ class ContinualConfig:
     # λ · Σ ||A · A_kᵀ||₁ against the earlier stages' adapters
     reg_strength: float = 1.0
     fisher_windows: int = 512  # ewc: windows per client for its Fisher estimate
+    # ewc: where the importance of a LoRA layer sits. parameters: a diagonal Fisher on A and B apart (like every
+    # other trainable tensor) | product: the diagonal Fisher of the layer's update W = scaling·B·A itself
+    # (d_out × d_in, exact, no factorised approximation), penalty λ/2 · Σ F ⊙ (s·B·A − s·B₀·A₀)²; frontend and
+    # head stay per-parameter. product costs bytes: its importance is d_out × d_in per layer (docs/continual.md)
+    ewc_importance: str = "parameters"
 
     def validate(self, path: str) -> None:
         if not self.stages:
@@ -460,6 +466,12 @@ class ContinualConfig:
             raise ConfigError(f"{path}: replay_size and fisher_windows must be >= 1")
         if not self.reg_strength >= 0:
             raise ConfigError(f"{path}.reg_strength must be >= 0, got {self.reg_strength}")
+        if self.ewc_importance not in EWC_IMPORTANCE:
+            raise ConfigError(f"{path}.ewc_importance must be one of {list(EWC_IMPORTANCE)}, got "
+                              f"`{self.ewc_importance}`")  # fmt: skip
+        if self.ewc_importance == "product" and self.method != "ewc":
+            raise ConfigError(f"{path}.ewc_importance=product places ewc's Fisher on the LoRA product B·A, so it "
+                              f"needs {path}.method=ewc (got `{self.method}`); drop it or set method: ewc")  # fmt: skip
 
     @property
     def stage_names(self) -> list[str]:
@@ -495,6 +507,11 @@ class ExperimentConfig:
                                   "number of sampled clients, and stages change who takes part")  # fmt: skip
             if self.continual.method == "olora":
                 check_olora(self.model)
+            if self.continual.ewc_importance == "product" and (self.model.kind != "llm"
+                                                                or self.model.finetune != "lora"):
+                raise ConfigError("continual.ewc_importance=product weights the LoRA layers' products B·A, so it "
+                                  f"needs model.kind=llm and model.finetune=lora (got kind={self.model.kind}, "
+                                  f"finetune={self.model.finetune}); use ewc_importance: parameters")  # fmt: skip
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -20,7 +20,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from fedhar.calibration import PairCalibration, labelled_pair_statistics
 from fedhar.config import ExperimentConfig, TrainConfig
 from fedhar.continual import olora
-from fedhar.continual.regularize import ANCHOR, FISHER_REPLY, IMPORTANCE, anchor_penalty, fisher_diagonal
+from fedhar.continual.regularize import (ANCHOR, FISHER_REPLY, IMPORTANCE, anchor_penalty, fisher_diagonal,
+                                        importance_spec, product_importance)  # fmt: skip
 from fedhar.data.preprocess import Normalizer
 from fedhar.data.windows import WindowSet
 from fedhar.errors import CheckpointError
@@ -188,7 +189,7 @@ def handle_train(message: Message, context: Context) -> Message:
         model = process_model(job.cfg, data.train, job.normalizer)
         olora.attach(model, None)  # the process's model may hold an earlier olora run's adapters
         set_trainable_state(model, global_state, where="the server's global state")
-        fisher = fisher_diagonal(model, data.train, job.fisher_windows, job.seed)
+        fisher = fisher_diagonal(model, data.train, job.fisher_windows, job.seed, product=product_importance(job.cfg))
     extra = {"anchor": anchor, "importance": importance} if anchor is not None else {}
     if (past := _past_adapters(message, job, data)) is not None:  # olora
         extra["past"] = past
@@ -202,14 +203,16 @@ def handle_train(message: Message, context: Context) -> Message:
 
 
 def _continual_records(message: Message, job: RoundJob, data: ClientData) -> tuple[dict | None, dict | None]:
-    """The previous stage's global tensors and their importance, when the server sent them (l2 / ewc)."""
+    """The previous stage's global tensors and their importance, when the server sent them (l2 / ewc; with
+    ``ewc_importance: product`` the importance holds each LoRA layer's ``<layer>.delta_w`` instead of A and B)."""
     if ANCHOR not in message.content:
         return None, None
-    spec = expected_spec(process_model(job.cfg, data.train, job.normalizer))
-    anchor = record_to_state(message.content[ANCHOR], spec, where="the server's continual anchor")
+    model = process_model(job.cfg, data.train, job.normalizer)
+    anchor = record_to_state(message.content[ANCHOR], expected_spec(model), where="the server's continual anchor")
     importance = None
     if IMPORTANCE in message.content:
-        importance = record_to_state(message.content[IMPORTANCE], spec, where="the server's continual importance")
+        importance = record_to_state(message.content[IMPORTANCE], importance_spec(model, product_importance(job.cfg)),
+                                     where="the server's continual importance")  # fmt: skip
     return anchor, importance
 
 

@@ -62,7 +62,7 @@ from fedhar.cli.common import console
 from fedhar.config import ExperimentConfig, load_config
 from fedhar.data.preprocess import Normalizer
 from fedhar.data.recording import natural_key
-from fedhar.errors import ConfigError, FedharError
+from fedhar.errors import CheckpointError, ConfigError, FedharError
 from fedhar.config import shipped_config
 from fedhar.federated.membership import ClientInfo, Membership, sample_clients, sample_size
 from fedhar.continual import olora, regularize, schedule
@@ -74,7 +74,8 @@ from fedhar.federated.report import plot_rounds, summarize
 from fedhar.federated import aggregation
 from fedhar.federated.aggregation import ClientUpdate, check_strategy, lora_pairs, product_gap
 from fedhar.model.har_model import DataSpec, HARNet, build_model, parameter_counts, predict_logits, windowing_record
-from fedhar.model.state import expected_spec, get_trainable_state, read_checkpoint, save_checkpoint, set_trainable_state
+from fedhar.model.state import (check_state, expected_spec, get_trainable_state, read_checkpoint, save_checkpoint,
+                                set_trainable_state)  # fmt: skip
 from fedhar.results.run import RunDir
 from fedhar.training.loop import metrics_from_logits
 
@@ -203,6 +204,9 @@ class RoundLoop:
                         Normalizer.identity(reference.num_channels), windowing_record(self.cfg.data))  # fmt: skip
         self.model: HARNet = build_model(self.cfg.model, spec, self.cfg.seed)
         self.spec = expected_spec(self.model)
+        # ewc: what a Fisher estimate, the Fisher sum and the importance hold (ewc_importance: product: each LoRA
+        # layer's <layer>.delta_w [d_out, d_in] in place of its A and B)
+        self.fisher_spec = regularize.importance_spec(self.model, regularize.product_importance(self.cfg))
         self.global_state = get_trainable_state(self.model)
         self.rows: list[dict] = []
         self.client_rows: list[dict] = []
@@ -257,7 +261,16 @@ class RoundLoop:
             saved = load_file(str(path))
             for part in ("anchor", "importance", "fisher_sum"):
                 found = {k.split("/", 1)[1]: v for k, v in saved.items() if k.startswith(f"{part}/")}
-                setattr(self, part, {n: found[n] for n in self.global_state if n in found} if found else None)
+                order = self.global_state if part == "anchor" else self.fisher_spec
+                if found and part != "anchor":  # names and shapes of this run's continual.ewc_importance
+                    spec = {n: (shape, found[n].dtype if n in found else dtype)  # the Fisher sum is float64
+                            for n, (shape, dtype) in self.fisher_spec.items()}  # fmt: skip
+                    try:
+                        check_state(spec, found, f"{path} ({part})")
+                    except CheckpointError as e:
+                        raise CheckpointError(f"{e}; was the run saved with another continual.ewc_importance "
+                                              f"(this config: {self.cfg.continual.ewc_importance})?") from e
+                setattr(self, part, {n: found[n] for n in order if n in found} if found else None)
             past = {k.split("/", 1)[1]: v for k, v in saved.items() if k.startswith("past_adapters/")}
             if past:  # in the order the server sends them (stage by stage, the model's tensor order)
                 order = olora.past_spec(self.spec, olora.stages_in(past))
@@ -573,11 +586,13 @@ class RoundLoop:
         return {olora.PAST_ADAPTERS: state_to_record(self.past_adapters)} if self.past_adapters else {}
 
     def check_fisher(self, reply: Message) -> dict[str, np.ndarray]:
-        """A client's Fisher estimate: the trainable tensors' names and shapes, finite, >= 0; scaled to mean 1
-        (each client says which values matter, not how much its own numbers weigh)."""
+        """A client's Fisher estimate: the names and shapes of ``fisher_spec`` (the trainable tensors; with
+        ``ewc_importance: product`` each LoRA layer's ``<layer>.delta_w``), finite, >= 0; scaled to mean 1 (each
+        client says which values matter, not how much its own numbers weigh)."""
         if regularize.FISHER_REPLY not in reply.content:
             raise FedharError("ewc asked for a Fisher estimate and the reply carries none")
-        estimate = record_to_state(reply.content[regularize.FISHER_REPLY], self.spec, where="the Fisher estimate")
+        estimate = record_to_state(reply.content[regularize.FISHER_REPLY], self.fisher_spec,
+                                   where="the Fisher estimate")  # fmt: skip
         if any((v < 0).any() for v in estimate.values()):
             raise FedharError("the Fisher estimate has negative values (squared gradients cannot be negative)")
         return regularize.normalised(estimate)

@@ -122,6 +122,7 @@ def test_a_hostile_fisher_estimate_is_rejected_with_its_update():
 
     loop = RoundLoop.__new__(RoundLoop)
     loop.spec = {"w": ((2,), np.dtype("float32"))}
+    loop.fisher_spec = loop.spec  # ewc_importance: parameters
     bad = Message(RecordDict({regularize.FISHER_REPLY: state_to_record({"w": np.array([-1.0, 2.0], np.float32)})}),
                   dst_node_id=1, message_type="train")  # fmt: skip
     with pytest.raises(Exception, match="negative"):
