@@ -6,7 +6,8 @@ HAPT in ../shared/data/hapt-train) and ``spar`` (configs/continual-spar.yaml, ..
 variant is a ``fedhar simulate`` run in a fresh process; its scores come from the run's ``continual.json``.
 
 Hyper-parameters are chosen on the **validation** subjects, never on the test subjects: for every method
-with a setting (``replay``: ``continual.replay_size``; ``l2`` / ``ewc`` / ``olora``: ``continual.reg_strength``)
+with a setting (``replay``: ``continual.replay_size``; ``l2`` / ``ewc`` / ``ewc-product`` (ewc with
+``continual.ewc_importance=product``) / ``olora``: ``continual.reg_strength``)
 the grid (``--replay-sizes``, ``--reg-strengths``) runs at the first seed, the value with the best
 *validation* final average macro-F1 is kept (ties: the first listed), and the other seeds run with it.
 ``--tune-on`` names the scenarios that run the grid; the others take the value chosen on the first of them
@@ -44,10 +45,12 @@ from fedhar.results.run import write_json_atomic
 
 SCENARIOS = {"synthetic": "configs/continual.yaml", "hapt": "configs/continual-hapt.yaml",
              "spar": "configs/continual-spar.yaml"}  # fmt: skip
-METHODS = tuple(m for m in ("naive", "replay", "l2", "ewc", "olora", "joint") if m in CONTINUAL_METHODS)
+#: benchmark rows that are a method plus an option: ewc with its importance on the LoRA product B·A
+VARIANTS = {"ewc-product": ["continual.method=ewc", "continual.ewc_importance=product"]}
+METHODS = (*(m for m in ("naive", "replay", "l2", "ewc", "olora", "joint") if m in CONTINUAL_METHODS), *VARIANTS)
 #: the one setting of each method that is chosen on validation subjects
 SETTING = {"replay": "continual.replay_size", "l2": "continual.reg_strength", "ewc": "continual.reg_strength",
-           "olora": "continual.reg_strength"}  # fmt: skip
+           "ewc-product": "continual.reg_strength", "olora": "continual.reg_strength"}  # fmt: skip
 #: --quick: the synthetic scenario cut to seconds (tiny untrained backbone, 1 round per stage, 2 values per grid)
 QUICK = ["model.backbone=tiny-llama", "model.num_layers=2", "model.tokens=8", "model.conv_channels=16",
          "data.window=64", "data.synthetic.seconds_per_activity=4", "train.batch_size=16",
@@ -102,7 +105,7 @@ def run_row(scenario: str, method: str, setting: str, seed: int, c: dict, wall: 
 
 def variant(scenario: str, method: str, seed: int, value: str | None, base: list[str]) -> tuple[str, list[str], str]:
     """(run name, overrides, setting label) of one run."""
-    overrides = [*base, f"seed={seed}", f"continual.method={method}"]
+    overrides = [*base, f"seed={seed}", *VARIANTS.get(method, [f"continual.method={method}"])]
     label = ""
     if value is not None:
         overrides.append(f"{SETTING[method]}={value}")
