@@ -19,6 +19,7 @@ rows are in continual_runs.csv.
     python simulations/continual_benchmark.py --out runs/continual-bench --tune-on synthetic   # as in docs/continual.md
     python simulations/continual_benchmark.py --out runs/continual-bench --scenarios synthetic --seeds 0,1,2
     python simulations/continual_benchmark.py --out runs/continual-quick --quick               # minutes, tiny
+    python simulations/continual_benchmark.py --out runs/continual-bench --table-only          # tabulate what ran
 
 Writes into --out: continual_runs.json / .csv (every run: scenario, method, setting, seed, validation and
 test scores), continual_table.csv / .md (per scenario and method, chosen setting, mean ± sd over seeds),
@@ -86,6 +87,10 @@ def simulate(config: str, name: str, out: Path, overrides: list[str]) -> tuple[d
     return json.loads((run_dir / "continual.json").read_text()), wall, run_dir
 
 
+def measured(out: Path, name: str) -> bool:
+    return (out / name / "continual.json").is_file()
+
+
 def run_row(scenario: str, method: str, setting: str, seed: int, c: dict, wall: float | None, run_dir: Path) -> dict:
     if not c.get("complete"):
         raise SystemExit(f"{run_dir}: the run did not finish every stage (continual.json is incomplete)")
@@ -125,6 +130,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tune-on", default=None, help="scenarios that run the grid on their own validation subjects "
                    "(default: all); the others take the setting chosen on the first of these (it must run too)")
     p.add_argument("--quick", action="store_true", help="synthetic scenario, tiny backbone, 1 round per stage")
+    p.add_argument("--table-only", action="store_true", help="train nothing: tabulate the runs measured so far")
     p.add_argument("overrides", nargs="*", help="key=value overrides for every run")
     args = p.parse_args(argv)
     scenarios, methods = args.scenarios.split(","), args.methods.split(",")
@@ -149,6 +155,7 @@ def main(argv: list[str] | None = None) -> None:
     runs: list[dict] = []
     chosen: dict[tuple[str, str], str] = {}
     tuned: dict[tuple[str, str], str] = {}  # where each chosen setting was chosen
+    missing: list[str] = []  # --table-only: runs not measured yet
     for scenario in scenarios:
         config = quick_config(SCENARIOS[scenario], args.out) if args.quick else SCENARIOS[scenario]
         base = [*(QUICK if args.quick else []), *args.overrides]
@@ -156,13 +163,23 @@ def main(argv: list[str] | None = None) -> None:
             grid = grids.get(SETTING.get(method, ""), [None])
             if scenario not in tune_on and method in SETTING:  # the value chosen on the tuning scenario
                 grid = [chosen[(tune_on[0], method)].split("=", 1)[1]]
+            if scenario not in tune_on and method in SETTING and (tune_on[0], method) not in chosen:
+                missing.append(f"{scenario} {method}: no setting chosen on {tune_on[0]}")
+                continue
             scored = []
             for value in grid:  # at the first seed: every value of the grid, scored on validation subjects
                 name, overrides, label = variant(scenario, method, seeds[0], value, base)
+                if args.table_only and not measured(args.out, name):
+                    missing.append(name)
+                    continue
                 c, wall, run_dir = simulate(config, name, args.out, overrides)
                 row = {**run_row(scenario, method, label, seeds[0], c, wall, run_dir), "overrides": overrides}
                 runs.append(row)
                 scored.append((row["val_final_average"], value))
+            if len(scored) < len(grid):  # --table-only: a choice on part of the grid is not the recipe's choice
+                missing.append(f"{scenario} {method}: grid incomplete at seed {seeds[0]}, not reported")
+                runs = [r for r in runs if (r["scenario"], r["method"]) != (scenario, method)]
+                continue
             best = max(scored, key=lambda t: t[0])[1] if grid != [None] else None  # max keeps the first of ties
             chosen[(scenario, method)] = variant(scenario, method, seeds[0], best, base)[2]
             if best is not None:
@@ -172,10 +189,15 @@ def main(argv: list[str] | None = None) -> None:
                       f"macro-F1 ({', '.join(f'{v}: {s:.4f}' for s, v in scored)})", flush=True)  # fmt: skip
             for seed in seeds[1:]:
                 name, overrides, label = variant(scenario, method, seed, best, base)
+                if args.table_only and not measured(args.out, name):
+                    missing.append(name)
+                    continue
                 c, wall, run_dir = simulate(config, name, args.out, overrides)
                 runs.append({**run_row(scenario, method, label, seed, c, wall, run_dir), "overrides": overrides})
             write_outputs(runs, chosen, tuned, args.out, base)  # after every method: a cut-off run keeps its table
     write_outputs(runs, chosen, tuned, args.out, [*args.overrides])
+    if missing:
+        print("not measured (--table-only):\n  " + "\n  ".join(missing))
     print((args.out / "continual_table.md").read_text())
     print((args.out / "continual_targets.md").read_text())
 

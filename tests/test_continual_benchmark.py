@@ -94,3 +94,20 @@ def test_tune_on_carries_the_setting_chosen_on_validation_to_the_other_scenarios
     assert [t["setting"] for t in table] == ["replay_size=64 (synthetic val)", "replay_size=64 (synthetic val)"]
     with pytest.raises(SystemExit, match="--tune-on hapt: none of these runs"):
         cb.main(["--out", str(tmp_path), "--scenarios", "spar", "--tune-on", "hapt"])
+
+
+def test_table_only_trains_nothing_and_drops_a_method_whose_grid_is_incomplete(tmp_path, monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr(cb, "simulate", lambda config, name, out, overrides: calls.append(name) or ({}, 1.0, out / name))
+    monkeypatch.setattr(cb, "run_row", lambda scenario, method, setting, seed, c, wall, run_dir:
+                        {**_run(method, seed, 0.5, 0.5, 0.0, setting, scenario=scenario), "run_dir": str(run_dir)})
+    for name in ("synthetic-naive-s0", "synthetic-naive-s1", "synthetic-replay-replaysize16-s0"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "continual.json").write_text("{}")
+    cb.main(["--out", str(tmp_path), "--scenarios", "synthetic", "--methods", "naive,replay", "--seeds", "0,1",
+             "--replay-sizes", "16,64", "--table-only"])  # fmt: skip
+    assert calls == ["synthetic-naive-s0", "synthetic-naive-s1", "synthetic-replay-replaysize16-s0"]  # reused only
+    out = capsys.readouterr().out
+    assert "synthetic-replay-replaysize64-s0" in out and "synthetic replay: grid incomplete at seed 0" in out
+    table = json.loads((tmp_path / "continual_runs.json").read_text())["table"]
+    assert [(t["method"], t["seeds"]) for t in table] == [("naive", 2)]
