@@ -4,7 +4,9 @@
   imports and those inside functions alike: a lazy import still closes a cycle;
 * nothing outside ``fedhar/cli`` imports ``fedhar.cli`` (the CLI sits on top, nothing points back up to it);
 * nothing in ``fedhar/`` imports the top-level ``clients`` or ``server`` packages (Flower's app entry points
-  are thin wrappers over fedhar, not a layer fedhar depends on).
+  are thin wrappers over fedhar, not a layer fedhar depends on);
+* Flower beyond its public API is imported only through ``fedhar.deploy.flower_internals`` (which checks the
+  Flower version it was written against).
 
 Imports under ``if TYPE_CHECKING:`` are left out: they never run. And importing the federated package changes
 no environment variable (``fedhar.environment`` sets them where a process starts).
@@ -208,7 +210,7 @@ def test_the_walk_sees_the_package():
 def test_known_exceptions_still_happen():
     edges = {(e.source, e.target) for edges in import_graph().values() for e in edges}
     stale = [key for key in KNOWN_EXCEPTIONS if key not in edges]
-    assert not stale, f"KNOWN_EXCEPTIONS lists {stale}, which no longer happen: remove them from tests/test_structure.py"
+    assert not stale, f"KNOWN_EXCEPTIONS lists {stale}, which no longer happen: remove them from this file"
 
 
 def test_no_import_cycles():
@@ -218,9 +220,8 @@ def test_no_import_cycles():
 
 def test_nothing_below_the_cli_imports_it_and_fedhar_does_not_import_the_app_packages():
     found = back_arrows(without_exceptions(import_graph()))
-    assert not found, "imports pointing back up (into fedhar.cli, or from fedhar into clients/server):\n  " + "\n  ".join(
-        f"{e.source} line {e.line} imports {e.target}" for e in found.values()
-    )
+    listed = "\n  ".join(f"{e.source} line {e.line} imports {e.target}" for e in found.values())
+    assert not found, f"imports pointing back up (into fedhar.cli, or from fedhar into clients/server):\n  {listed}"
 
 
 # ---- the checker finds what it should ------------------------------------------------------------------
@@ -308,3 +309,55 @@ def test_set_process_environment_sets_defaults_and_keeps_the_users_choice(monkey
     set_process_environment()
     assert os.environ["FLWR_TELEMETRY_ENABLED"] == "0"
     assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+
+
+# ---- Flower internals only through the adapter ------------------------------------------------------------
+
+ADAPTER = "fedhar.deploy.flower_internals"
+#: Flower's public API: its app-facing packages (and the names ``flwr.common`` itself exports)
+PUBLIC_FLOWER = ("flwr.app", "flwr.clientapp", "flwr.serverapp", "flwr.simulation")
+#: (importing module, Flower module) → why it imports a Flower internal without the adapter
+FLOWER_INTERNALS_ELSEWHERE: dict[tuple[str, str], str] = {
+    ("fedhar.federated.client", "flwr.supercore.differential_privacy"): (
+        "KEY_CLIPPING_NORM, the config key Flower's client-side DP strategies send; client.py is being edited "
+        "elsewhere, and the federated layer importing the deploy adapter would point up a layer"
+    ),
+    ("fedhar.federated.transport", "flwr.common.constant"): (
+        "ErrorCode: the codes of flwr.app.Error replies, which flwr.app does not export; the federated layer "
+        "importing the deploy adapter would point up a layer"
+    ),
+}
+
+
+def flower_imports(module: str) -> list[tuple[str, int]]:
+    """(Flower module, line) of each import of Flower in ``module``."""
+    path = MODULES[module]
+    found = []
+    for node, _lazy in _walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        else:
+            names = [node.module or ""] if not node.level else []
+        found += [(name, node.lineno) for name in names if name == "flwr" or name.startswith("flwr.")]
+    return found
+
+
+def is_public_flower(name: str) -> bool:
+    return name == "flwr.common" or any(name == p or name.startswith(p + ".") for p in PUBLIC_FLOWER)
+
+
+def test_flower_internals_are_imported_only_through_the_adapter():
+    internal = {(m, name): line for m in MODULES if m != ADAPTER for name, line in flower_imports(m)
+                if not is_public_flower(name)}  # fmt: skip
+    new = [f"{m} line {line} imports {name}" for (m, name), line in internal.items()
+           if (m, name) not in FLOWER_INTERNALS_ELSEWHERE]  # fmt: skip
+    assert not new, f"Flower internals imported outside {ADAPTER} (import them from there):\n  " + "\n  ".join(new)
+    stale = [key for key in FLOWER_INTERNALS_ELSEWHERE if key not in internal]
+    assert not stale, f"FLOWER_INTERNALS_ELSEWHERE lists {stale}, which no longer happen: remove them"
+    assert any(not is_public_flower(name) for name, _ in flower_imports(ADAPTER))
+
+
+def test_public_and_internal_flower_are_told_apart():
+    assert is_public_flower("flwr.serverapp.strategy") and is_public_flower("flwr.app")
+    assert not is_public_flower("flwr.supercore.control") and not is_public_flower("flwr.common.serde")
+    assert not is_public_flower("flwr.proto.control_pb2") and not is_public_flower("flwr.supernode")

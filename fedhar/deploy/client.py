@@ -53,7 +53,7 @@ def node_config(data: Path, dataset: str, subjects: str | None, name: str | None
     """The SuperNode's node config: where the device's recordings are and how to read them."""
     config: dict = {}
     if extra:
-        from flwr.common.config import parse_config_args
+        from fedhar.deploy.flower_internals import parse_config_args
 
         config.update(parse_config_args([extra]))
         clash = [k for k in RESERVED if k in config]

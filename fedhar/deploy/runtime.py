@@ -67,7 +67,7 @@ def quiet_flower(verbose: bool) -> None:
     """Flower's logger in fedhar's own processes: warnings only (everything with ``-v``), printed once.
 
     Importing Flower sets its logger to DEBUG, so this runs after the import."""
-    import flwr.supercore.logger  # noqa: F401 - configures the "flwr" logger
+    import fedhar.deploy.flower_internals  # noqa: F401 - imports Flower, which configures the "flwr" logger
 
     flower = logging.getLogger("flwr")
     flower.setLevel(logging.DEBUG if verbose else logging.WARNING)
@@ -301,8 +301,7 @@ def _verify(tls: Tls) -> tuple[bool, str | None]:
 
 def control_client(address: str, tls: Tls):
     """A Control API client (register device keys, start and stop runs) for the SuperLink at ``address``."""
-    from flwr.supercore.control import ControlHttpClient
-    from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor
+    from fedhar.deploy.flower_internals import ControlHttpClient, RuntimeVersionHttpInterceptor
 
     insecure, ca = _verify(tls)
     version = RuntimeVersionHttpInterceptor(component_name="flwr CLI")
@@ -316,7 +315,7 @@ def transient_retry(max_time_s: float | None):
     one-task process, wrong for fedhar's long-lived ones, which report the failure and carry on.
     """
     import httpx
-    from flwr.supercore.retry import RetryInvoker, exponential
+    from fedhar.deploy.flower_internals import RetryInvoker, exponential
 
     if max_time_s is None:
         return None
@@ -333,12 +332,12 @@ def transient_retry(max_time_s: float | None):
 def runtime_client(address: str, tls: Tls, token: str | None = None, secret: bytes | None = None,
                    retry_s: float | None = 60.0):  # fmt: skip
     """A Runtime API client: with ``secret`` it may claim tasks, with ``token`` it works on one claimed task."""
-    from flwr.supercore.interceptors import (
+    from fedhar.deploy.flower_internals import (
+        RuntimeHttpClient,
         RuntimeTokenHttpInterceptor,
         RuntimeVersionHttpInterceptor,
         SuperExecAuthHttpInterceptor,
     )
-    from flwr.supercore.runtime import RuntimeHttpClient
 
     interceptors = [RuntimeVersionHttpInterceptor(component_name="flwr-clientapp")]
     if secret is not None:
@@ -354,7 +353,7 @@ def public_key_bytes(public_key: Path) -> bytes:
     """A device's ``.pub`` file as Flower stores and compares keys (the SuperNode signs with its private half)."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
-    from flwr.supercore.primitives.asymmetric import public_key_to_bytes
+    from fedhar.deploy.flower_internals import public_key_to_bytes
 
     try:
         key = serialization.load_ssh_public_key(public_key.read_bytes())
@@ -370,7 +369,7 @@ def public_key_bytes(public_key: Path) -> bytes:
 def register_node(control, public_key: Path) -> tuple[str, int | None]:
     """Register a device's public key (only registered devices may join): ('registered', the node id the
     SuperNode holding that key will get) or ('already registered', None)."""
-    from flwr.proto.control_pb2 import RegisterNodeRequest
+    from fedhar.deploy.flower_internals import RegisterNodeRequest
 
     key = public_key_bytes(public_key)
     try:
@@ -384,7 +383,7 @@ def register_node(control, public_key: Path) -> tuple[str, int | None]:
 
 def list_nodes(control) -> list[tuple[int, bytes]]:
     """(node id, public key) of every node the SuperLink knows (registered, online or not)."""
-    from flwr.proto.control_pb2 import ListNodesRequest
+    from fedhar.deploy.flower_internals import ListNodesRequest
 
     return [(int(n.node_id), bytes(n.public_key)) for n in control.ListNodes(ListNodesRequest()).nodes_info]
 
@@ -398,8 +397,7 @@ def app_fab(run_config: dict[str, str]):
     """
     from importlib.util import find_spec
 
-    from flwr.cli.build import build_fab_from_files
-    from flwr.supercore.fab import Fab
+    from fedhar.deploy.flower_internals import Fab, build_fab_from_files
 
     config_lines = "\n".join(f"{k} = {json.dumps(v)}" for k, v in run_config.items())
     pyproject = f"""[project]
@@ -433,8 +431,7 @@ clientapp = "clients.app:app"
 
 def start_run(control, run_config: dict[str, str]) -> tuple[int, str]:
     """Submit fedhar's FAB as a run: (run id, the FAB's hash, which names the run's ServerApp task)."""
-    from flwr.common.serde import fab_to_proto, user_config_to_proto
-    from flwr.proto.control_pb2 import StartRunRequest
+    from fedhar.deploy.flower_internals import StartRunRequest, fab_to_proto, user_config_to_proto
 
     fab = app_fab(run_config)
     response = control.StartRun(StartRunRequest(fab=fab_to_proto(fab),
@@ -445,7 +442,7 @@ def start_run(control, run_config: dict[str, str]) -> tuple[int, str]:
 
 
 def stop_run(control, run_id: int) -> None:
-    from flwr.proto.control_pb2 import StopRunRequest
+    from fedhar.deploy.flower_internals import StopRunRequest
 
     with contextlib.suppress(Exception):  # best effort: the run may already be over
         control.StopRun(StopRunRequest(run_id=run_id))
@@ -457,7 +454,7 @@ def acquire_task(runtime, task_type: str | None = None, fab_hash: str | None = N
 
     Flower 1.42's AcquireTask hands out a task whose type is supported *or* whose FAB is listed as ready
     (``agentapp_fab_hashes``): asking by FAB leaves other apps' tasks on a shared SuperLink alone."""
-    from flwr.proto.runtime_pb2 import AcquireTaskRequest
+    from fedhar.deploy.flower_internals import AcquireTaskRequest
 
     request = AcquireTaskRequest(supported_task_types=[task_type] if task_type else [],
                                  agentapp_fab_hashes=[fab_hash] if fab_hash else [])  # fmt: skip
@@ -471,8 +468,7 @@ def acquire_task(runtime, task_type: str | None = None, fab_hash: str | None = N
 def task_heartbeat(runtime):
     """Keep a claimed task alive while fedhar works on it (Flower expires silent tasks after ~60 s)."""
     import httpx
-    from flwr.proto.runtime_pb2 import SendTaskHeartbeatRequest
-    from flwr.supercore.heartbeat import HeartbeatSender
+    from fedhar.deploy.flower_internals import HeartbeatSender, SendTaskHeartbeatRequest
 
     def beat() -> bool:
         try:
@@ -489,9 +485,7 @@ def task_heartbeat(runtime):
 
 
 def push_task_output(runtime, context, ok: bool, details: str = "") -> None:
-    from flwr.common.constant import SubStatus
-    from flwr.common.serde import context_to_proto
-    from flwr.proto.runtime_pb2 import PushTaskOutputRequest
+    from fedhar.deploy.flower_internals import PushTaskOutputRequest, SubStatus, context_to_proto
 
     status = SubStatus.COMPLETED if ok else SubStatus.FAILED
     with contextlib.suppress(Exception):  # the run may have ended meanwhile; nothing left to report to
@@ -508,10 +502,13 @@ def run_server_task(address: str, tls: Tls, secret: bytes, run_id: int, fab_hash
 
     Only tasks of fedhar's own FAB (``fab_hash``: it names the run folder) are claimed, so other apps' runs
     on a shared SuperLink are left to their own executors."""
-    from flwr.common.serde import context_from_proto, run_from_proto
-    from flwr.proto.runtime_pb2 import PullTaskInputRequest
-    from flwr.superlink.grid import HttpGrid
-    from flwr.supercore.task_identity import TaskIdentity
+    from fedhar.deploy.flower_internals import (
+        HttpGrid,
+        PullTaskInputRequest,
+        TaskIdentity,
+        context_from_proto,
+        run_from_proto,
+    )
 
     claimer = runtime_client(address, tls, secret=secret)
     deadline = time.monotonic() + wait_s
@@ -577,7 +574,7 @@ def serve_client_tasks(runtime_address: str, secret: bytes, app, stop: threading
     the reply and the context) in a loop, so the model built on the first message serves every later one.
     A ClientApp exception becomes an error reply the server logs; the process keeps serving.
     """
-    from flwr.supercore.constant import TaskType
+    from fedhar.deploy.flower_internals import TaskType
 
     plain = Tls(insecure=True)  # the SuperNode's Runtime API listens on loopback only
     claimer = runtime_client(runtime_address, plain, secret=secret, retry_s=None)  # a dead SuperNode shows at once
@@ -605,15 +602,18 @@ def pull_task_input(runtime):
     message's objects every 50-500 ms: a task is handed out while its SuperNode is still downloading the
     message, and Flower's 1 s / 2 s / 4 s backoff for that wait cost ~3 s per message here."""
     from flwr.app import Message
-    from flwr.common.serde import context_from_proto, fab_from_proto, run_from_proto
-    from flwr.proto.node_pb2 import Node
-    from flwr.proto.runtime_pb2 import PullAppMessagesRequest, PullTaskInputRequest
-    from flwr.supercore.inflatable.inflatable_protobuf_utils import (
+    from fedhar.deploy.flower_internals import (
+        Node,
+        PullAppMessagesRequest,
+        PullTaskInputRequest,
+        TaskIdentity,
+        context_from_proto,
+        fab_from_proto,
         make_confirm_message_received_fn_protobuf,
         make_pull_object_fn_protobuf,
+        pull_and_inflate_object_from_tree,
+        run_from_proto,
     )
-    from flwr.supercore.inflatable.inflatable_utils import pull_and_inflate_object_from_tree
-    from flwr.supercore.task_identity import TaskIdentity
 
     task = runtime.PullTaskInput(PullTaskInputRequest())
     TaskIdentity.task_id, TaskIdentity.run_id = task.task_id, task.run.run_id
@@ -635,8 +635,7 @@ def pull_task_input(runtime):
 
 def _run_client_task(address: str, tls: Tls, token: str, app) -> TaskReport:
     from flwr.app import Error, Message
-    from flwr.common.constant import ErrorCode
-    from flwr.supernode.runtime.run_clientapp import push_message
+    from fedhar.deploy.flower_internals import ErrorCode, push_message
 
     t0 = time.perf_counter()
     runtime = runtime_client(address, tls, token=token)

@@ -54,14 +54,13 @@ class LastProblem(logging.Handler):
 
 def set_heartbeat(interval_s: float) -> None:
     """The interval the SuperNode announces and heartbeats by (Flower reads it from module constants)."""
-    from flwr.supercore import heartbeat
-    from flwr.supernode import fleet_http_connection
+    from fedhar.deploy.flower_internals import fleet_http_connection, supercore_heartbeat
 
     low, high = HEARTBEAT_RANGE_S
     if not low <= interval_s <= high:
         raise SystemExit(f"{MARK} --heartbeat-interval must be within {low:.0f}-{high:.0f} s, got {interval_s}")
     fleet_http_connection.HEARTBEAT_DEFAULT_INTERVAL = interval_s  # announced in ActivateNode and each heartbeat
-    heartbeat.HEARTBEAT_DEFAULT_INTERVAL = interval_s  # the sender's schedule
+    supercore_heartbeat.HEARTBEAT_DEFAULT_INTERVAL = interval_s  # the sender's schedule
 
 
 def _say(text: str) -> None:
@@ -85,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
         os._exit(EXIT_THREAD_DIED)
 
     threading.excepthook = thread_died
-    from flwr.supernode.cli.flower_supernode import flower_supernode
+    from fedhar.deploy.flower_internals import flower_supernode
 
     sys.argv = ["flower-supernode", *args]  # Flower parses sys.argv and names its telemetry by argv[0]
     flower_supernode()

@@ -187,8 +187,7 @@ def build_strategy(cfg: ExperimentConfig, num_sampled: int) -> Strategy:
     if dp.clipping == "fixed":
         accountant = None
         if dp.delta is not None:
-            from flwr.supercore.privacy_accounting import NeighboringRelation, PrivacyConfig, SamplingMethod
-            from flwr.supercore.privacy_accounting.rdp_accountant import RdpAccountant
+            from flwr.serverapp import NeighboringRelation, PrivacyConfig, RdpAccountant, SamplingMethod
 
             # no amplification by sampling: the bound holds however the clients are drawn (a conservative ε)
             accountant = RdpAccountant(PrivacyConfig(
