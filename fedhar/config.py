@@ -335,6 +335,9 @@ class FederatedConfig:
     rounds: int = 5
     local_epochs: int = 1
     fraction_train: float = 1.0
+    # a fixed number of clients per round (cross-device: a few of a large population); null: fraction_train.
+    # Set, a stage's set-up describes only the nodes a round samples (docs/federated.md, "Population scale")
+    clients_per_round: int | None = None
     min_clients: int = 2
     partition: str = "subject"  # subject | dirichlet | device | placement | iid
     num_clients: int | None = None  # for dirichlet / iid
@@ -365,6 +368,16 @@ class FederatedConfig:
             raise ConfigError(f"{path}.rounds must be >= 1, got {self.rounds}")
         if not 0 < self.fraction_train <= 1:
             raise ConfigError(f"{path}.fraction_train must be in (0, 1], got {self.fraction_train}")
+        if self.clients_per_round is not None:
+            if self.clients_per_round < 1:
+                raise ConfigError(f"{path}.clients_per_round must be >= 1 or null, got {self.clients_per_round}")
+            if self.fraction_train != 1.0:
+                raise ConfigError(f"{path}.clients_per_round={self.clients_per_round} and {path}.fraction_train="
+                                  f"{self.fraction_train} both say how many clients a round samples; "
+                                  "set one")  # fmt: skip
+            if self.clients_per_round < self.min_clients:
+                raise ConfigError(f"{path}.clients_per_round={self.clients_per_round} is below {path}.min_clients="
+                                  f"{self.min_clients}: no round could aggregate")  # fmt: skip
         if self.partition not in ("subject", "dirichlet", "device", "placement", "iid"):
             raise ConfigError(
                 f"{path}.partition must be subject, dirichlet, device, placement or iid, got `{self.partition}`"

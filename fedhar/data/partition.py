@@ -70,8 +70,8 @@ def partition(
         raise ConfigError(f"federated.num_clients must be >= 1, got {num_clients}")
     if num_clients > len(ws):
         raise ConfigError(
-            f"federated.num_clients={num_clients} but the training split has only {len(ws)} windows; "
-            "use fewer clients or more data"
+            f"federated.num_clients={num_clients} but the training split has only {len(ws)} windows: the data can "
+            f"give at most {len(ws)} clients (one window each); use fewer clients or more data"
         )
     rng = np.random.default_rng(seed)
     weights = _quantity_weights(num_clients, quantity_skew, rng)

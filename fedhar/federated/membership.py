@@ -7,6 +7,10 @@ claims, so they are checked against what real windows can give and capped in the
 keys; a name already taken, a forged or failed answer leaves that node out (asked again later with
 back-off) and never stops the federation. Deployed nodes come and go: ``refresh`` describes the ones that
 joined late before every round.
+
+Population scale (``federated.clients_per_round``): every node is asked once, at the run's set-up (its name,
+window count and moments: the normaliser is fitted from all of them, once); a later stage asks only the nodes
+each round draws (``Membership.sample``), so a stage costs messages per sampled node, not per node.
 """
 
 from __future__ import annotations
@@ -63,9 +67,12 @@ class SetupTotals:
 
 
 def sample_size(holding: int, cfg: ExperimentConfig) -> int:
-    """How many clients a round samples from ``holding`` clients with data: ``fraction_train`` of them, at least
-    ``min_clients`` (at most all)."""
-    return min(holding, max(int(holding * cfg.federated.fraction_train), cfg.federated.min_clients))
+    """How many clients a round samples from ``holding`` clients with data: ``clients_per_round`` where set, else
+    ``fraction_train`` of them, at least ``min_clients`` (at most all)."""
+    fed = cfg.federated
+    if fed.clients_per_round is not None:
+        return min(holding, fed.clients_per_round)
+    return min(holding, max(int(holding * fed.fraction_train), fed.min_clients))
 
 
 def sample_clients(fed: Federation, cfg: ExperimentConfig, rnd: int,
@@ -83,7 +90,6 @@ def sample_clients(fed: Federation, cfg: ExperimentConfig, rnd: int,
     return [available[i] for i in chosen]
 
 
-
 class Membership:
     """The server's view of the nodes: described, failed (with back-off), online; the current federation."""
 
@@ -95,16 +101,32 @@ class Membership:
         self.online: set[int] | None = None  # connected nodes, as of the start of the round
         self.setup_errors: list[str] = []
         self.weight_cap = MAX_CLIENT_WINDOWS  # federated.max_weight_ratio × the median window count, set at setup
+        # federated.clients_per_round: after the run's set-up, a stage's set-up asks only the nodes a round samples
+        self.per_sample = self.cfg.federated.clients_per_round is not None
+        self.seen: set[int] = set()  # nodes that ever answered a setup query (at any stage)
+        self.names: dict[int, str] = {}  # the name each node holding data gave (the sampler's stable order)
+        self.full_stage: int | None = None  # the stage at which every node was described (the run's set-up)
+        self.queries = 0  # setup queries sent so far (the scale benchmark reports them)
 
-    def describe(self, stage: int, rnd: int, fit: bool, late_nodes: list[int] | None = None) -> SetupTotals | None:
+    def describe(self, stage: int, rnd: int, fit: bool, late_nodes: list[int] | None = None,
+                 sampled: bool = False) -> SetupTotals | None:  # fmt: skip
         """Ask every node what it holds at ``stage`` (before round ``rnd``); with ``fit``, return the totals of
         their moments and calibration-pair sums (the loop fits the normaliser and the calibration from them).
 
-        With ``late_nodes`` only those nodes are asked (they connected after the federation was described)
-        and the clients among them join the current federation. A node whose earlier answer failed is asked
-        only once its back-off has passed, and waited for at most ``DESCRIBE_RETRY_TIMEOUT_S``.
+        With ``late_nodes`` only those nodes are asked (they connected after the federation was described, or,
+        ``sampled``, a round sampled them) and the clients among them join the current federation. A node whose
+        earlier answer failed is asked only once its back-off has passed, and waited for at most
+        ``DESCRIBE_RETRY_TIMEOUT_S``.
+
+        With ``federated.clients_per_round`` only the run's set-up asks every node (once: names, window counts,
+        the normaliser's moments); a later stage starts with nobody described, and ``sample`` asks the nodes
+        each round draws: a stage's set-up costs a message per sampled node, not one per node of the population.
         """
         fed = self.cfg.federated
+        if self.per_sample and not late_nodes and self.federation.stage >= 0 and stage != self.federation.stage:
+            self.federation = Federation(stage)  # the weight cap stays the set-up's
+            self.described, self.setup_errors = set(), []
+            return None
         nodes = late_nodes or wait_for_nodes(self.grid, self.job.expected_nodes, fed.min_clients, self.job.stop,
                                              fed.client_wait_s)  # fmt: skip
         fresh = [n for n in nodes if n not in self.failed]
@@ -115,6 +137,7 @@ class Membership:
         for group, timeout in ((fresh, fed.round_timeout_s), (retry, retry_timeout)):
             messages = [Message(RecordDict({"config": job.to_record()}), dst_node_id=n,
                                 message_type=MESSAGE_DESCRIBE) for n in group]  # fmt: skip
+            self.queries += len(messages)
             if messages:
                 replies.update(send_and_collect(self.grid, messages, timeout, self.job.stop, self.job.poll_interval_s))
         clients, failures, parts, pair_parts, answered = [], {}, {}, {}, set()
@@ -149,9 +172,11 @@ class Membership:
             self.failed[node] = (count, rnd + min(2 ** (count - 1), DESCRIBE_BACKOFF_MAX_ROUNDS))
             errors.append(f"node {node}: {reason} (asked again before round {self.failed[node][1]})")
         self.described = (self.described if late_nodes else set()) | answered
+        self.seen |= answered
+        self.names.update((c.node_id, c.name) for c in clients)
         self.setup_errors = errors
         if late_nodes:
-            self._join(clients, errors)
+            self._join(clients, errors, quiet=sampled)
             return None
         for err in errors:
             self._say(f"[yellow]setup: {err}[/]")
@@ -167,7 +192,7 @@ class Membership:
         self.weight_cap = weight_cap([c.num_examples for c in clients], fed.max_weight_ratio)
         for c in clients:
             c.weight = min(c.num_examples, self.weight_cap)
-        self.federation = Federation(stage, clients)
+        self.federation, self.full_stage = Federation(stage, clients), stage
         if not fit:
             return None
         # each client's moments count as much as its capped weight: an inflated count cannot set the normaliser
@@ -235,25 +260,30 @@ class Membership:
                               f"of {windows} windows)")  # fmt: skip
         return stats
 
-    def _join(self, clients: list[ClientInfo], errors: list[str]) -> None:
-        """Late nodes join the federation; a known name on a new node id is that client come back."""
+    def _join(self, clients: list[ClientInfo], errors: list[str], quiet: bool = False) -> None:
+        """Late nodes join the federation; a known name on a new node id is that client come back (``quiet``:
+        nodes a round sampled, described as it drew them)."""
         by_name = {c.name: c for c in self.federation.clients}
         for c in clients:
             old = by_name.get(c.name)
-            if old is not None and old.node_id in self.online:
+            if old is not None and (self.online is None or old.node_id in self.online):
                 errors.append(f"node {c.node_id}: client name {c.name} is already used by connected node {old.node_id}")
                 continue
             c.weight = min(c.num_examples, self.weight_cap)  # the federation's cap: a late claim cannot raise it
             by_name[c.name] = c
-            self._say(f"client {c.name} {'rejoined' if old else 'joined'} ({c.num_examples} windows)")
+            if not quiet:
+                self._say(f"client {c.name} {'rejoined' if old else 'joined'} ({c.num_examples} windows)")
         for err in errors:
-            self._say(f"[yellow]a joining node failed: {err}[/]")
+            self._say(f"[yellow]{'a sampled' if quiet else 'a joining'} node failed: {err}[/]")
         self.federation = Federation(self.federation.stage, sorted(by_name.values(), key=lambda c: c.name))
         self.write_federation()
 
     def write_federation(self) -> None:
         self.run.write_json("federation.json", {
             "stage": self.federation.stage,
+            "described": "the nodes rounds sampled at this stage so far (federated.clients_per_round)"
+            if self.per_sample and self.federation.stage != self.full_stage else "every node",
+            "nodes_seen": len(self.seen),
             "clients": [{"name": c.name, "windows": c.num_examples, "weight": c.weight,
                          **({"claimed_name": c.claimed} if c.claimed else {})} for c in self.federation.clients],
             "weight_cap": self.weight_cap,
@@ -261,6 +291,35 @@ class Membership:
             "normalizer": self.model.data.normalizer.to_json(),
             "normalizer_source": "client moments (sums and sums of squares)" if self.cfg.data.normalize else "identity",
         })  # fmt: skip
+
+    def sample(self, rnd: int) -> list[ClientInfo]:
+        """The clients round ``rnd`` trains: ``sample_clients`` (fraction_train), or with ``clients_per_round``
+        the first k nodes holding data in a seeded permutation of the connected nodes (ordered by the names they
+        gave: the same draw after a resume), describing at the current stage those not yet asked, k at a time.
+        Fewer than k only when fewer hold data (never below ``min_clients``)."""
+        if not self.per_sample:
+            return sample_clients(self.federation, self.cfg, rnd, self.online)
+        fed, stage = self.cfg.federated, self.federation.stage
+        holding = {c.node_id: c for c in self.federation.clients}
+        nodes = self.online if self.online is not None else self.seen
+        pool = sorted((n for n in nodes if self.failed.get(n, (0, 0))[1] <= rnd
+                       and (n in holding or n not in self.described)),
+                      key=lambda n: (n not in self.names, self.names.get(n, ""), n))  # fmt: skip
+        rng = np.random.default_rng([self.cfg.seed, rnd])
+        order = [pool[i] for i in rng.permutation(len(pool))]
+        chosen: list[ClientInfo] = []
+        start = 0
+        while len(chosen) < fed.clients_per_round and start < len(order):
+            batch = order[start : start + fed.clients_per_round - len(chosen)]
+            start += len(batch)
+            if ask := [n for n in batch if n not in self.described]:
+                self.describe(stage, rnd, fit=False, late_nodes=ask, sampled=True)
+                holding = {c.node_id: c for c in self.federation.clients}
+            chosen += [holding[n] for n in batch if n in holding]
+        if len(chosen) < fed.min_clients:
+            raise FedharError(f"round {rnd}: {len(chosen)} connected clients hold data at stage {stage}, fewer than "
+                              f"federated.min_clients={fed.min_clients}")  # fmt: skip
+        return sorted(chosen, key=lambda c: c.name)
 
     def refresh(self, rnd: int) -> None:
         """Which nodes are connected now; describe the ones not yet asked at this stage (late joiners), and
@@ -273,10 +332,15 @@ class Membership:
         while True:
             self.online = set(self.grid.get_node_ids())
             self.failed = {n: f for n, f in self.failed.items() if n in self.online}  # one that left comes back fresh
-            new = sorted(n for n in self.online - self.described if self.failed.get(n, (0, 0))[1] <= rnd)
+            known = self.seen if self.per_sample else self.described  # per_sample: a stage's nodes are asked as drawn
+            new = sorted(n for n in self.online - known if self.failed.get(n, (0, 0))[1] <= rnd)
             if new:
                 self.describe(self.federation.stage, rnd, fit=False, late_nodes=new)
-            connected = [c for c in self.federation.clients if c.node_id in self.online]
+            if self.per_sample:  # connected, and holding data or not yet asked at this stage
+                holding = {c.node_id for c in self.federation.clients}
+                connected = [n for n in self.online if n in holding or n not in self.described]
+            else:
+                connected = [c for c in self.federation.clients if c.node_id in self.online]
             if len(connected) >= fed.min_clients or time.monotonic() > deadline:
                 return
             if self.job.stop is not None and self.job.stop.is_set():

@@ -9,6 +9,8 @@ factory). The round loop talks to clients only through Flower messages on the ``
   with every checkpoint. With ``train.client_calibration`` each client also sends, per class of
   the pair, its window count and the sums and outer-product sums of the posture cues; the server
   fits the calibration direction from their totals (the same direction as pooled data gives).
+  With ``federated.clients_per_round`` every node is asked once, at the run's set-up; a later stage
+  asks only the nodes its rounds sample (``Membership.sample``).
 * **round r** (``train``): a seeded sample of the clients that hold data gets the global
   trainable tensors, the round's learning rate and a per-client seed; replies carry the new
   tensors and the number of examples; the strategy aggregates; the server scores the global
@@ -64,7 +66,7 @@ from fedhar.data.preprocess import Normalizer
 from fedhar.data.recording import natural_key
 from fedhar.errors import CheckpointError, ConfigError, FedharError
 from fedhar.config import shipped_config
-from fedhar.federated.membership import ClientInfo, Membership, sample_clients, sample_size
+from fedhar.federated.membership import ClientInfo, Membership, sample_size
 from fedhar.continual import olora, regularize, schedule
 from fedhar.data.windows import WindowSet
 from fedhar.federated.data import held_out_split, stage_of_round, subject_split
@@ -322,7 +324,7 @@ class RoundLoop:
         t0 = time.perf_counter()
         fed_cfg = self.cfg.federated
         self.members.refresh(rnd)
-        chosen = sample_clients(self.members.federation, self.cfg, rnd, self.members.online)
+        chosen = self.members.sample(rnd)
         lr = round_lr(self.cfg, rnd)
         if fed_cfg.dp is not None and len(chosen) != self.num_sampled:
             raise FedharError(f"round {rnd}: federated.dp accounts for {self.num_sampled} sampled clients per round, "
@@ -635,7 +637,10 @@ def run_federation(grid: Grid, job: ServerJob) -> dict:
         stage = stage_of_round(cfg, rnd)
         if stage != loop.members.federation.stage:  # the data changed: ask again who holds what
             loop.describe(stage, rnd, fit_normalizer=False)
-            if job.progress:
+            if job.progress and loop.members.per_sample:
+                console.print(f"stage {stage}: clients are described as rounds sample them "
+                              f"(federated.clients_per_round={cfg.federated.clients_per_round})")  # fmt: skip
+            elif job.progress:
                 console.print(f"stage {stage}: {len(loop.members.federation.clients)} clients hold data")
         if loop.anchor_stage != stage:  # l2 / ewc: anchored at the end of the previous stage (also after a resume)
             loop.begin_stage(stage)

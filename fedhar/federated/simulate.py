@@ -105,6 +105,12 @@ def check_federation(cfg: ExperimentConfig) -> list[str]:
                 f"than federated.min_clients={cfg.federated.min_clients}; lower min_clients or add training "
                 "subjects/clients"
             )
+        k = cfg.federated.clients_per_round
+        if k is not None and len(holding) < k:
+            where = f"stage {stage} ({cfg.continual.stage_names[stage]}): " if cfg.continual is not None else ""
+            raise ConfigError(f"{where}federated.clients_per_round={k}, but the data gives {len(holding)} clients "
+                              f"with data (federated.partition={cfg.federated.partition}); lower clients_per_round "
+                              "or add clients")  # fmt: skip
     return simulated_partition(cfg, 0)[1]
 
 
