@@ -32,8 +32,9 @@ $(BACKBONES): $(INSTALLED)
 simulate: setup
 	$(VENV)/bin/fedhar simulate
 
+# .venv/bin on PATH: a SuperNode starts Flower's `flower-superexec` by name (the deploy tests run one)
 test: setup
-	$(PY) -m pytest -ra
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest -ra
 
 clean-venv:
 	rm -rf $(VENV)
