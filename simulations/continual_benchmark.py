@@ -162,10 +162,10 @@ def main(argv: list[str] | None = None) -> None:
         for method in methods:
             grid = grids.get(SETTING.get(method, ""), [None])
             if scenario not in tune_on and method in SETTING:  # the value chosen on the tuning scenario
+                if (tune_on[0], method) not in chosen:  # --table-only: its grid there is incomplete
+                    missing.append(f"{scenario} {method}: no setting chosen on {tune_on[0]}")
+                    continue
                 grid = [chosen[(tune_on[0], method)].split("=", 1)[1]]
-            if scenario not in tune_on and method in SETTING and (tune_on[0], method) not in chosen:
-                missing.append(f"{scenario} {method}: no setting chosen on {tune_on[0]}")
-                continue
             scored = []
             for value in grid:  # at the first seed: every value of the grid, scored on validation subjects
                 name, overrides, label = variant(scenario, method, seeds[0], value, base)

@@ -104,10 +104,11 @@ def test_table_only_trains_nothing_and_drops_a_method_whose_grid_is_incomplete(t
     for name in ("synthetic-naive-s0", "synthetic-naive-s1", "synthetic-replay-replaysize16-s0"):
         (tmp_path / name).mkdir()
         (tmp_path / name / "continual.json").write_text("{}")
-    cb.main(["--out", str(tmp_path), "--scenarios", "synthetic", "--methods", "naive,replay", "--seeds", "0,1",
-             "--replay-sizes", "16,64", "--table-only"])  # fmt: skip
+    cb.main(["--out", str(tmp_path), "--scenarios", "synthetic,spar", "--tune-on", "synthetic", "--methods",
+             "naive,replay", "--seeds", "0,1", "--replay-sizes", "16,64", "--table-only"])  # fmt: skip
     assert calls == ["synthetic-naive-s0", "synthetic-naive-s1", "synthetic-replay-replaysize16-s0"]  # reused only
     out = capsys.readouterr().out
     assert "synthetic-replay-replaysize64-s0" in out and "synthetic replay: grid incomplete at seed 0" in out
+    assert "spar replay: no setting chosen on synthetic" in out and "spar-naive-s0" in out
     table = json.loads((tmp_path / "continual_runs.json").read_text())["table"]
     assert [(t["method"], t["seeds"]) for t in table] == [("naive", 2)]
