@@ -61,7 +61,7 @@ def test_quick_run_chooses_on_validation_and_writes_every_file(tmp_path):
     assert [r["setting"] for r in grid] == ["replay_size=16", "replay_size=64"]
     best = max(grid, key=lambda r: r["val_final_average"])["setting"]
     (row,) = [t for t in data["table"] if t["method"] == "replay"]
-    assert row["setting"] == best and row["seeds"] == 1
+    assert row["setting"] == f"{best} (synthetic val)" and row["seeds"] == 1
     for name in ("continual_runs.csv", "continual_table.csv", "continual_table.md", "continual_targets.md",
                  "continual_benchmark.png"):  # fmt: skip
         assert (out / name).stat().st_size > 0

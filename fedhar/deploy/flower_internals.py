@@ -13,6 +13,7 @@ where it is used. Other modules import the internals from here, and only here is
 
 from __future__ import annotations
 
+import importlib
 from importlib import metadata
 
 from fedhar.errors import FedharError
@@ -53,7 +54,8 @@ check_flower_version()  # before the imports below: on another Flower they may n
 import flwr.supercore.logger  # noqa: F401 - importing it configures the "flwr" logger (fedhar then quiets it)
 from flwr.supercore import heartbeat as supercore_heartbeat  # HEARTBEAT_DEFAULT_INTERVAL: the sender's schedule
 from flwr.supernode import fleet_http_connection  # HEARTBEAT_DEFAULT_INTERVAL: announced to the SuperLink
-from flwr.supernode.cli.flower_supernode import flower_supernode
+# the module (the package's attribute of that name is the function): `flower_supernode` is looked up at call time
+supernode_cli = importlib.import_module("flwr.supernode.cli.flower_supernode")
 
 # ---- the Control API: register device keys, start and stop runs --------------------------------------------
 from flwr.cli.build import build_fab_from_files
@@ -95,7 +97,7 @@ from flwr.supernode.runtime.run_clientapp import push_message
 
 __all__ = [
     "SUPPORTED_FLOWER_VERSIONS", "FlowerVersionError", "check_flower_version", "installed_flower_version",
-    "supercore_heartbeat", "fleet_http_connection", "flower_supernode",
+    "supercore_heartbeat", "fleet_http_connection", "supernode_cli",
     "build_fab_from_files", "parse_config_args", "fab_to_proto", "user_config_to_proto", "ListNodesRequest",
     "RegisterNodeRequest", "StartRunRequest", "StopRunRequest", "ControlHttpClient", "Fab", "public_key_to_bytes",
     "ErrorCode", "SubStatus", "context_from_proto", "context_to_proto", "fab_from_proto", "run_from_proto", "Node",

@@ -84,10 +84,10 @@ def main(argv: list[str] | None = None) -> None:
         os._exit(EXIT_THREAD_DIED)
 
     threading.excepthook = thread_died
-    from fedhar.deploy.flower_internals import flower_supernode
+    from fedhar.deploy.flower_internals import supernode_cli
 
     sys.argv = ["flower-supernode", *args]  # Flower parses sys.argv and names its telemetry by argv[0]
-    flower_supernode()
+    supernode_cli.flower_supernode()
     # the connection loop ended without a signal: Flower logged why and would idle on here forever
     _say(f"the connection to the SuperLink ended ({last.text or 'no reason logged'}); exiting")
     os._exit(EXIT_GAVE_UP)
