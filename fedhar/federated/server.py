@@ -626,6 +626,7 @@ def run_federation(grid: Grid, job: ServerJob) -> dict:
     loop.prepare_strategy()
     if loop.domains is not None and loop.continual["initial"] is None:  # the b_j of forward transfer: no training yet
         loop.central_metrics(stage_end=-1)
+    setup_seconds = time.perf_counter() - t_start  # the federation described, the normaliser fitted
     counts = parameter_counts(loop.model)
     if job.progress:
         console.print(
@@ -669,6 +670,8 @@ def run_federation(grid: Grid, job: ServerJob) -> dict:
                   str(job.run.file("checkpoint") / olora.PAST_FILE))  # fmt: skip
     summary = summarize(cfg, loop.rows, loop.model, loop.members.federation.clients, time.perf_counter() - t_start)
     summary["strategy_args"] = dict(cfg.federated.strategy_args)
+    summary["server_setup_seconds"] = round(setup_seconds, 3)
+    summary["setup_queries"] = loop.members.queries  # setup messages sent (describe): per node once, then sampled
     if loop.stopped:
         summary["stopped"] = loop.stopped
     if cfg.federated.dp is not None:
