@@ -14,7 +14,7 @@ from fedhar.continual import regularize
 from fedhar.errors import CheckpointError, ConfigError
 from fedhar.model.state import expected_spec, get_trainable_state, set_trainable_state
 from tests.continual.test_continual_federation import _server_task_identity, results, run  # noqa: F401
-from tests.continual.test_schedule import cfg
+from tests.continual.test_schedule import cfg, tiny_model
 
 PRODUCT = ["continual.method=ewc", "continual.ewc_importance=product", "continual.fisher_windows=32",
            "continual.reg_strength=2"]  # fmt: skip
@@ -103,15 +103,7 @@ def test_the_product_penalty_is_the_hand_computed_sum_and_zero_at_the_anchor():
 
 @pytest.fixture(scope="module")
 def har_model_and_windows():
-    from fedhar.data.preprocess import Normalizer
-    from fedhar.federated.data import subject_split
-    from fedhar.model.har_model import DataSpec, build_model
-
-    c = cfg(*PRODUCT)
-    train, _, _ = subject_split(c)
-    spec = DataSpec(train.layout, train.window_len, train.sample_rate, list(train.label_names),
-                    Normalizer.identity(train.num_channels))  # fmt: skip
-    model = build_model(c.model, spec, c.seed)
+    model, train = tiny_model(cfg(*PRODUCT))
     rng = np.random.default_rng(1)
     state = get_trainable_state(model)
     set_trainable_state(model, {k: (rng.normal(0, 0.2, v.shape).astype(v.dtype) if "lora_B" in k else v)

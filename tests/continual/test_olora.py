@@ -14,22 +14,14 @@ from fedhar.errors import CheckpointError, ConfigError
 from fedhar.federated import aggregation
 from fedhar.model.state import get_trainable_state, set_trainable_state
 from tests.continual.test_continual_federation import LEARN, _server_task_identity, results, run  # noqa: F401
-from tests.continual.test_schedule import cfg
+from tests.continual.test_schedule import cfg, tiny_model
 
 OLORA = ["continual.method=olora", "continual.reg_strength=0.1"]
 
 
 @pytest.fixture(scope="module")
 def model_and_windows():
-    from fedhar.data.preprocess import Normalizer
-    from fedhar.federated.data import subject_split
-    from fedhar.model.har_model import DataSpec, build_model
-
-    c = cfg(*OLORA)
-    train, _, _ = subject_split(c)
-    spec = DataSpec(train.layout, train.window_len, train.sample_rate, list(train.label_names),
-                    Normalizer.identity(train.num_channels))  # fmt: skip
-    model = build_model(c.model, spec, c.seed)
+    model, train = tiny_model(cfg(*OLORA))
     yield model, train.x[:16]
     olora.attach(model, None)
 

@@ -162,3 +162,16 @@ def test_a_deployed_client_stores_its_stage_share_on_its_disk_and_replays_it_lat
     assert len(buffer) == 8 and set(buffer.device.tolist()) == {"phone-a"}
     assert (tmp_path / "buffer" / "stage-001.npz").is_file()
     assert np.array_equal(replay_buffer(c, node, "dev-1", 1, later).x, buffer.x)  # read back, not redrawn
+
+
+def tiny_model(c):
+    """The tiny-backbone HARNet for config ``c`` and its training windows (identity normaliser): the model the
+    method tests (olora, ewc product) probe directly."""
+    from fedhar.data.preprocess import Normalizer
+    from fedhar.federated.data import subject_split
+    from fedhar.model.har_model import DataSpec, build_model
+
+    train, _, _ = subject_split(c)
+    spec = DataSpec(train.layout, train.window_len, train.sample_rate, list(train.label_names),
+                    Normalizer.identity(train.num_channels))  # fmt: skip
+    return build_model(c.model, spec, c.seed), train
