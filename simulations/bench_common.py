@@ -18,7 +18,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from run_inputs import check_reusable  # noqa: E402
+import numpy as np  # noqa: E402
+from run_inputs import check_reusable, provenance  # noqa: E402
 
 from fedhar.results.run import write_json_atomic  # noqa: E402
 
@@ -142,3 +143,31 @@ def load_existing(out: Path, stem: str) -> list[dict]:
     """Earlier results of this recipe, so an interrupted benchmark resumes instead of redoing variants."""
     path = out / f"{stem}.json"
     return json.loads(path.read_text()) if path.is_file() else []
+
+
+def group_means(rows: list[dict]) -> dict[str, dict]:
+    """Mean of every figure per candidate: runs named ``<candidate>-s<seed>[-f<fold>]`` (seed_study.py) group together."""
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(re.sub(r"-s\d+(-f\d+)?$", "", r["run"]), []).append(r)
+    means = {}
+    for g, rs in groups.items():
+        keys = dict.fromkeys(k for r in rs for k, v in r.items() if isinstance(v, (int, float)))
+        means[g] = {"runs": len(rs), **{k: round(float(np.mean([r[k] for r in rs if k in r])), 4) for k in keys}}
+    return means
+
+
+def write_results(out: Path, stem: str, rows: list[dict], fig, record: dict) -> None:
+    """``<stem>.csv`` (one row per run), ``.json`` (record, rows, means per candidate, versions, git) and ``.png``."""
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / f"{stem}.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)), lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+    means = group_means(rows)
+    write_json_atomic(out / f"{stem}.json", {**record, "per_run": rows, "mean_per_candidate": means, **provenance()})
+    fig.tight_layout()
+    fig.savefig(out / f"{stem}.png", dpi=120)
+    for group, m in means.items():
+        print(f"mean of {group}: " + "  ".join(f"{k} {v}" for k, v in m.items()))
+    print(f"written to {out}/{stem}.csv, .json and .png")

@@ -28,7 +28,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from boundary_shift import write_results  # noqa: E402
+from bench_common import write_results  # noqa: E402
 from run_inputs import add_run_arguments, check_runs, run_config  # noqa: E402
 
 from fedhar.metrics import classification_metrics  # noqa: E402
