@@ -1,13 +1,20 @@
+from pathlib import Path
+
 import pytest
 
-from fedhar.config import ExperimentConfig, apply_overrides, load_config
+from fedhar.config import apply_overrides, load_config, save_config, shipped_config
 from fedhar.errors import ConfigError
 
 
-def test_defaults_are_valid():
+def test_defaults_survive_a_save_and_the_shipped_default_only_overrides_them(tmp_path):
+    """A saved run's resolved config loads back to the same settings (what `--resume` and the results'
+    config.yaml rely on); configs/default.yaml sets only keys the defaults have."""
     cfg = load_config()
-    assert isinstance(cfg, ExperimentConfig)
     assert cfg.model.backbone == "smollm2-135m"
+    shipped = load_config(shipped_config("default.yaml"))
+    assert shipped.to_dict().keys() == cfg.to_dict().keys() and shipped.to_dict() != cfg.to_dict()
+    save_config(cfg, tmp_path / "config.yaml")
+    assert load_config(tmp_path / "config.yaml").to_dict() == cfg.to_dict()
 
 
 def test_overrides_parse_yaml_values():
@@ -75,8 +82,10 @@ def test_missing_and_invalid_files(tmp_path):
         load_config(bad)
 
 
-def test_shipped_configs_load():
-    from pathlib import Path
-
-    for path in sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")):
-        load_config(path)
+def test_every_shipped_config_loads_and_round_trips(tmp_path):
+    paths = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
+    assert {"default.yaml", "hapt.yaml", "continual.yaml"} <= {p.name for p in paths}
+    for path in paths:
+        cfg = load_config(path)
+        save_config(cfg, tmp_path / path.name)
+        assert load_config(tmp_path / path.name).to_dict() == cfg.to_dict(), path.name
