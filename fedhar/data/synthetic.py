@@ -37,7 +37,7 @@ for everything else, so adding a device or placement never changes the other rec
 waist, 20 s per activity: 6 recordings of 134 s; at 50 Hz with 128-sample windows and 50 %
 overlap, 13-14 windows fit wholly inside each bout, about 490 windows in all (492 for seed 0) —
 small enough for a 5-minute federated demo on a 2-core CPU, large enough that a small model
-separates the activities far above chance (tests/test_synthetic.py checks both).
+separates the activities far above chance (tests/data/test_synthetic.py checks both).
 """
 
 from __future__ import annotations

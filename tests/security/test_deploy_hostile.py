@@ -117,7 +117,7 @@ def test_the_server_passes_the_identity_to_the_round_loop_with_keys_and_none_wit
     from fedhar.deploy import server
     from fedhar.deploy.server import NodeIdentity, ServerOptions, serve
     from fedhar.results.run import RunDir
-    from tests.test_deploy import device_cfg
+    from tests.deploy.test_deploy import device_cfg
 
     jobs = []
     monkeypatch.setattr(server, "control_client", lambda address, tls: types.SimpleNamespace(close=lambda: None))
@@ -340,7 +340,7 @@ def test_a_dead_supernode_thread_ends_the_process_and_the_heartbeat_stays_in_flo
 
 def test_fedhar_client_refuses_a_heartbeat_flower_would_refuse(tmp_path, capsys):
     from fedhar.cli.main import main
-    from tests.test_deploy import write_device_csv
+    from tests.deploy.test_deploy import write_device_csv
 
     csv = write_device_csv(tmp_path / "rec.csv", ["1"])
     assert main(["client", "--server", "127.0.0.1:9", "--data", str(csv), "--insecure", "--heartbeat", "5"]) == 2

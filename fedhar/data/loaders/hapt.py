@@ -8,7 +8,7 @@ decide it: consecutive segments abut (``start`` = previous ``end`` + 1) and all 
 their files (in that copy the first start is sample 136 and every end is at least 631 samples
 before its file's end), so both readings index valid rows. 1-based (MATLAB-style) indices would
 shift each segment edge by one sample (20 ms), below the precision of the hand labels; without
-evidence the reading stays as it is (the window counts in tests/test_loaders.py pin it).
+evidence the reading stays as it is (the window counts in tests/data/test_loaders.py pin it).
 """
 
 from __future__ import annotations
