@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from fixtures import layouts as L
+from tests.fixtures import layouts as L
 
 from fedhar.config import load_config
 from fedhar.continual import schedule

@@ -23,6 +23,7 @@ from fedhar.model.state import MODEL_FILE, STATE_FILE, load_checkpoint, read_che
 
 LABELS = ["sit", "stand", "walk"]
 CALIBRATION = {"pair": ["sit", "stand"], "direction": [0.1] * 9, "typical_gap": 1.0, "min_gap": 0.7}
+POSTHOC = {"name": "pair-calibration", "state": CALIBRATION}  # how fedhar stores it since train.posthoc
 
 
 def _spec(window: int = 32) -> DataSpec:
@@ -36,13 +37,13 @@ def _save(folder, cfg: ModelConfig, **extra):
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
-    """An untrained DeepConvLSTM and a tiny-llama (LoRA) checkpoint, both storing a calibration."""
+    """An untrained DeepConvLSTM and a tiny-llama (LoRA) checkpoint, both storing a calibration (the DeepConvLSTM
+    under the key fedhar wrote before train.posthoc, the tiny-llama as a post-hoc adapter)."""
     base = tmp_path_factory.mktemp("ckpt")
     return {
         "dcl": _save(base / "dcl", ModelConfig(kind="deepconvlstm", hidden=8), client_calibration=CALIBRATION,
                      train_subjects=["1", "2"]),
-        "llm": _save(base / "llm", ModelConfig(backbone="tiny-llama", num_layers=1, tokens=8),
-                     client_calibration=CALIBRATION),
+        "llm": _save(base / "llm", ModelConfig(backbone="tiny-llama", num_layers=1, tokens=8), posthoc=POSTHOC),
     }  # fmt: skip
 
 
@@ -149,6 +150,27 @@ def test_a_bad_value_in_model_json_names_the_file_and_the_field(ckpt, path, valu
     assert "\n" not in str(e.value)
     with pytest.raises(CheckpointError):  # what the federated server's resume reads
         read_checkpoint(ckpt)
+
+
+@pytest.mark.parametrize(
+    "path, value, field",
+    [
+        ("posthoc.state.direction.4", math.nan, "posthoc.state.direction[4]"),
+        ("posthoc.state.pair", ["sit", "run"], "posthoc.state.pair"),
+        ("posthoc.state.typical_gap", 0, "posthoc.state.typical_gap"),
+        ("posthoc.state", [1], "posthoc.state"),
+        ("posthoc.name", "nope", "posthoc.name"),
+        ("posthoc", "pair-calibration", "posthoc"),
+    ],
+)
+def test_a_bad_post_hoc_adapter_in_model_json_names_the_file_and_the_field(ckpt, path, value, field):
+    _edit(ckpt, lambda info: info.update(posthoc={"name": "pair-calibration", "state": info.pop("client_calibration")}))
+    load_checkpoint(ckpt)  # the adapter as fedhar stores it now is accepted ...
+    _edit(ckpt, _set(path, value))
+    with pytest.raises(CheckpointError) as e:  # ... and a bad value in it is not
+        load_checkpoint(ckpt)
+    assert str(ckpt / MODEL_FILE) in str(e.value) and f"`{field}`" in str(e.value), str(e.value)
+    assert "\n" not in str(e.value)
 
 
 def test_nan_normaliser_is_refused_by_predict_instead_of_nan_confidences(ckpt, recording, tmp_path, capsys):
@@ -361,11 +383,12 @@ def _mutate_bytes(raw: bytes, rng) -> bytes:
 
 
 def _loads_or_fedhar_error(folder) -> bool:
-    from fedhar.calibration import stored_calibration
+    from fedhar.model.state import read_checkpoint_info
+    from fedhar.posthoc import stored_adapter
 
     try:
         load_checkpoint(folder)
-        stored_calibration(folder)
+        stored_adapter(read_checkpoint_info(folder))
     except FedharError:
         return False
     return True  # any other exception type fails the test

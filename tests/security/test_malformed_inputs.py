@@ -9,7 +9,7 @@ import zipfile
 
 import numpy as np
 import pytest
-from fixtures.layouts import WRITERS, write_hapt, write_npz
+from tests.fixtures.layouts import WRITERS, write_hapt, write_npz
 
 from fedhar.cli.main import main
 from fedhar.config import ModelConfig

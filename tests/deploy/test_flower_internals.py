@@ -12,7 +12,7 @@ import pytest
 from fedhar.deploy import flower_internals
 from fedhar.errors import FedharError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _load_fresh(name: str = "fedhar_flower_internals_probe"):
