@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -36,34 +37,33 @@ def share(ws: WindowSet, size: int, seed: int, name: str, stage: int) -> WindowS
     return ws.subset(np.sort(rng.choice(len(ws), size, replace=False)))
 
 
-def replay_buffer(cfg: ExperimentConfig, node_config: dict, name: str, stage: int,
-                  current: WindowSet) -> WindowSet | None:  # fmt: skip
-    """The windows client ``name`` replays at ``stage`` (None: it kept none); ``current`` is what it trains on
-    now (a deployed client stores its share of it for later stages)."""
-    from fedhar.federated.data import DATA_PATH
+def replay_folder(cfg: ExperimentConfig, node_config: dict, name: str) -> Path:
+    """Where a deployed client keeps its buffer: node config ``replay-dir``, or the fedhar cache."""
+    return Path(str(node_config.get(REPLAY_DIR) or cache_root() / "replay" / cfg.name / _safe(name)))
 
+
+def replay_buffer(cfg: ExperimentConfig, name: str, stage: int, current: WindowSet,
+                  past: Callable[[int], WindowSet | None], folder: Path | None = None) -> WindowSet | None:  # fmt: skip
+    """The windows client ``name`` replays at ``stage`` (None: it kept none).
+
+    ``current`` is what it trains on now. A deployed client (``folder``: its buffer on its own disk) stores its
+    share of ``current`` there and replays the shares it stored at earlier stages. A simulated client
+    (``folder`` None) rebuilds its buffer from ``past(k)``: its training windows at earlier stage ``k`` (None
+    where it took no part), which the federated data layer derives from the schedule.
+    """
     size = cfg.continual.replay_size
     quota = max(1, size // max(1, stage))
-    if DATA_PATH in node_config:
-        return _device_buffer(cfg, node_config, name, stage, current, quota)
-    from fedhar.federated.data import local_holdout, simulated_partition, stage_windows
-
+    if folder is not None:
+        return _device_buffer(cfg, folder, name, stage, current, quota)
     if stage == 0:
         return None
-    shares = []
-    for earlier in range(stage):
-        parts, names = simulated_partition(cfg, earlier)
-        if name not in names or len(parts[names.index(name)]) == 0:
-            continue  # the client took no part in that stage
-        held, _ = local_holdout(stage_windows(cfg, earlier).subset(parts[names.index(name)]),
-                                cfg.federated.client_val_fraction)  # fmt: skip
-        shares.append(share(held, quota, cfg.seed, name, earlier))
+    shares = [share(held, quota, cfg.seed, name, earlier) for earlier in range(stage)
+              if (held := past(earlier)) is not None and len(held)]  # fmt: skip
     return WindowSet.concat(shares) if shares else None
 
 
-def _device_buffer(cfg: ExperimentConfig, node_config: dict, name: str, stage: int, current: WindowSet,
+def _device_buffer(cfg: ExperimentConfig, folder: Path, name: str, stage: int, current: WindowSet,
                    quota: int) -> WindowSet | None:  # fmt: skip
-    folder = Path(str(node_config.get(REPLAY_DIR) or cache_root() / "replay" / cfg.name / _safe(name)))
     folder.mkdir(parents=True, exist_ok=True)
     mine = folder / f"stage-{stage:03d}.npz"
     if not mine.is_file():  # first message of this stage: keep a share of what the device holds now

@@ -37,6 +37,7 @@ import numpy as np
 
 from fedhar.config import ExperimentConfig, SplitConfig
 from fedhar.continual import schedule
+from fedhar.continual.replay import replay_buffer, replay_folder
 from fedhar.data.partition import NATURAL, client_names, partition
 from fedhar.data.pipeline import load_windows, naming_the_csv, one_csv_as_folder, split_windows, window_cache_dir
 from fedhar.data.recording import natural_key
@@ -180,12 +181,21 @@ def client_data(cfg: ExperimentConfig, node_config: dict, stage: int) -> ClientD
         return None
     fit_part, val_part = local_holdout(windows, cfg.federated.client_val_fraction)
     if cfg.continual is not None and cfg.continual.method == "replay":  # (a device also keeps this stage's share)
-        from fedhar.continual.replay import replay_buffer
-
-        buffer = replay_buffer(cfg, node_config, name, stage, fit_part)
+        folder = replay_folder(cfg, node_config, name) if DATA_PATH in node_config else None
+        buffer = replay_buffer(cfg, name, stage, fit_part, lambda k: simulated_training_windows(cfg, name, k), folder)
         if buffer is not None and len(buffer):
             fit_part = WindowSet.concat([fit_part, buffer])
     return ClientData(name, fit_part, val_part)
+
+
+def simulated_training_windows(cfg: ExperimentConfig, name: str, stage: int) -> WindowSet | None:
+    """Simulated client ``name``'s local training windows at ``stage`` (None: it holds none then): what its
+    replay buffer samples from at later stages, the same on any Ray worker."""
+    parts, names = simulated_partition(cfg, stage)
+    if name not in names or len(parts[names.index(name)]) == 0:
+        return None
+    windows = stage_windows(cfg, stage).subset(parts[names.index(name)])
+    return local_holdout(windows, cfg.federated.client_val_fraction)[0]
 
 
 def device_windows(cfg: ExperimentConfig, node_config: dict) -> tuple[str, WindowSet]:

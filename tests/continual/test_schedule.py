@@ -150,18 +150,23 @@ def test_replay_keeps_a_bounded_share_of_the_clients_own_earlier_windows():
 
 
 def test_a_deployed_client_stores_its_stage_share_on_its_disk_and_replays_it_later(tmp_path):
-    from fedhar.continual.replay import REPLAY_DIR, replay_buffer
+    from fedhar.continual.replay import REPLAY_DIR, replay_buffer, replay_folder
     from fedhar.federated.data import stage_windows
 
     c = cfg("continual.method=replay", "continual.replay_size=8")
-    node = {"data-path": str(tmp_path / "recordings"), REPLAY_DIR: str(tmp_path / "buffer")}
+    folder = replay_folder(c, {"data-path": str(tmp_path / "recordings"), REPLAY_DIR: str(tmp_path / "buffer")}, "d")
+    assert folder == tmp_path / "buffer"
     first, later = stage_windows(c, 0), stage_windows(c, 1)
-    assert replay_buffer(c, node, "dev-1", 0, first) is None  # nothing from before the first stage
+
+    def never(stage):
+        raise AssertionError("a deployed client's buffer comes from its own disk, not from the schedule")
+
+    assert replay_buffer(c, "dev-1", 0, first, never, folder) is None  # nothing from before the first stage
     assert (tmp_path / "buffer" / "stage-000.npz").is_file()
-    buffer = replay_buffer(c, node, "dev-1", 1, later)
+    buffer = replay_buffer(c, "dev-1", 1, later, never, folder)
     assert len(buffer) == 8 and set(buffer.device.tolist()) == {"phone-a"}
     assert (tmp_path / "buffer" / "stage-001.npz").is_file()
-    assert np.array_equal(replay_buffer(c, node, "dev-1", 1, later).x, buffer.x)  # read back, not redrawn
+    assert np.array_equal(replay_buffer(c, "dev-1", 1, later, never, folder).x, buffer.x)  # read back, not redrawn
 
 
 def tiny_model(c):
