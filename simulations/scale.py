@@ -5,7 +5,7 @@ Each population is a fresh ``fedhar simulate`` process on synthetic data with on
 client of ~26 windows, ``federated.partition=subject``), ``federated.clients_per_round`` clients per round
 (default 10), the tiny untrained backbone (``model.backbone=tiny-llama``), a window cache of its own (set-up
 includes generating and windowing the data). Its process tree is sampled every ``--interval`` seconds
-(``sim_footprint.tree`` / ``sample``), and per population the recipe reports:
+(``fedhar.benchmarks.runner.tree``), and per population the recipe reports:
 
 * **set-up**: process start to the server's first round (imports, data, Ray start, every node described once);
   ``server_setup_seconds``: the server's part of it (describing the federation, fitting the normaliser);
@@ -21,7 +21,9 @@ includes generating and windowing the data). Its process tree is sampled every `
     python simulations/scale.py --out runs/scale --quick                          # 10, 100, 1000; 4 rounds
     python simulations/scale.py --out runs/scale --populations 10,100,1000,10000 --rounds 5
 
-Writes scale.json / scale.csv / scale.png into --out (the run folders under --out/runs).
+Settings (and --quick): simulations/configs/scale.yaml. Writes scale.json / scale.csv / scale.png into --out
+(the run folders under --out/runs). The script keeps its child (``--child``) itself: it times a Flower internal,
+which fedhar's package reaches only through fedhar/deploy/flower_internals.py.
 """
 
 from __future__ import annotations
@@ -41,13 +43,13 @@ import time
 from pathlib import Path
 
 import psutil
-from run_inputs import provenance
-from sim_footprint import tree
 
+from fedhar.benchmarks.recipe import parse
+from fedhar.benchmarks.runner import provenance, tree
 from fedhar.results.run import write_json_atomic
 
 REPO = Path(__file__).resolve().parents[1]
-#: the tiny synthetic federation of simulations/robustness.py's --quick, one device and placement per user
+#: the tiny synthetic federation of robustness.py's --quick (simulations/configs/robustness.yaml), one device and placement per user
 TINY = ["data.dataset=synthetic", "data.synthetic.seconds_per_activity=4", "data.synthetic.devices=[phone-a]",
         "data.synthetic.placements=[waist]", "data.window=64", "data.split.val=[1]", "data.split.test=[2]",
         "model.backbone=tiny-llama", "model.num_layers=2", "model.tokens=8", "model.conv_channels=16",
@@ -235,13 +237,12 @@ def main() -> None:
     p.add_argument("--populations", default="10,100,1000", help="comma-separated populations (clients)")
     p.add_argument("--clients-per-round", type=int, default=10)
     p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--quick", action="store_true", help="4 rounds per population")
     p.add_argument("--interval", type=float, default=0.5, help="seconds between samples of the process tree")
     p.add_argument("overrides", nargs="*", help="more `fedhar simulate` key=value overrides (after --)")
-    args = p.parse_args()
+    args = parse(p, None, "scale")  # --quick: 4 rounds per population (simulations/configs/scale.yaml)
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    rounds = 4 if args.quick else args.rounds
+    rounds = args.rounds
     rows = []
     for population in [int(v) for v in args.populations.split(",") if v.strip()]:
         row = run_population(population, args.clients_per_round, rounds, out, args.interval, args.overrides)

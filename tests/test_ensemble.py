@@ -62,15 +62,10 @@ def test_evaluate_refuses_an_ensemble_across_tasks_in_one_line(tiny_windows, tmp
 
 
 def test_subset_recipe_scores_the_full_set_as_fedhar_evaluate_does(tiny_windows, tmp_path):
-    """simulations/ensemble_subsets.py averages members' probabilities itself: the whole set must score
+    """`simulations/models.py ensemble` averages members' probabilities itself: the whole set must score
     exactly what `fedhar evaluate` gives the same checkpoints as one ensemble."""
-    import sys
-    from pathlib import Path
-
+    from fedhar.benchmarks.seeds import member_probabilities, score_subsets
     from fedhar.config import ExperimentConfig, save_config
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "simulations"))
-    from ensemble_subsets import member_probabilities, score_subsets
 
     tiny_windows.save(tmp_path / "w.npz")
     runs = []

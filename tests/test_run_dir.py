@@ -65,7 +65,7 @@ def test_resume_keeps_the_config_it_started_with(tmp_path):
 
 
 @pytest.mark.parametrize("argv0, expected", [("/x/fedhar/cli/main.py", "fedhar"), ("/usr/bin/fedhar", "fedhar"),
-                                             ("simulations/seed_study.py", "seed_study.py")])  # fmt: skip
+                                             ("simulations/models.py", "models.py")])  # fmt: skip
 def test_command_reads_as_typed(monkeypatch, argv0, expected):
     monkeypatch.setattr(sys, "argv", [argv0, "train"])
     assert run_module._command() == f"{expected} train"

@@ -1,12 +1,11 @@
-"""The decision rule of simulations/seed_study.py: paired with the base, better only beyond noise."""
+"""The decision rule of the seed study (`simulations/models.py seeds`): paired with the base, better only beyond noise."""
 
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "simulations"))
-from seed_study import fold_splits, summarize  # noqa: E402
+from fedhar.benchmarks import seeds
+from fedhar.benchmarks.seeds import fold_splits, summarize
 
 
 def _rows(candidate, val, test):
@@ -71,26 +70,21 @@ def _fake_run(out, name, config, overrides, val, test):
         "test": {"macro_f1": test, "accuracy": test, "per_class_f1": per_class}}))  # fmt: skip
 
 
-def test_study_reads_the_base_and_stops_on_runs_with_other_settings(tmp_path, monkeypatch):
+def test_study_reads_the_base_and_stops_on_runs_with_other_settings(tmp_path):
     """`--candidates X` alone still judges X against the finished base runs; a finished run whose saved config
     differs from what the study asks for now (another override) stops the study, naming the setting."""
     import json
 
-    import seed_study
-
-    config = str(Path(__file__).parents[1] / "configs" / "hapt.yaml")
+    config = str(Path(__file__).parents[2] / "configs" / "hapt.yaml")
     for seed in (0, 1):
         _fake_run(tmp_path, f"base-s{seed}", config, [f"seed={seed}"], 0.95, 0.94)
         _fake_run(tmp_path, f"meanpool-s{seed}", config, [f"seed={seed}", "model.pooling=mean"], 0.96, 0.95)
-    argv = ["seed_study.py", "--out", str(tmp_path), "--config", config, "--candidates", "meanpool",
-            "--seeds", "0", "1", "--no-run"]  # fmt: skip
-    monkeypatch.setattr("sys.argv", argv)
-    seed_study.main()
+    argv = ["--out", str(tmp_path), "--config", config, "--candidates", "meanpool", "--seeds", "0", "1", "--no-run"]
+    seeds.seed_study(argv)
     summary = {s["candidate"]: s for s in json.loads((tmp_path / "seed_study.json").read_text())["summary"]}
     assert summary["meanpool"]["paired_seeds"] == "0 1" and summary["meanpool"]["val_vs_base"] == pytest.approx(0.01)
-    monkeypatch.setattr("sys.argv", [*argv, "train.lr=0.002"])
     with pytest.raises(SystemExit, match=r"other settings \(train.lr\)"):
-        seed_study.main()
+        seeds.seed_study([*argv, "train.lr=0.002"])
 
 
 def test_the_studys_overrides_set_the_base_and_a_candidate_changes_it():
@@ -98,11 +92,10 @@ def test_the_studys_overrides_set_the_base_and_a_candidate_changes_it():
     run with mixup on top of it, not have its own setting undone by the study's."""
     import argparse
 
-    from seed_study import _settings
-
+    from fedhar.benchmarks.seeds import _settings
     from fedhar.config import load_config
 
     args = argparse.Namespace(overrides=["train.augment.mixup_alpha=0"], fold_splits=[])
-    config = str(Path(__file__).parents[1] / "configs" / "hapt.yaml")
+    config = str(Path(__file__).parents[2] / "configs" / "hapt.yaml")
     assert load_config(config, _settings(args, "base", 0, None)).train.augment.mixup_alpha == 0
     assert load_config(config, _settings(args, "mixup", 0, None)).train.augment.mixup_alpha == 0.2

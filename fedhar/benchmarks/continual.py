@@ -15,13 +15,14 @@ the grid (``--replay-sizes``, ``--reg-strengths``) runs at the first seed, the v
 involved). The table reports the test subjects' scores of the chosen setting over all seeds; the grid's
 rows are in continual_runs.csv.
 
-    python simulations/continual_benchmark.py --out runs/continual-bench                       # all of it
-    python simulations/continual_benchmark.py --out runs/continual-bench --tune-on synthetic   # as in docs/continual.md
-    python simulations/continual_benchmark.py --out runs/continual-bench --scenarios synthetic --seeds 0,1,2
-    python simulations/continual_benchmark.py --out runs/continual-quick --quick               # minutes, tiny
-    python simulations/continual_benchmark.py --out runs/continual-bench --table-only          # tabulate what ran
+    python simulations/continual.py --out runs/continual-bench                       # all of it
+    python simulations/continual.py --out runs/continual-bench --tune-on synthetic   # as in docs/continual.md
+    python simulations/continual.py --out runs/continual-bench --scenarios synthetic --seeds 0,1,2
+    python simulations/continual.py --out runs/continual-quick --quick               # minutes, tiny
+    python simulations/continual.py --out runs/continual-bench --table-only          # tabulate what ran
 
-Writes into --out: continual_runs.json / .csv (every run: scenario, method, setting, seed, validation and
+Settings (and what --quick changes): simulations/configs/continual.yaml. Writes into --out:
+continual_runs.json / .csv (every run: scenario, method, setting, seed, validation and
 test scores), continual_table.csv / .md (per scenario and method, chosen setting, mean ± sd over seeds),
 continual_targets.md (the issue's targets, each with the measured value and whether it holds) and
 continual_benchmark.png (final average macro-F1 against forgetting). Re-running reuses runs measured with
@@ -31,18 +32,16 @@ the same settings and stops on one measured with others.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import yaml
-from bench_common import plt, run_fresh, save_plot
-from run_inputs import check_reusable, provenance
 
+from fedhar.benchmarks.recipe import parse
+from fedhar.benchmarks.results import plt, save_plot, write_csv, write_json
+from fedhar.benchmarks.runner import simulate_variant
 from fedhar.config import CONTINUAL_METHODS
-from fedhar.results.run import write_json_atomic
 
 SCENARIOS = {"synthetic": "configs/continual.yaml", "hapt": "configs/continual-hapt.yaml",
              "spar": "configs/continual-spar.yaml"}  # fmt: skip
@@ -52,10 +51,6 @@ METHODS = (*(m for m in ("naive", "replay", "l2", "ewc", "olora", "joint") if m 
 #: the one setting of each method that is chosen on validation subjects
 SETTING = {"replay": "continual.replay_size", "l2": "continual.reg_strength", "ewc": "continual.reg_strength",
            "ewc-product": "continual.reg_strength", "olora": "continual.reg_strength"}  # fmt: skip
-#: --quick: the synthetic scenario cut to seconds (tiny untrained backbone, 1 round per stage, 2 values per grid)
-QUICK = ["model.backbone=tiny-llama", "model.num_layers=2", "model.tokens=8", "model.conv_channels=16",
-         "data.window=64", "data.synthetic.seconds_per_activity=4", "train.batch_size=16",
-         "continual.fisher_windows=32"]  # fmt: skip
 #: replay's messages carry a larger window count and the like: a ratio this close to 1 is "no more bytes"
 BYTES_SLACK = 1.01
 RUN_COLUMNS = ["scenario", "method", "setting", "seed", "val_final_average", "test_final_average", "test_forgetting",
@@ -75,16 +70,7 @@ def quick_config(config: str, out: Path) -> str:
 
 def simulate(config: str, name: str, out: Path, overrides: list[str]) -> tuple[dict, float | None, Path]:
     """One ``fedhar simulate`` run, or the one measured before with the same settings (wall time then None)."""
-    run_dir = out / name
-    if (run_dir / "continual.json").is_file():
-        check_reusable(run_dir, config, overrides, kind="simulate")
-        print(f"=== {name}: measured before ({run_dir})", flush=True)
-        return json.loads((run_dir / "continual.json").read_text()), None, run_dir
-    cmd = [sys.executable, "-m", "fedhar.cli.main", "simulate", "--config", config, "--quiet",
-           f"name={name}", f"output_dir={out}", *overrides]  # fmt: skip
-    print(f"\n=== {name}: {' '.join(overrides)}", flush=True)
-    wall = run_fresh(cmd, name)
-    return json.loads((run_dir / "continual.json").read_text()), wall, run_dir
+    return simulate_variant(config, name, out, overrides, result="continual.json")
 
 
 def measured(out: Path, name: str) -> bool:
@@ -120,8 +106,9 @@ def variant(scenario: str, method: str, seed: int, value: str | None, base: list
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, required=True)
+    p = argparse.ArgumentParser(prog="continual.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=Path("runs/continual-bench"))
     p.add_argument("--scenarios", default=",".join(SCENARIOS))
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--seeds", default="0,1,2")
@@ -129,10 +116,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--reg-strengths", default="0.1,1,10", help="l2 / ewc / olora grid (λ)")
     p.add_argument("--tune-on", default=None, help="scenarios that run the grid on their own validation subjects "
                    "(default: all); the others take the setting chosen on the first of these (it must run too)")
-    p.add_argument("--quick", action="store_true", help="synthetic scenario, tiny backbone, 1 round per stage")
     p.add_argument("--table-only", action="store_true", help="train nothing: tabulate the runs measured so far")
     p.add_argument("overrides", nargs="*", help="key=value overrides for every run")
-    args = p.parse_args(argv)
+    args = parse(p, argv, "continual")
     scenarios, methods = args.scenarios.split(","), args.methods.split(",")
     seeds = [int(s) for s in args.seeds.split(",")]
     grids = {"continual.replay_size": args.replay_sizes.split(","),
@@ -158,7 +144,7 @@ def main(argv: list[str] | None = None) -> None:
     missing: list[str] = []  # --table-only: runs not measured yet
     for scenario in scenarios:
         config = quick_config(SCENARIOS[scenario], args.out) if args.quick else SCENARIOS[scenario]
-        base = [*(QUICK if args.quick else []), *args.overrides]
+        base = [*args.overrides]  # --quick: the tiny model of simulations/configs/continual.yaml first
         for method in methods:
             grid = grids.get(SETTING.get(method, ""), [None])
             if scenario not in tune_on and method in SETTING:  # the value chosen on the tuning scenario
@@ -254,17 +240,11 @@ def write_outputs(runs: list[dict], chosen: dict, tuned: dict, out: Path, base: 
     for t in table:
         if (where := tuned.get((t["scenario"], t["method"]))) is not None:
             t["setting"] = f"{t['setting']} ({where} val)"
-    write_json_atomic(out / "continual_runs.json", {"runs": runs, "table": table, "overrides": base, **provenance()})
-    with open(out / "continual_runs.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=RUN_COLUMNS, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(runs)
+    write_json(out / "continual_runs.json", {"runs": runs, "table": table, "overrides": base})
+    write_csv(out / "continual_runs.csv", runs, RUN_COLUMNS)
     cols = ["scenario", "method", "setting", "seeds", "test_final_average", "test_forgetting", "test_max_forgetting",
             "test_bwt", "test_fwt", "val_final_average"]  # fmt: skip
-    with open(out / "continual_table.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=[*cols, "bytes_per_client_per_round_mean"], extrasaction="ignore")
-        w.writeheader()
-        w.writerows(table)
+    write_csv(out / "continual_table.csv", table, [*cols, "bytes_per_client_per_round_mean"])
     head = ["scenario", "method", "setting (chosen on)", "seeds", "final avg macro-F1", "forgetting",
             "max forgetting", "BWT", "FWT", "val final avg", "MB / client / round"]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -287,5 +267,3 @@ def write_outputs(runs: list[dict], chosen: dict, tuned: dict, out: Path, base: 
         save_plot(fig, axes[0][-1], out / "continual_benchmark.png")
 
 
-if __name__ == "__main__":
-    main()

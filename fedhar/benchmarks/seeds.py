@@ -1,47 +1,30 @@
-"""Recipe candidates over several seeds, decided on validation: is a change a win or seed noise?
-
-On HAPT the test macro-F1 of one model moves by about one point from seed to seed (all of it
-SITTING <-> STANDING), more than most recipe changes, so one seed cannot choose a default. Each
-candidate runs `fedhar train` once per seed (fresh processes, ``--parallel`` at a time, the CPU
-threads split between them); a candidate is adopted only if its *validation* macro-F1 (subjects 25 26)
-beats the base's on the same seeds by more than twice the standard error of the paired
-differences (verdict ``better``) -- the test subjects are reported, never used to choose.
-
-    python simulations/seed_study.py --out runs/seed-study --candidates base augment --seeds 0 1 2 3
-
-``--folds K`` is the tie-breaker when two validation subjects cannot tell candidates apart: each
-seed runs K times, fold k validating on every K-th training subject (sorted) and training on the
-rest, and scoring on the configured validation subjects in place of the test subjects -- so the
-test subjects are never touched. Pairs are then (seed, fold) and the verdict is on the held-out
-training subjects of each fold:
-
-    python simulations/seed_study.py --out runs/subject-cv --candidates base cues --seeds 0 --folds 3
-
-``--no-run`` tabulates what is there without training. Finished runs
-(``<out>/<candidate>-s<seed>/metrics.json``) are reused, so an interrupted study resumes; a run
-finished with other settings stops the study. The tables hold the candidates asked for and the
-base, whose finished runs are always read. Writes seed_study_runs.csv (one row per run), seed_study.csv/.json/.md (mean and sd per
-candidate) and seed_study.png.
+"""Is a difference real or seed noise? The seed study (recipe candidates over seeds and subject folds, decided
+on validation) and seed ensembles of every size; studies of ``simulations/models.py`` (``seeds``, ``ensemble``).
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
+import inspect
+import itertools
 import json
 import os
+import resource
 import statistics
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-from bench_common import finished_run_dir, plt, save_plot
-from run_inputs import check_reusable, provenance
+import numpy as np
 
+from fedhar.benchmarks.recipe import parse
+from fedhar.benchmarks.results import plt, save_plot, write_csv, write_json, write_markdown, write_results
+from fedhar.benchmarks.runner import FEDHAR, add_run_arguments, check_reusable, check_runs, finished_run_dir, run_config
 from fedhar.config import load_config
+from fedhar.metrics import classification_metrics
 from fedhar.data.recording import natural_key
-from fedhar.results.run import write_json_atomic
+
+# ---- the seed study --------------------------------------------------------------------------------------
 
 CANDIDATES = {
     "base": [],
@@ -94,7 +77,7 @@ def _settings(args: argparse.Namespace, candidate: str, seed: int, fold: int | N
 
 
 def _command(args: argparse.Namespace, candidate: str, seed: int, fold: int | None, threads: int) -> list[str]:
-    return [sys.executable, "-m", "fedhar.cli.main", "train", "--config", args.config, "--quiet",
+    return [*FEDHAR, "train", "--config", args.config, "--quiet",
             f"name={run_name(candidate, seed, fold)}", f"output_dir={args.out}", f"train.num_threads={threads}",
             *_settings(args, candidate, seed, fold)]  # fmt: skip
 
@@ -202,19 +185,10 @@ def _unit(row: dict) -> tuple[int, int | None]:
 
 
 def write_outputs(out: Path, rows: list[dict], summary: list[dict], roles: tuple[str, str], record: dict) -> None:
-    with (out / "seed_study_runs.csv").open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
-        w.writeheader()
-        w.writerows(rows)
-    with (out / "seed_study.csv").open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(summary[0]), lineterminator="\n")
-        w.writeheader()
-        w.writerows(summary)
-    write_json_atomic(out / "seed_study.json", {"summary": summary, "runs": rows, **record, **provenance()})
-    cols = list(summary[0])
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(str(s[c]) for c in cols) + " |" for s in summary]
-    (out / "seed_study.md").write_text("\n".join(lines) + "\n")
+    write_csv(out / "seed_study_runs.csv", rows)
+    write_csv(out / "seed_study.csv", summary)
+    write_json(out / "seed_study.json", {"summary": summary, "runs": rows, **record})
+    lines = write_markdown(out / "seed_study.md", summary, list(summary[0]))
     print("\n".join(lines))
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -227,8 +201,34 @@ def write_outputs(out: Path, rows: list[dict], summary: list[dict], roles: tuple
     save_plot(fig, ax, out / "seed_study.png")
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def seed_study(argv: list[str] | None = None) -> None:
+    """Recipe candidates over several seeds, decided on validation: is a change a win or seed noise?
+
+    On HAPT the test macro-F1 of one model moves by about one point from seed to seed (all of it
+    SITTING <-> STANDING), more than most recipe changes, so one seed cannot choose a default. Each
+    candidate runs `fedhar train` once per seed (fresh processes, ``--parallel`` at a time, the CPU
+    threads split between them); a candidate is adopted only if its *validation* macro-F1 (subjects 25 26)
+    beats the base's on the same seeds by more than twice the standard error of the paired
+    differences (verdict ``better``) -- the test subjects are reported, never used to choose.
+
+        python simulations/models.py seeds --out runs/seed-study --candidates base augment --seeds 0 1 2 3
+
+    ``--folds K`` is the tie-breaker when two validation subjects cannot tell candidates apart: each
+    seed runs K times, fold k validating on every K-th training subject (sorted) and training on the
+    rest, and scoring on the configured validation subjects in place of the test subjects -- so the
+    test subjects are never touched. Pairs are then (seed, fold) and the verdict is on the held-out
+    training subjects of each fold:
+
+        python simulations/models.py seeds --out runs/subject-cv --candidates base cues --seeds 0 --folds 3
+
+    ``--no-run`` tabulates what is there without training. Finished runs
+    (``<out>/<candidate>-s<seed>/metrics.json``) are reused, so an interrupted study resumes; a run
+    finished with other settings stops the study. The tables hold the candidates asked for and the
+    base, whose finished runs are always read. Writes seed_study_runs.csv (one row per run), seed_study.csv/.json/.md (mean and sd per
+    candidate) and seed_study.png.
+    """
+    p = argparse.ArgumentParser(prog="models.py seeds", description=inspect.cleandoc(seed_study.__doc__),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("runs/seed-study"))
     p.add_argument("--config", default="configs/hapt.yaml")
     p.add_argument("--candidates", nargs="+", default=["base"], choices=sorted(CANDIDATES))
@@ -238,7 +238,7 @@ def main() -> None:
     p.add_argument("--parallel", type=int, default=2, help="runs at a time (the CPU threads are split)")
     p.add_argument("--no-run", action="store_true", help="only tabulate the runs already finished")
     p.add_argument("overrides", nargs="*", help="key=value overrides for every run, applied before each candidate's")
-    args = p.parse_args()
+    args = parse(p, argv, "models", "seeds")
     if args.parallel < 1:
         p.error("--parallel must be >= 1")
     split = load_config(args.config, args.overrides).data.split
@@ -261,6 +261,113 @@ def main() -> None:
                   f"(se {s['val_vs_base_se']}) -> {s['verdict']}; on {roles[1]} {s['test_vs_base']:+.4f} "
                   "(reported, not used to choose)")
 
+# ---- seed ensembles of every size ------------------------------------------------------------------
 
-if __name__ == "__main__":
-    main()
+
+def member_probabilities(runs: list[Path], overrides: list[str]) -> tuple[dict, dict]:
+    """Each run's class probabilities on its config's validation and test subjects (which all runs must share)."""
+    import torch
+
+    from fedhar.inference import windows_for_model
+    from fedhar.model.har_model import predict_logits
+    from fedhar.model.state import load_checkpoint
+
+    cfg = run_config(runs[0], overrides)
+    roles = {"val": [str(s) for s in cfg.data.split.val], "test": [str(s) for s in cfg.data.split.test]}
+    for run in runs[1:]:
+        split = run_config(run, overrides).data.split
+        if [str(s) for s in split.val] != roles["val"] or [str(s) for s in split.test] != roles["test"]:
+            raise SystemExit(f"{run} holds out other subjects than {runs[0]}: ensemble runs of one split")
+    probs: dict[str, dict[str, np.ndarray]] = {role: {} for role in roles}
+    parts = {}
+    for run in runs:
+        model = load_checkpoint(run / "checkpoint")
+        ws = windows_for_model(model.data, cfg.data.path, cfg.data.dataset, None)
+        for role, subjects in roles.items():
+            part = parts.setdefault(role, ws.where(subject=subjects))
+            if not len(part):
+                raise SystemExit(f"{run}: none of the {role} subjects {subjects} are in {cfg.data.path}")
+            logits = torch.from_numpy(predict_logits(model, part.x))
+            probs[role][run.name] = logits.float().softmax(dim=-1).numpy()
+        print(f"  {run.name}: scored", flush=True)
+    return probs, parts
+
+
+def score_subsets(probs: dict, parts: dict, sizes: list[int]) -> list[dict]:
+    names = list(probs["test"])
+    rows = []
+    for size in sizes:
+        for members in itertools.combinations(names, size):
+            row = {"run": f"{size} members", "members": " ".join(members), "size": size}  # "run": grouped by size
+            for role, part in parts.items():
+                pred = np.mean([probs[role][m] for m in members], axis=0).argmax(axis=1)
+                row[f"{role}_macro_f1"] = round(classification_metrics(part.y, pred, part.label_names)["macro_f1"], 4)
+            rows.append(row)
+    return rows
+
+
+def time_cli(runs: list[Path], subjects: list[str], data: str) -> list[dict]:
+    """`fedhar evaluate` with the first checkpoint, then all: wall time and peak RSS of each fresh process.
+
+    The children's peak RSS is a running maximum over finished children, so the smaller job goes first."""
+    timings = []
+    for members in (runs[:1], runs):
+        cmd = [*FEDHAR, "evaluate", *(str(r / "checkpoint") for r in members),
+               "--data", data, "--subjects", *subjects]  # fmt: skip
+        t0 = time.perf_counter()
+        subprocess.run(cmd, check=True, capture_output=True)
+        timings.append({"checkpoints": len(members), "wall_s": round(time.perf_counter() - t0, 1),
+                        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)})  # fmt: skip
+        print(f"  fedhar evaluate with {len(members)} checkpoint(s): {timings[-1]}", flush=True)
+    return timings
+
+
+def ensemble(argv: list[str] | None = None) -> None:
+    """Seed ensembles of every size: how many members it takes to average out seed variance, and what it costs.
+
+    `fedhar evaluate` scores several checkpoints as one ensemble (mean class probabilities,
+    fedhar/model/ensemble.py). This recipe scores every subset of the given runs of each size on
+    their validation and test subjects, from one forward pass per member (the ensemble's own rule:
+    the mean of the members' softmax probabilities, argmax), and times `fedhar evaluate` on the test
+    subjects with one checkpoint and with all of them (fresh processes: wall time and peak RSS,
+    loading included).
+
+        python simulations/models.py ensemble --out runs/ensemble runs/seed-study/base-s{0,1,2,3,4}
+
+    Writes ensemble_subsets.csv (one row per subset), .json (means per size, the timings, versions,
+    git revision) and .png.
+    """
+    p = argparse.ArgumentParser(prog="models.py ensemble", description=inspect.cleandoc(ensemble.__doc__),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_run_arguments(p, "run folders of `fedhar train` on one split (e.g. seeds)")
+    p.add_argument("--out", type=Path, default=Path("runs/ensemble"))
+    p.add_argument("--sizes", nargs="+", type=int, help="subset sizes (default: 1 to the number of runs)")
+    p.add_argument("--no-timing", action="store_true", help="skip timing `fedhar evaluate`")
+    args = parse(p, argv, "models", "ensemble")
+    if not args.runs:
+        p.error("name the run folders to ensemble (or --quick, after `models.py seeds --quick`)")
+    args.runs = [Path(r) for r in args.runs]
+    check_runs(args.runs)
+    sizes = args.sizes or list(range(1, len(args.runs) + 1))
+    if not all(1 <= s <= len(args.runs) for s in sizes):
+        raise SystemExit(f"--sizes must lie in 1..{len(args.runs)} (the number of runs), got {sizes}")
+
+    probs, parts = member_probabilities(args.runs, args.overrides)
+    rows = score_subsets(probs, parts, sizes)
+    timings = [] if args.no_timing else time_cli(
+        args.runs, sorted(set(parts["test"].subject.tolist())), run_config(args.runs[0], args.overrides).data.path
+    )  # fmt: skip
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for role, marker in (("val", "o"), ("test", "s")):
+        ax.scatter([r["size"] + (0.08 if role == "test" else -0.08) for r in rows], [r[f"{role}_macro_f1"] for r in rows],
+                   marker=marker, alpha=0.6, label=role)  # fmt: skip
+    ax.axhline(0.95, color="grey", lw=0.8, ls="--")
+    ax.set(xlabel="members (seeds) averaged", ylabel="macro-F1", xticks=sizes, title="seed ensembles of every size")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    write_results(args.out, "ensemble_subsets", rows, fig,
+                  {"runs": [str(r) for r in args.runs], "sizes": sizes, "overrides": args.overrides,
+                   "cli_timing": timings})  # fmt: skip
+
+

@@ -1,17 +1,15 @@
-"""simulations/fed_hapt.py's centralized row taken from a finished run: reused only with the same settings."""
+"""`simulations/federated.py compare`: the centralized row taken from a finished run, reused only with the same
+settings."""
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "simulations"))
-from fed_hapt import finished_centralized  # noqa: E402
+from fedhar.benchmarks.federated import finished_centralized
+from fedhar.config import load_config, save_config
 
-from fedhar.config import load_config, save_config  # noqa: E402
-
-CONFIG = str(Path(__file__).parents[1] / "configs" / "hapt.yaml")
+CONFIG = str(Path(__file__).parents[2] / "configs" / "hapt.yaml")
 
 
 def _finished_train_run(run_dir: Path, overrides: list[str]) -> None:

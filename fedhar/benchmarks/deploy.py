@@ -17,10 +17,11 @@ With ``--compare-subprocess`` (default on) it also runs the same federation for 
 default ``subprocess`` isolation (a fresh ``flwr-clientapp`` process per message) instead of
 fedhar's long-lived client process, to show what the design choice saves.
 
-    python simulations/deploy_benchmark.py --out runs/deploy-benchmark
-    python simulations/deploy_benchmark.py --out runs/x --rounds 2 --max-steps 5 --no-compare-subprocess
+    python simulations/deploy.py --out runs/deploy-benchmark
+    python simulations/deploy.py --out runs/x --rounds 2 --max-steps 5 --no-compare-subprocess
+    python simulations/deploy.py --quick                                  # minutes
 
-Writes deploy_benchmark.json (and the run folders) into --out. All processes run on this machine
+Settings: simulations/configs/deploy.yaml. Writes deploy_benchmark.json (and the run folders) into --out. All processes run on this machine
 (its CPUs are shared by the server and both devices); every one is stopped by its pid at the end.
 """
 
@@ -39,12 +40,10 @@ import time
 from pathlib import Path
 
 import psutil
-from run_inputs import provenance
 
-from fedhar.results.run import write_json_atomic
-
-REPO = Path(__file__).resolve().parents[1]
-FEDHAR = [sys.executable, "-m", "fedhar.cli.main"]
+from fedhar.benchmarks.recipe import parse
+from fedhar.benchmarks.results import write_json
+from fedhar.benchmarks.runner import FEDHAR, REPO
 
 
 class PeakRss:
@@ -273,8 +272,8 @@ def predict_latency(run_dir: Path, args, env: dict, out: Path) -> dict:
             "torch_threads": torch.get_num_threads()}  # fmt: skip
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="deploy.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=REPO / "runs" / "deploy-benchmark")
     p.add_argument("--config", default=str(REPO / "configs" / "deploy-hapt.yaml"))
     p.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "hapt-train"),
@@ -286,7 +285,7 @@ def main() -> None:
     p.add_argument("--compare-subprocess", action=argparse.BooleanOptionalAction, default=True,
                    help="also run 2 rounds with Flower's default subprocess isolation")  # fmt: skip
     p.add_argument("overrides", nargs="*", help="config overrides for the server, e.g. model.num_layers=2")
-    args = p.parse_args()
+    args = parse(p, argv, "deploy")
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -326,7 +325,7 @@ def main() -> None:
             "peak_rss_mb": base["peak_rss_mb"],
             "run_dir": base["run_dir"],
         }
-    write_json_atomic(out / "deploy_benchmark.json", {**report, **provenance()})
+    write_json(out / "deploy_benchmark.json", report)
     summarize(report)
     print(f"\nwrote {out / 'deploy_benchmark.json'}")
 
@@ -357,5 +356,3 @@ def summarize(r: dict) -> None:
               f"peak RSS {s['peak_rss_mb']}")  # fmt: skip
 
 
-if __name__ == "__main__":
-    main()

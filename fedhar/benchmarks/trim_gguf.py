@@ -3,7 +3,7 @@
 Why: a GPU machine without network access can then receive the exact SmolLM2 weights for a
 sweep in a few tens of MB; transformers dequantizes them there exactly as it does here.
 
-    python simulations/device/trim_gguf.py SOURCE.gguf OUT.gguf --blocks 12
+    python -m fedhar.benchmarks.trim_gguf SOURCE.gguf OUT.gguf --blocks 12
 """
 
 from __future__ import annotations

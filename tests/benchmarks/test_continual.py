@@ -1,13 +1,11 @@
-"""simulations/continual_benchmark.py: settings chosen on validation scores, the table and the targets' verdicts."""
+"""The continual benchmark (simulations/continual.py): settings chosen on validation scores, the table and the targets'
+verdicts."""
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "simulations"))
-import continual_benchmark as cb  # noqa: E402
+from fedhar.benchmarks import continual as cb
 
 
 def _run(method, seed, val, test, forgetting, setting="", nbytes=1000.0, scenario="synthetic"):
