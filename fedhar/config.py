@@ -221,15 +221,14 @@ class TrainConfig:
     max_steps_per_epoch: int | None = None
     device: str = "auto"  # auto (cuda when available) | cpu | cuda
     augment: AugmentConfig = field(default_factory=AugmentConfig)
-    # [FIRST, SECOND]: also fit per-client calibration of this confused pair on the training windows
-    # (fedhar/calibration.py), report it beside the per-window figures and store it with the checkpoint
-    client_calibration: list[str] = field(default_factory=list)
+    # {name: ADAPTER, <its options>}: also fit this post-hoc adapter (fedhar/posthoc/, e.g. pair-calibration) on
+    # the training windows, report it beside the per-window figures and store it with the checkpoint
+    posthoc: dict[str, Any] | None = None
 
     def validate(self, path: str) -> None:
-        if self.client_calibration and (len(self.client_calibration) != 2
-                                        or self.client_calibration[0] == self.client_calibration[1]):  # fmt: skip
-            raise ConfigError(f"{path}.client_calibration must be two different class names (e.g. "
-                              f"[SITTING, STANDING]) or empty, got {self.client_calibration}")  # fmt: skip
+        if self.posthoc is not None and not isinstance(self.posthoc.get("name"), str):
+            raise ConfigError(f"{path}.posthoc needs a `name`: the post-hoc adapter to fit (fedhar/posthoc/), e.g. "
+                              "{name: pair-calibration, classes: [SITTING, STANDING]}")  # fmt: skip
         if self.epochs < 1:
             raise ConfigError(f"{path}.epochs must be >= 1, got {self.epochs}")
         if self.batch_size < 1:
@@ -261,12 +260,13 @@ class TrainConfig:
 #: every ``federated.strategy``: Flower's strategy classes, and fedhar's LoRA rules (fedhar/federated/aggregation.py)
 STRATEGY_NAMES = ("fedavg", "fedavgm", "fedprox", "fedadagrad", "fedadam", "fedyogi", "fedmedian", "fedtrimmedavg",
                   "krum", "multikrum", "bulyan", "qfedavg", "ffa-lora", "lora-exact")  # fmt: skip
-#: keys that moved into ``federated.strategy_args`` (Flower's argument names)
+#: keys that moved: into ``federated.strategy_args`` (Flower's argument names), or to another section
 MOVED_KEYS = {
     "federated.proximal_mu": "federated.strategy_args.proximal_mu (strategy fedprox)",
     "federated.server_lr": "federated.strategy_args.eta (fedadam / fedyogi / fedadagrad) or server_learning_rate (fedavgm)",
     "federated.server_beta1": "federated.strategy_args.beta_1", "federated.server_beta2": "federated.strategy_args.beta_2",
     "federated.server_tau": "federated.strategy_args.tau",
+    "train.client_calibration": "train.posthoc={name: pair-calibration, classes: [FIRST, SECOND]}",
 }  # fmt: skip
 ATTACKS = ("sign-flip", "scale", "gaussian", "label-flip")
 
@@ -639,6 +639,8 @@ def from_dict(cls: type, data: dict, path: str = "") -> Any:
     for key, value in data.items():
         key_path = f"{path}.{key}" if path else key
         if key not in fields:
+            if key_path in MOVED_KEYS and value in (None, []):
+                continue  # the moved key's empty default, which a resolved config.yaml written before the move holds
             if key_path in MOVED_KEYS:
                 raise ConfigError(f"config key `{key_path}` moved: use {MOVED_KEYS[key_path]}")
             close = difflib.get_close_matches(key, fields, n=1)

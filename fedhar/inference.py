@@ -17,8 +17,8 @@ from fedhar.errors import DataError
 from fedhar.model.har_model import DataSpec
 
 if TYPE_CHECKING:
-    from fedhar.calibration import PairCalibration
     from fedhar.data.recording import Recording
+    from fedhar.posthoc import PostHocAdapter
 
 
 def windows_for_model(spec: DataSpec, path: str | Path, dataset: str = "auto",
@@ -157,17 +157,16 @@ def cut_recording(spec: DataSpec, rec: Recording, overlap: float = 0.5) -> tuple
 
 
 def predict_recordings(model, paths: list[str | Path], overlap: float = 0.5, units: str | None = None,
-                       sample_rate: float | None = None, calibration: PairCalibration | None = None
+                       sample_rate: float | None = None, posthoc: PostHocAdapter | None = None
                        ) -> tuple[list[dict], dict | None]:  # fmt: skip
     """Activity per window of CSVs of raw samples (recording, start/end time in s from its first sample,
     activity, confidence, and the window's own ``label`` where the file has a label column), and the
-    calibration's report (None without ``calibration``).
+    post-hoc adapter's report (None without ``posthoc``).
 
-    With ``calibration`` the recordings together are one client (one wearer's history): the windows
-    the model gives either class of the pair are re-split on their own posture cues, unless the
-    split looks like one posture cut in two (the report says which, and how far apart its halves
-    lie). Confidence stays the model's probability of the label written, and ``model_activity``
-    keeps the model's own label, so a re-split window shows how much the model disagreed.
+    With ``posthoc`` the recordings together are one client (one wearer's history) and the adapter relabels
+    their windows from those windows (fedhar/posthoc/). Confidence stays the model's probability of the label
+    written, and ``model_activity`` keeps the model's own label, so a relabelled window shows how much the
+    model disagreed.
     """
     import torch
 
@@ -179,12 +178,8 @@ def predict_recordings(model, paths: list[str | Path], overlap: float = 0.5, uni
     probs = torch.softmax(torch.from_numpy(predict_logits(model, x)), dim=1).numpy()
     model_labels = labels = probs.argmax(axis=1)
     report = None
-    if calibration is not None:
-        report = {"pair": [calibration.first, calibration.second], "pair_windows": 0, "applied": False}
-        if len(labels):
-            labels, per_client = calibration.apply_to(x, labels, np.zeros(len(labels), dtype=str), spec.label_names,
-                                                      spec.layout)  # fmt: skip
-            report.update(next(iter(per_client.values())))
+    if posthoc is not None:
+        labels, report = posthoc.apply_client(x, labels, spec.label_names, spec.layout)
     rows, j = [], 0
     for path, (starts, _, finite, window_labels) in zip(paths, cut):
         for i, s in enumerate(starts):
@@ -195,12 +190,12 @@ def predict_recordings(model, paths: list[str | Path], overlap: float = 0.5, uni
             if finite[i]:
                 k = int(labels[j])
                 row.update(activity=spec.label_names[k], confidence=round(float(probs[j, k]), 4))
-                if calibration is not None:
+                if posthoc is not None:
                     row["model_activity"] = spec.label_names[int(model_labels[j])]
                 j += 1
             else:
                 row.update(activity="", confidence=float("nan"))  # NaN/Inf samples in this window: no prediction
-                if calibration is not None:
+                if posthoc is not None:
                     row["model_activity"] = ""
             rows.append(row)
     return rows, report

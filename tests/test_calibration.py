@@ -1,12 +1,14 @@
-"""Per-client calibration: a shifted subject is re-split without labels; one-posture clients are left alone."""
+"""Per-client calibration (the `pair-calibration` post-hoc adapter): a shifted subject is re-split without labels;
+one-posture clients are left alone."""
 
 import numpy as np
 import pytest
 
-from fedhar.calibration import direction_from_statistics, otsu_threshold, pair_statistics, split_per_subject
+from fedhar.posthoc.pair_calibration import direction_from_statistics, otsu_threshold, pair_statistics, split_per_subject
 from fedhar.errors import ConfigError
 
 SIT, STAND, LAY = 0, 1, 2
+PAIR = "train.posthoc={name: pair-calibration, classes: [SITTING, STANDING]}"
 
 
 def test_otsu_cuts_in_the_middle_of_the_gap_between_two_clusters():
@@ -59,7 +61,7 @@ def test_a_one_posture_client_keeps_the_models_labels(model_mixes_it_up):
 
 
 def test_the_typical_gap_is_the_distance_between_the_class_means_along_the_direction():
-    from fedhar.calibration import PairCalibration
+    from fedhar.posthoc.pair_calibration import PairCalibration
 
     rng = np.random.default_rng(0)
     cues = np.c_[np.r_[rng.normal(0, 0.1, 30), rng.normal(2.0, 0.1, 30)], rng.normal(0, 1, 60)]
@@ -71,7 +73,7 @@ def test_the_typical_gap_is_the_distance_between_the_class_means_along_the_direc
 
 
 def test_a_calibration_without_the_typical_gap_is_refused_with_the_fix():
-    from fedhar.calibration import PairCalibration
+    from fedhar.posthoc.pair_calibration import PairCalibration
     from fedhar.errors import CheckpointError
 
     old = {"pair": ["SITTING", "STANDING"], "direction": [1.0] * 9, "min_share": 0.2}
@@ -122,13 +124,14 @@ def test_train_fits_stores_and_reports_the_calibration_and_evaluate_reuses_it(tm
 
     base = ["--quiet", f"output_dir={tmp_path}", "data.dataset=synthetic", "model.kind=deepconvlstm", "model.hidden=16",
             "train.epochs=1", "train.device=cpu"]  # fmt: skip
-    assert main(["train", *base, "name=cal", "train.client_calibration=[SITTING, STANDING]"]) == 0
+    assert main(["train", *base, "name=cal", PAIR]) == 0
     assert "per-client calibrated SITTING/STANDING, test subjects: macro-F1" in capsys.readouterr().err
     metrics = json.loads((tmp_path / "cal" / "metrics.json").read_text())
     test = metrics["client_calibrated"]["test"]
     assert test["num_windows"] == metrics["test"]["num_windows"] and set(test["per_subject"]) == set(metrics["subjects"]["test"])
-    stored = json.loads((tmp_path / "cal" / "checkpoint" / "model.json").read_text())["client_calibration"]
-    assert stored["pair"] == ["SITTING", "STANDING"] and len(stored["direction"]) == 3 + 6
+    stored = json.loads((tmp_path / "cal" / "checkpoint" / "model.json").read_text())["posthoc"]
+    assert stored["name"] == "pair-calibration" and metrics["posthoc"] == stored
+    assert stored["state"]["pair"] == ["SITTING", "STANDING"] and len(stored["state"]["direction"]) == 3 + 6
 
     # evaluate with the stored direction reproduces the run's calibrated test figure
     report = tmp_path / "eval.json"
@@ -153,10 +156,12 @@ def test_a_bad_calibration_pair_fails_before_training(tmp_path, capsys):
     from fedhar.cli.main import main
 
     base = ["--quiet", f"output_dir={tmp_path}", "data.dataset=synthetic", "model.kind=deepconvlstm", "train.epochs=1"]
-    assert main(["train", *base, "train.client_calibration=[SITTING]"]) == 2
-    assert "two different class names" in capsys.readouterr().err
-    assert main(["train", *base, "train.client_calibration=[SITTING, FLYING]"]) == 2
+    assert main(["train", *base, "train.posthoc={name: pair-calibration, classes: [SITTING]}"]) == 2
+    assert "train.posthoc.classes must be two different class names" in capsys.readouterr().err
+    assert main(["train", *base, "train.posthoc={name: pair-calibration, classes: [SITTING, FLYING]}"]) == 2
     assert "not among the classes" in capsys.readouterr().err
+    assert main(["train", *base, "train.posthoc={name: pair-calibration, pair: [SITTING, STANDING]}"]) == 2
+    assert "unknown config key `train.posthoc.pair`" in capsys.readouterr().err
     assert not any(tmp_path.rglob("metrics.json"))
 
 
@@ -174,7 +179,7 @@ def _recording_csv(path, seconds=8.0, rate=50.0, seed=0, tilts=(-0.2, 0.2)):
 def test_predict_applies_the_stored_calibration_to_a_recording_as_one_client(posture_run, tmp_path, capsys):
     import csv
 
-    from fedhar.calibration import PairCalibration
+    from fedhar.posthoc.pair_calibration import PairCalibration
     from fedhar.cli.main import main
     from fedhar.inference import predict_recordings
     from fedhar.model.state import load_checkpoint, save_checkpoint
@@ -188,12 +193,12 @@ def test_predict_applies_the_stored_calibration_to_a_recording_as_one_client(pos
 
     # acc_x separates the pair in this toy direction; min_gap 0 re-splits whatever the model says
     calibration = PairCalibration("SITTING", "STANDING", np.r_[1.0, np.zeros(8)], typical_gap=0.4, min_gap=0.0)
-    stored = save_checkpoint(model, tmp_path / "with-cal", extra={"client_calibration": calibration.to_json()})
+    stored = save_checkpoint(model, tmp_path / "with-cal", extra={"posthoc": calibration.record()})
     out = tmp_path / "cal.csv"
     assert main(["predict", str(stored), str(recording), "--calibrate", "--out", str(out)]) == 0
     rows, plain_rows = list(csv.DictReader(out.open())), list(csv.DictReader(plain.open()))
     assert [r["start_s"] for r in rows] == [r["start_s"] for r in plain_rows]
-    expected, report = predict_recordings(model, [recording], calibration=calibration)
+    expected, report = predict_recordings(model, [recording], posthoc=calibration)
     assert report["applied"] and report["pair_windows"] >= 2
     assert [r["activity"] for r in rows] == [r["activity"] for r in expected]
     assert [r["model_activity"] for r in rows] == [r["activity"] for r in plain_rows]  # the model's own label kept
@@ -208,7 +213,7 @@ def test_several_recordings_of_one_wearer_are_calibrated_as_one_client(posture_r
     """One recording per posture: each alone holds one side of the pair, together they hold both."""
     import csv
 
-    from fedhar.calibration import PairCalibration
+    from fedhar.posthoc.pair_calibration import PairCalibration
     from fedhar.cli.main import main
     from fedhar.model.state import load_checkpoint, save_checkpoint
 
@@ -216,7 +221,7 @@ def test_several_recordings_of_one_wearer_are_calibrated_as_one_client(posture_r
     sat = _recording_csv(tmp_path / "sat.csv", tilts=(-0.2,))
     stood = _recording_csv(tmp_path / "stood.csv", seed=1, tilts=(0.2,))
     calibration = PairCalibration("SITTING", "STANDING", np.r_[1.0, np.zeros(8)], typical_gap=0.4)
-    stored = save_checkpoint(model, tmp_path / "with-cal", extra={"client_calibration": calibration.to_json()})
+    stored = save_checkpoint(model, tmp_path / "with-cal", extra={"posthoc": calibration.record()})
     out = tmp_path / "both.csv"
     assert main(["predict", str(stored), str(sat), str(stood), "--calibrate", "--out", str(out)]) == 0
     rows = list(csv.DictReader(out.open()))
@@ -229,14 +234,14 @@ def test_several_recordings_of_one_wearer_are_calibrated_as_one_client(posture_r
 def test_predict_leaves_a_one_posture_recording_as_the_model_saw_it_and_says_why(posture_run, tmp_path, capsys):
     import csv
 
-    from fedhar.calibration import PairCalibration
+    from fedhar.posthoc.pair_calibration import PairCalibration
     from fedhar.cli.main import main
     from fedhar.model.state import load_checkpoint, save_checkpoint
 
     model = load_checkpoint(posture_run / "checkpoint")
     sat = _recording_csv(tmp_path / "sat.csv", tilts=(-0.2,))  # sitting only: nothing to re-split
     calibration = PairCalibration("SITTING", "STANDING", np.r_[1.0, np.zeros(8)], typical_gap=0.4)
-    stored = save_checkpoint(model, tmp_path / "with-cal", extra={"client_calibration": calibration.to_json()})
+    stored = save_checkpoint(model, tmp_path / "with-cal", extra={"posthoc": calibration.record()})
     out = tmp_path / "sat-pred.csv"
     assert main(["predict", str(stored), str(sat), "--calibrate", "--out", str(out)]) == 0
     rows = list(csv.DictReader(out.open()))
@@ -245,7 +250,7 @@ def test_predict_leaves_a_one_posture_recording_as_the_model_saw_it_and_says_why
 
 
 def test_a_misspelt_pair_class_gets_a_suggestion():
-    from fedhar.calibration import check_pair
+    from fedhar.posthoc.pair_calibration import check_pair
 
     with pytest.raises(ConfigError, match=r"\['STANDNG'\] not among the classes .*`STANDNG`: did you mean `STANDING`"):
         check_pair(["SITTING", "STANDING", "LAYING"], ["SITTING", "STANDNG"])

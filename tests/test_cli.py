@@ -322,7 +322,7 @@ def test_evaluate_maps_a_window_sets_labels_onto_the_model(tiny_windows, tmp_pat
 def test_a_calibration_the_data_cannot_hold_fails_before_training(tmp_path, capsys):
     rc = main(["train", "--quiet", f"output_dir={tmp_path}", "name=c", "data.dataset=synthetic", "model.kind=deepconvlstm",
                "model.hidden=16", "train.epochs=1", "data.labelled_per_class=1", "train.device=cpu",
-               "train.client_calibration=[SITTING, STANDING]"])  # fmt: skip
+               "train.posthoc={name: pair-calibration, classes: [SITTING, STANDING]}"])  # fmt: skip
     assert rc == 2 and "of the pair" in capsys.readouterr().err
     assert not (tmp_path / "c").exists()  # no training spent on it, and no empty folder shifting later names
 

@@ -83,9 +83,10 @@ def test_round_job_roundtrip():
     job = RoundJob.from_record(RoundJob(cfg, 3, 1, 0.004, 77, norm).to_record())
     assert (job.round, job.stage, job.lr, job.seed) == (3, 1, 0.004, 77)
     assert job.cfg.to_dict() == cfg.to_dict() and np.array_equal(job.normalizer.mean, norm.mean)
-    assert job.calibration is None
-    calibration = {"pair": ["SITTING", "STANDING"], "direction": [0.5] * 9, "typical_gap": 0.3, "min_gap": 0.7}
-    assert RoundJob.from_record(RoundJob(cfg, 3, 1, 0.004, 77, norm, calibration).to_record()).calibration == calibration
+    assert job.posthoc is None
+    adapter = {"name": "pair-calibration",
+               "state": {"pair": ["SITTING", "STANDING"], "direction": [0.5] * 9, "typical_gap": 0.3, "min_gap": 0.7}}
+    assert RoundJob.from_record(RoundJob(cfg, 3, 1, 0.004, 77, norm, adapter).to_record()).posthoc == adapter
 
 
 # ---- strategies (Flower's, behind fedhar's round loop) ------------------------------------------
@@ -570,12 +571,12 @@ def test_local_training_keeps_the_loop_settings_but_no_weight_average():
 
 # ---- per-client calibration in a federation ----------------------------------------------------
 
-PAIR = "train.client_calibration=[SITTING, STANDING]"
+PAIR = "train.posthoc={name: pair-calibration, classes: [SITTING, STANDING]}"
 
 
 def test_calibration_from_client_statistics_equals_the_pooled_fit():
-    from fedhar.calibration import PairCalibration, labelled_pair_statistics
     from fedhar.federated.data import client_data, subject_split
+    from fedhar.posthoc.pair_calibration import PairCalibration, labelled_pair_statistics
 
     cfg = tiny_cfg(PAIR)
     train, _, _ = subject_split(cfg)
@@ -589,8 +590,8 @@ def test_calibration_from_client_statistics_equals_the_pooled_fit():
 
 
 def test_round_loop_fits_the_calibration_from_clients_and_scores_each_held_out_subject(tmp_path):
-    from fedhar.calibration import stored_calibration
-    from fedhar.model.state import read_checkpoint
+    from fedhar.model.state import read_checkpoint, read_checkpoint_info
+    from fedhar.posthoc import stored_adapter
 
     summary, run = _run_direct(tmp_path, "calibrated", PAIR, "federated.rounds=1")
     row = json.loads(run.file("rounds.json").read_text())["rounds"][0]
@@ -598,17 +599,18 @@ def test_round_loop_fits_the_calibration_from_clients_and_scores_each_held_out_s
     assert set(summary["client_calibrated"]) == {"val", "test"}
     assert set(summary["client_calibrated"]["test"]["per_subject"]) == {"5"}
     assert summary["final"]["test_calibrated_macro_f1"] == summary["client_calibrated"]["test"]["macro_f1"]
-    stored = stored_calibration(run.file("checkpoint"))  # what `fedhar evaluate --calibrate` reuses
-    assert stored is not None and stored.to_json() == summary["client_calibration"]
-    assert read_checkpoint(run.file("state") / "round-0001")[0]["client_calibration"] == summary["client_calibration"]
+    stored = stored_adapter(read_checkpoint_info(run.file("checkpoint")))  # what `fedhar evaluate --calibrate` reuses
+    assert stored is not None and stored.record() == summary["posthoc"]
+    assert summary["posthoc"]["name"] == "pair-calibration"
+    assert read_checkpoint(run.file("state") / "round-0001")[0]["posthoc"] == summary["posthoc"]
 
 
 def test_the_server_fits_the_normaliser_and_the_calibration_from_every_client(tmp_path):
     """Through the real setup round: what the server stores equals the fits on the pooled training windows,
     so it summed every client's moments and pair statistics (not just one client's)."""
-    from fedhar.calibration import PairCalibration
     from fedhar.federated.data import subject_split
     from fedhar.model.state import read_checkpoint
+    from fedhar.posthoc.pair_calibration import PairCalibration
 
     summary, run = _run_direct(tmp_path, "pooled", PAIR, "federated.rounds=1")
     train = subject_split(tiny_cfg(PAIR))[0]
@@ -621,7 +623,7 @@ def test_the_server_fits_the_normaliser_and_the_calibration_from_every_client(tm
         assert np.allclose(norm.mean, central.mean, atol=1e-5), where
         assert np.allclose(norm.std, central.std, rtol=1e-4), where
     pooled = PairCalibration.fit(train, ("SITTING", "STANDING"))
-    fitted = PairCalibration.from_json(summary["client_calibration"])
+    fitted = PairCalibration.from_json(summary["posthoc"]["state"])
     assert np.allclose(fitted.direction, pooled.direction, rtol=1e-5, atol=1e-8)
     assert fitted.typical_gap == pytest.approx(pooled.typical_gap, rel=1e-5)
 
@@ -630,20 +632,21 @@ def test_resumed_run_keeps_the_calibration_fitted_at_setup(tmp_path):
     full, _ = _run_direct(tmp_path, "full", PAIR)
     _run_direct(tmp_path, "part", PAIR, "federated.rounds=1")
     resumed, _ = _run_direct(tmp_path, "part", PAIR, "federated.rounds=2", resume=True)
-    assert resumed["client_calibration"] == full["client_calibration"]
+    assert resumed["posthoc"] == full["posthoc"]
     assert resumed["client_calibrated"]["test"]["macro_f1"] == full["client_calibrated"]["test"]["macro_f1"]
     finished, _ = _run_direct(tmp_path, "full", PAIR, resume=True)  # nothing left to run: scored from the state
     assert finished["client_calibrated"] == full["client_calibrated"]
 
 
 def test_impossible_pair_statistics_are_rejected_at_setup(tmp_path, monkeypatch):
-    from fedhar.federated import client
+    from fedhar.posthoc.pair_calibration import PairCalibrationConfig
 
-    def lying(ws, pair):
+    def lying(self, ws):
         return {"count": np.array([-3.0, 5.0]), "sum": np.zeros((2, 9)), "outer": np.zeros((2, 9, 9))}
 
-    monkeypatch.setattr(client, "labelled_pair_statistics", lying)
-    with pytest.raises(FedharError, match=r"every client failed the setup round.*pair statistics are impossible"):
+    monkeypatch.setattr(PairCalibrationConfig, "statistics", lying)
+    with pytest.raises(FedharError, match=r"every client failed the setup round.*pair-calibration statistics are "
+                                          r"impossible \(pair counts \[-3.0, 5.0\]"):  # fmt: skip
         _run_direct(tmp_path, "lying", PAIR, "federated.rounds=1")
 
 
@@ -651,18 +654,21 @@ def test_simulate_rejects_a_calibration_pair_the_data_lacks():
     from fedhar.federated.simulate import preflight
 
     with pytest.raises(ConfigError, match=r"calibration pair \['SITTING', 'FLYING'\]"):
-        preflight(tiny_cfg("train.client_calibration=[SITTING, FLYING]"))
+        preflight(tiny_cfg("train.posthoc={name: pair-calibration, classes: [SITTING, FLYING]}"))
 
 
 def test_round_line_shows_the_calibrated_test_score_beside_the_per_window_ones():
     from fedhar.federated.server import _progress_line
+    from fedhar.posthoc.pair_calibration import PairCalibration
 
+    adapter = PairCalibration("SITTING", "STANDING", np.ones(9), typical_gap=1.0)
     row = {"round": 3, "val_macro_f1": 0.95, "test_macro_f1": 0.94, "test_accuracy": 0.93, "bytes_total": 3.4e6,
            "round_seconds": 50.0, "clients_failed": 0, "test_calibrated_macro_f1": 0.988}  # fmt: skip
-    line = _progress_line(row, 20)
+    line = _progress_line(row, 20, adapter)
     assert "test F1 0.940" in line and "calibrated 0.988" in line
+    assert "calibrated" not in _progress_line(row, 20)  # no adapter in this run
     del row["test_calibrated_macro_f1"]
-    assert "calibrated" not in _progress_line(row, 20)
+    assert "calibrated" not in _progress_line(row, 20, adapter)
 
 
 def test_clients_train_on_denser_windows_when_train_overlap_is_set():

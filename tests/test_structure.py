@@ -27,10 +27,6 @@ PACKAGES = ("fedhar", "clients", "server")  # the top-level packages of this rep
 #: check and allowed by the back-arrow check; any other cycle or back-arrow fails, and so does an entry whose
 #: import no longer happens (remove it then).
 KNOWN_EXCEPTIONS: dict[tuple[str, str], str] = {
-    ("fedhar.federated.server", "fedhar.cli.common"): (
-        "TODO(house): server.py still imports `console` from the CLI (it is being edited elsewhere); "
-        "the fix is `from fedhar.console import console`, then remove this entry"
-    ),
     ("fedhar.model.state", "fedhar.continual.olora"): (
         "cycle (both imports lazy): loading a checkpoint attaches an olora run's past adapters, and olora "
         "checks them with model.state; fedhar/continual is being edited elsewhere. The fix: the continual "

@@ -10,7 +10,7 @@ from fedhar.data.windows import META_FIELDS
 from fedhar.errors import ConfigError
 
 if TYPE_CHECKING:
-    from fedhar.calibration import PairCalibration
+    from fedhar.posthoc.pair_calibration import PairCalibration
 
 
 def print_breakdown(tag: str, groups: dict[str, dict], label_names: list[str]) -> None:
@@ -50,8 +50,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--calibrate", nargs=2, metavar=("FIRST", "SECOND"),
                    help="also score per-client calibration of this confused pair (e.g. SITTING STANDING): each "
                         "subject re-splits the windows the model gives either class from its own unlabelled "
-                        "windows (fedhar/calibration.py), with the direction stored in the checkpoint "
-                        "(train.client_calibration) or fitted on --calibrate-from")  # fmt: skip
+                        "windows (fedhar/posthoc/pair_calibration.py), with the direction stored in the checkpoint "
+                        "(train.posthoc: pair-calibration) or fitted on --calibrate-from")  # fmt: skip
     p.add_argument("--calibrate-from", nargs="+", metavar="SUBJECT",
                    help="labelled subjects of --data that fit the calibration direction (the training subjects)")
     p.add_argument("--min-gap", type=float, default=0.7,
@@ -69,7 +69,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def _check_calibration_options(args: argparse.Namespace, label_names: list[str]) -> PairCalibration | None:
     """Calibration options checked before any window is read or scored; the stored calibration when it is
     the one to use (no --calibrate-from)."""
-    from fedhar.calibration import check_pair
+    from fedhar.posthoc.pair_calibration import check_pair
 
     if args.calibrate_from and not args.calibrate:
         raise ConfigError("--calibrate-from needs --calibrate FIRST SECOND: the pair its subjects fit a direction for")
@@ -88,8 +88,8 @@ def _check_calibration_options(args: argparse.Namespace, label_names: list[str])
 def _calibrated(pred, all_windows, ws, args: argparse.Namespace, stored: PairCalibration | None) -> dict:
     """Metrics after each evaluated subject re-splits the pair on its own (direction fitted on --calibrate-from,
     or the one the checkpoint stores)."""
-    from fedhar.calibration import PairCalibration
     from fedhar.data.recording import natural_key
+    from fedhar.posthoc.pair_calibration import PairCalibration
 
     if args.calibrate_from:
         fit_subjects = [str(s) for s in args.calibrate_from]
@@ -118,14 +118,17 @@ def _calibrated(pred, all_windows, ws, args: argparse.Namespace, stored: PairCal
 
 
 def _stored_calibration(args: argparse.Namespace) -> PairCalibration:
-    from fedhar.calibration import NO_STORED_CALIBRATION, stored_calibration
+    from fedhar.model.state import read_checkpoint_info
+    from fedhar.posthoc import stored_adapter
+    from fedhar.posthoc.pair_calibration import NO_STORED_CALIBRATION, PairCalibration
 
     hint = f"pass --calibrate-from SUBJECTS (the labelled training subjects) or {NO_STORED_CALIBRATION}"
     if len(args.checkpoint) > 1:
         raise ConfigError(f"an ensemble has no stored calibration: {hint}")
-    calibration = stored_calibration(args.checkpoint[0])
-    if calibration is None:
-        raise ConfigError(f"{args.checkpoint[0]} stores no client calibration: {hint}")
+    calibration = stored_adapter(read_checkpoint_info(args.checkpoint[0]))
+    if not isinstance(calibration, PairCalibration):
+        stored = "no client calibration" if calibration is None else f"a `{calibration.name}` adapter, not a calibration"
+        raise ConfigError(f"{args.checkpoint[0]} stores {stored}: {hint}")
     if [calibration.first, calibration.second] != list(args.calibrate):
         raise ConfigError(f"{args.checkpoint[0]} stores a calibration of {[calibration.first, calibration.second]}, "
                           f"not {args.calibrate}: ask for that pair or {hint}")  # fmt: skip

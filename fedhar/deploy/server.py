@@ -177,9 +177,11 @@ class NodeIdentity:
 
 def preflight(cfg: ExperimentConfig, opts: ServerOptions) -> tuple[ExperimentConfig, Tls, list[Path]]:
     """Every check that can fail before a run folder or a process exists: config, TLS files, device keys."""
+    from fedhar import posthoc
     from fedhar.federated.aggregation import check_strategy
 
     cfg = check_strategy(cfg)
+    posthoc.configured(cfg)  # an unknown post-hoc adapter or option
     check_deployable(cfg)
     host, _ = split_address(opts.superlink or opts.address)
     tls, keys = server_tls(opts), public_keys(opts.client_keys)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
-from fedhar.calibration import PairCalibration, labelled_pair_statistics
+from fedhar import posthoc
 from fedhar.config import ExperimentConfig, TrainConfig
 from fedhar.continual import olora
 from fedhar.continual.regularize import (ANCHOR, FISHER_REPLY, IMPORTANCE, anchor_penalty, fisher_diagonal,
@@ -36,7 +36,7 @@ from fedhar.training.loop import Regularizer, evaluate, fit, metrics_from_logits
 _MODEL: list[tuple[str, HARNet]] = []
 
 MESSAGE_DESCRIBE = "query.describe"
-PAIR_STATISTICS = "pair-statistics"  # the describe reply's record of calibration-pair cue sums
+POSTHOC_STATISTICS = "posthoc-statistics"  # the describe reply's record of the post-hoc adapter's statistics
 NODE_THREADS = "threads"  # optional node config: torch threads for local training on this node
 
 
@@ -121,16 +121,17 @@ def train_client(job: RoundJob, data: ClientData, global_state: dict[str, np.nda
 def evaluate_client(job: RoundJob, data: ClientData, global_state: dict[str, np.ndarray],
                     past: dict[str, np.ndarray] | None = None) -> dict:  # fmt: skip
     """Score the global state (with ``olora``'s ``past`` adapters) on the client's local held-out windows; with
-    the job's calibration, also after the client re-splits the pair on those windows (``calibrated_*``)."""
+    the job's post-hoc adapter, also after the client applies it to those windows (``<tag>_*``)."""
     model = process_model(job.cfg, data.train, job.normalizer)
     olora.attach(model, past)
     set_trainable_state(model, global_state, where="the server's global state")
     logits = predict_logits(model, data.val.x, job.cfg.train.eval_batch_size)
     m = metrics_from_logits(logits, data.val)
     out = {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "loss": m["loss"]}
-    if job.calibration is not None:
-        c = PairCalibration.from_json(job.calibration).score(data.val, logits.argmax(axis=1))
-        out.update(calibrated_accuracy=c["accuracy"], calibrated_macro_f1=c["macro_f1"])
+    if job.posthoc is not None:
+        adapter = posthoc.from_record(job.posthoc, "the server's post-hoc adapter")
+        adapted = adapter.score(data.val, logits.argmax(axis=1))
+        out.update({f"{adapter.tag}_{k}": adapted[k] for k in ("accuracy", "macro_f1")})
     return out
 
 
@@ -154,7 +155,7 @@ def _job_and_data(message: Message, context: Context) -> tuple[RoundJob, ClientD
 
 def handle_describe(message: Message, context: Context) -> Message:
     """Setup query: the client's name, window count, per-channel moments (for the global normaliser) and,
-    with ``train.client_calibration``, the calibration pair's posture-cue sums (for its direction)."""
+    with ``train.posthoc``, the statistics the server fits the post-hoc adapter from."""
     job, data = _job_and_data(message, context)
     if data is None:
         return _reply(message, f"node-{context.node_id}", 0, {})
@@ -164,9 +165,8 @@ def handle_describe(message: Message, context: Context) -> Message:
     reply = _reply(message, data.name, len(data.train), stats)
     if job.cfg.data.normalize:
         reply.content["moments"] = state_to_record(moments(data.train))
-    if job.cfg.train.client_calibration:  # class sums of 9 posture cues, not windows
-        stats = labelled_pair_statistics(data.train, job.cfg.train.client_calibration)
-        reply.content[PAIR_STATISTICS] = state_to_record(stats)
+    if (posthoc_config := posthoc.configured(job.cfg)) is not None:  # sums over the client's windows, not windows
+        reply.content[POSTHOC_STATISTICS] = state_to_record(posthoc_config.statistics(data.train))
     return reply
 
 

@@ -23,10 +23,10 @@ import numpy as np
 from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 
-from fedhar.calibration import num_posture_cues
+from fedhar import posthoc
 from fedhar.config import ExperimentConfig
 from fedhar.errors import DataError, FedharError
-from fedhar.federated.client import MESSAGE_DESCRIBE, PAIR_STATISTICS
+from fedhar.federated.client import MESSAGE_DESCRIBE, POSTHOC_STATISTICS
 from fedhar.federated.records import RoundJob, record_to_state
 from fedhar.federated.transport import check_metrics, reply_error, send_and_collect, wait_for_nodes
 
@@ -60,10 +60,10 @@ class Federation:
 @dataclass
 class SetupTotals:
     """What the setup answers add up to: [count, sums, sums of squares] per channel (None: data.normalize off)
-    and the calibration pair's cue sums (None: no calibration)."""
+    and the post-hoc adapter's statistics (None: no train.posthoc)."""
 
     moments: np.ndarray | None
-    pair: dict[str, np.ndarray] | None
+    posthoc: dict[str, np.ndarray] | None
 
 
 def sample_size(holding: int, cfg: ExperimentConfig) -> int:
@@ -107,11 +107,12 @@ class Membership:
         self.names: dict[int, str] = {}  # the name each node holding data gave (the sampler's stable order)
         self.full_stage: int | None = None  # the stage at which every node was described (the run's set-up)
         self.queries = 0  # setup queries sent so far (the scale benchmark reports them)
+        self.posthoc_config = posthoc.configured(self.cfg)  # train.posthoc: its statistics join the setup answer
 
     def describe(self, stage: int, rnd: int, fit: bool, late_nodes: list[int] | None = None,
                  sampled: bool = False) -> SetupTotals | None:  # fmt: skip
         """Ask every node what it holds at ``stage`` (before round ``rnd``); with ``fit``, return the totals of
-        their moments and calibration-pair sums (the loop fits the normaliser and the calibration from them).
+        their moments and post-hoc statistics (the loop fits the normaliser and the post-hoc adapter from them).
 
         With ``late_nodes`` only those nodes are asked (they connected after the federation was described, or,
         ``sampled``, a round sampled them) and the clients among them join the current federation. A node whose
@@ -140,9 +141,9 @@ class Membership:
             self.queries += len(messages)
             if messages:
                 replies.update(send_and_collect(self.grid, messages, timeout, self.job.stop, self.job.poll_interval_s))
-        clients, failures, parts, pair_parts, answered = [], {}, {}, {}, set()
+        clients, failures, parts, posthoc_parts, answered = [], {}, {}, {}, set()
         with_moments = fit and self.cfg.data.normalize
-        with_pair = fit and bool(self.cfg.train.client_calibration)
+        with_posthoc = fit and self.posthoc_config is not None
         for node, reply in replies.items():
             if reply is None:
                 waited = f"{retry_timeout} s (a retry)" if node in retry else f"round_timeout_s={fed.round_timeout_s}"
@@ -152,7 +153,7 @@ class Membership:
                 failures[node] = err
                 continue
             try:
-                info, part, pair_part = self._check_description(node, reply, with_moments, with_pair)
+                info, part, posthoc_part = self._check_description(node, reply, with_moments, with_posthoc)
             except (FedharError, KeyError, TypeError, ValueError) as e:
                 failures[node] = f"setup answer rejected ({e})"
                 continue
@@ -160,7 +161,7 @@ class Membership:
             if info is None:
                 continue
             clients.append(info)
-            parts[node], pair_parts[node] = part, pair_part
+            parts[node], posthoc_parts[node] = part, posthoc_part
         if not late_nodes:  # one name, one client: a device naming itself like another never stops the federation
             clients = self._unique_names(clients, failures)
         answered -= set(failures)
@@ -199,11 +200,11 @@ class Membership:
         moments = None
         if self.cfg.data.normalize:
             moments = sum(parts[c.node_id] * (c.weight / c.num_examples) for c in clients)
-        pair_totals = None
+        posthoc_totals = None
         for c in clients:
-            if (pair_part := pair_parts[c.node_id]) is not None:
-                pair_totals = pair_part if pair_totals is None else {k: v + pair_part[k] for k, v in pair_totals.items()}
-        return SetupTotals(moments, pair_totals)
+            if (part := posthoc_parts[c.node_id]) is not None:
+                posthoc_totals = part if posthoc_totals is None else {k: v + part[k] for k, v in posthoc_totals.items()}
+        return SetupTotals(moments, posthoc_totals)
 
     @staticmethod
     def _unique_names(clients: list[ClientInfo], failures: dict[int, str]) -> list[ClientInfo]:
@@ -217,9 +218,9 @@ class Membership:
             kept.append(c)
         return kept
 
-    def _check_description(self, node: int, reply: Message, with_moments: bool, with_pair: bool
+    def _check_description(self, node: int, reply: Message, with_moments: bool, with_posthoc: bool
                            ) -> tuple[ClientInfo | None, np.ndarray | None, dict[str, np.ndarray] | None]:  # fmt: skip
-        """A client's setup answer, checked: (client, [count, sums, sums of squares], calibration-pair cue sums);
+        """A client's setup answer, checked: (client, [count, sums, sums of squares], post-hoc statistics);
         client None: holds no data.
 
         The name is the node's authenticated one where the deployment has it (``ServerJob.node_names``): a
@@ -236,28 +237,28 @@ class Membership:
         claimed = str(reply.content["client"]["name"])
         known = self.job.node_names(node) if self.job.node_names is not None else None
         info = ClientInfo(node, known or claimed, n, claimed=claimed if known and known != claimed else None)
-        pair = self._check_pair_statistics(reply, info, n) if with_pair else None
+        stats = self._check_posthoc_statistics(reply, info, n) if with_posthoc else None
         if not with_moments:
-            return info, None, pair
+            return info, None, stats
         channels = self.model.data.layout.num_channels
         expected = {"sum": ((channels,), np.dtype("float64")), "sum_sq": ((channels,), np.dtype("float64"))}
         m = record_to_state(reply.content["moments"], expected, where=f"client {info.name}'s moments")
         count = metrics.get("num-values", 0.0)  # finite: check_metrics; the sums: record_to_state
         check_moments(count, m["sum"], m["sum_sq"], windows=n, window_len=self.model.data.window_len)
-        return info, np.concatenate([[count], m["sum"], m["sum_sq"]]), pair
+        return info, np.concatenate([[count], m["sum"], m["sum_sq"]]), stats
 
-    def _check_pair_statistics(self, reply: Message, info: ClientInfo, windows: int) -> dict[str, np.ndarray]:
-        """The calibration pair's posture-cue sums a client sent at setup, checked before they are summed."""
-        if PAIR_STATISTICS not in reply.content:
-            raise FedharError("sent no calibration-pair statistics although train.client_calibration is set")
-        d = num_posture_cues(self.model.data.layout)
-        f64 = np.dtype("float64")
-        expected = {"count": ((2,), f64), "sum": ((2, d), f64), "outer": ((2, d, d), f64)}
-        stats = record_to_state(reply.content[PAIR_STATISTICS], expected, where=f"client {info.name}'s pair statistics")
-        count = stats["count"]
-        if (count < 0).any() or (count != np.round(count)).any() or count.sum() > windows:
-            raise FedharError(f"client {info.name}'s pair statistics are impossible (counts {count.tolist()} "
-                              f"of {windows} windows)")  # fmt: skip
+    def _check_posthoc_statistics(self, reply: Message, info: ClientInfo, windows: int) -> dict[str, np.ndarray]:
+        """The post-hoc adapter's statistics a client sent at setup, checked before they are summed."""
+        config = self.posthoc_config
+        where = f"client {info.name}'s {config.name} statistics"
+        if POSTHOC_STATISTICS not in reply.content:
+            raise FedharError(f"sent no {config.name} statistics although train.posthoc is set")
+        stats = record_to_state(reply.content[POSTHOC_STATISTICS], config.statistics_spec(self.model.data.layout),
+                                where=where)  # fmt: skip
+        try:
+            config.check_statistics(stats, windows)
+        except ValueError as e:
+            raise FedharError(f"{where} are impossible ({e})") from None
         return stats
 
     def _join(self, clients: list[ClientInfo], errors: list[str], quiet: bool = False) -> None:

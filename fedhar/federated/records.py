@@ -78,7 +78,7 @@ class RoundJob:
     lr: float
     seed: int  # the client's training seed for this round
     normalizer: Normalizer | None  # None in the setup round, before it is fitted
-    calibration: dict | None = None  # PairCalibration.to_json(): clients apply it to their local evaluation
+    posthoc: dict | None = None  # a post-hoc adapter's record (name, state): clients apply it to their local evaluation
     proximal_mu: float = 0.0  # FedProx's mu, set by the strategy's configure_train (Flower's `proximal-mu` key)
     fisher_windows: int = 0  # continual ewc: estimate the Fisher on this many windows and send it back (0: no)
 
@@ -93,8 +93,8 @@ class RoundJob:
         if self.normalizer is not None:
             record["norm-mean"] = [float(v) for v in self.normalizer.mean]
             record["norm-std"] = [float(v) for v in self.normalizer.std]
-        if self.calibration is not None:
-            record["client-calibration"] = json.dumps(self.calibration)
+        if self.posthoc is not None:
+            record["posthoc"] = json.dumps(self.posthoc)
         if self.fisher_windows:
             record[FISHER_REQUEST] = int(self.fisher_windows)
         return record
@@ -112,11 +112,11 @@ class RoundJob:
             mean, std = (np.asarray(record[k], np.float32) for k in ("norm-mean", "norm-std"))
             normalizer = Normalizer(mean, std)
         rnd, stage, lr, seed = int(record["round"]), int(record["stage"]), float(record["lr"]), int(record["seed"])
-        calibration = json.loads(str(record["client-calibration"])) if "client-calibration" in record else None
+        posthoc = json.loads(str(record["posthoc"])) if "posthoc" in record else None
         mu = float(record.get("proximal-mu", 0.0))
         if not mu >= 0:
             raise CheckpointError(f"the server's proximal-mu is {mu}, not a weight >= 0")
         fisher = int(record.get(FISHER_REQUEST, 0))
         if fisher < 0:
             raise CheckpointError(f"the server's {FISHER_REQUEST} is {fisher}, not a window count >= 0")
-        return cls(cfg, rnd, stage, lr, seed, normalizer, calibration, mu, fisher)
+        return cls(cfg, rnd, stage, lr, seed, normalizer, posthoc, mu, fisher)

@@ -6,9 +6,9 @@ factory). The round loop talks to clients only through Flower messages on the ``
 * **setup** (``query.describe``, every node): each client answers with its name, its number of
   training windows and per-channel sums / sums of squares of its windows; the server fits the
   global input normaliser from those moments (no raw window leaves a client) and stores it
-  with every checkpoint. With ``train.client_calibration`` each client also sends, per class of
-  the pair, its window count and the sums and outer-product sums of the posture cues; the server
-  fits the calibration direction from their totals (the same direction as pooled data gives).
+  with every checkpoint. With ``train.posthoc`` each client also sends the statistics its post-hoc
+  adapter is fitted from (sums over its windows, fedhar/posthoc/); the server fits the adapter from
+  their totals (what pooled data would give), scores it every round and stores it with every checkpoint.
   With ``federated.clients_per_round`` every node is asked once, at the run's set-up; a later stage
   asks only the nodes its rounds sample (``Membership.sample``).
 * **round r** (``train``): a seeded sample of the clients that hold data gets the global
@@ -59,9 +59,9 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.exception import PrivacyBudgetExhausted
 from safetensors.numpy import load_file, save_file
 
-from fedhar.calibration import PairCalibration
-from fedhar.cli.common import console
+from fedhar import posthoc
 from fedhar.config import ExperimentConfig, load_config
+from fedhar.console import console
 from fedhar.data.preprocess import Normalizer
 from fedhar.data.recording import natural_key
 from fedhar.errors import CheckpointError, ConfigError, FedharError
@@ -213,13 +213,14 @@ class RoundLoop:
         self.rows: list[dict] = []
         self.client_rows: list[dict] = []
         self.members = Membership(grid, job, self.model, self._say)
-        self.calibration: PairCalibration | None = None  # train.client_calibration, fitted at setup
-        self.calibrated: dict[str, dict] = {}  # the latest calibrated scores with per-subject reports
+        self.posthoc_config = posthoc.configured(self.cfg)  # train.posthoc: how to fit it
+        self.posthoc: posthoc.PostHocAdapter | None = None  # fitted at setup (or restored)
+        self.posthoc_scores: dict[str, dict] = {}  # its latest scores on the held-out splits, with per-subject reports
 
     # -- setup ------------------------------------------------------------------------------------
     def describe(self, stage: int, rnd: int, fit_normalizer: bool) -> None:
         """Ask every node what it holds at ``stage``; at the start of a run, fit the global normaliser (and the
-        calibration direction) from the totals the clients sent."""
+        post-hoc adapter) from the totals the clients sent."""
         totals = self.members.describe(stage, rnd, fit=fit_normalizer)
         if totals is not None:
             if totals.moments is not None:
@@ -229,8 +230,8 @@ class RoundLoop:
             else:
                 norm = Normalizer.identity(self.model.data.layout.num_channels)
             self.model.set_normalizer(norm)
-            if self.cfg.train.client_calibration:
-                self.calibration = fit_calibration(totals.pair, self.cfg.train.client_calibration)
+            if self.posthoc_config is not None:
+                self.posthoc = fit_posthoc(self.posthoc_config, totals.posthoc)
         self.members.write_federation()
 
     def _say(self, text: str) -> None:
@@ -253,8 +254,8 @@ class RoundLoop:
         info, state = read_checkpoint(folder)
         set_trainable_state(self.model, state, where=str(folder))
         self.model.set_normalizer(Normalizer.from_json(info["data"]["normalizer"]))
-        if "client_calibration" in info:
-            self.calibration = PairCalibration.from_json(info["client_calibration"])
+        if (stored := posthoc.stored_adapter(info)) is not None:
+            self.posthoc = stored
         self.global_state = get_trainable_state(self.model)  # the model's tensor order (a file's may differ)
         arrays, extra = folder / SERVER_STATE_FILE, folder / SERVER_STATE_JSON
         self.saved_server_state = (load_file(str(arrays)) if arrays.is_file() else {},
@@ -297,7 +298,7 @@ class RoundLoop:
         tmp = root / f".round-{rnd:04d}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         save_checkpoint(self.model, tmp, extra={"run": self.cfg.name, "seed": self.cfg.seed, "round": rnd,
-                                                **self.calibration_record(), **self.provenance})  # fmt: skip
+                                                **self.posthoc_record(), **self.provenance})  # fmt: skip
         arrays, extra = aggregation.server_state(self.strategy)
         if arrays:
             save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp / SERVER_STATE_FILE))
@@ -470,7 +471,7 @@ class RoundLoop:
         """
         arrays = state_to_record(self.global_state)
         job = RoundJob(self.cfg, rnd, self.members.federation.stage, lr, self.cfg.seed, self.model.data.normalizer,
-                       self.calibration.to_json() if self.calibration is not None else None)  # fmt: skip
+                       self.posthoc.record() if self.posthoc is not None else None)  # fmt: skip
         past = self.past_record()  # olora: the model scored has the earlier stages' adapters too
         messages = [Message(RecordDict({"config": job.to_record(), "arrays": arrays, **past}), dst_node_id=c.node_id,
                             message_type="evaluate", group_id=str(rnd)) for c in chosen]  # fmt: skip
@@ -501,8 +502,8 @@ class RoundLoop:
     def central_metrics(self, stage_end: int | None = None) -> dict:
         """The global model on the held-out subjects, and how long the server took to score it.
 
-        With a calibration, each held-out subject also re-splits the pair on its own windows, as a
-        client would (``{split}_calibrated_*``; the full scores stay in ``self.calibrated``). With a continual
+        With a post-hoc adapter, each held-out subject also applies it to its own windows, as a client would
+        (``{split}_<tag>_*``; the full scores stay in ``self.posthoc_scores``). With a continual
         schedule, also every stage's domain (``{split}_macro_f1@<stage>``); ``stage_end`` (a stage just ended,
         or -1 for the model before training) keeps that row of the accuracy matrix with per-class and
         per-subject scores.
@@ -517,9 +518,9 @@ class RoundLoop:
                     logits = predict_logits(self.model, ws.x, self.cfg.train.eval_batch_size)
                 m = metrics_from_logits(logits, ws)
                 out.update({f"{split}_{k}": m[k] for k in ("accuracy", "macro_f1", "loss")})
-                if self.calibration is not None:
-                    self.calibrated[split] = self.calibration.score(ws, logits.argmax(axis=1))
-                    out.update({f"{split}_calibrated_{k}": self.calibrated[split][k] for k in ("accuracy", "macro_f1")})
+                if self.posthoc is not None:
+                    scored = self.posthoc_scores[split] = self.posthoc.score(ws, logits.argmax(axis=1))
+                    out.update({f"{split}_{self.posthoc.tag}_{k}": scored[k] for k in ("accuracy", "macro_f1")})
         out["central_eval_seconds"] = round(time.perf_counter() - t0, 3)
         return out
 
@@ -599,9 +600,9 @@ class RoundLoop:
             raise FedharError("the Fisher estimate has negative values (squared gradients cannot be negative)")
         return regularize.normalised(estimate)
 
-    def calibration_record(self) -> dict:
-        """What a checkpoint stores of the calibration (``fedhar evaluate --calibrate`` reads it back)."""
-        return {} if self.calibration is None else {"client_calibration": self.calibration.to_json()}
+    def posthoc_record(self) -> dict:
+        """What a checkpoint stores of the post-hoc adapter (``fedhar evaluate`` / ``predict`` read it back)."""
+        return {} if self.posthoc is None else {"posthoc": self.posthoc.record()}
 
 
 def _joined(parts: list[WindowSet], fallback: WindowSet) -> WindowSet:
@@ -609,11 +610,11 @@ def _joined(parts: list[WindowSet], fallback: WindowSet) -> WindowSet:
     return WindowSet.concat(kept) if kept else fallback.subset(np.zeros(len(fallback), dtype=bool))
 
 
-def fit_calibration(pair_totals: dict[str, np.ndarray] | None, pair: list[str]) -> PairCalibration:
-    """The pair's calibration direction from the clients' summed cue statistics."""
-    if pair_totals is None:
-        raise FedharError(f"no client sent statistics for the {pair} calibration (train.client_calibration)")
-    return PairCalibration.from_statistics(pair_totals, pair)
+def fit_posthoc(config: posthoc.PostHocConfig, totals: dict[str, np.ndarray] | None) -> posthoc.PostHocAdapter:
+    """The post-hoc adapter fitted from the clients' summed statistics."""
+    if totals is None:
+        raise FedharError(f"no client sent statistics for the {config.name} adapter (train.posthoc)")
+    return config.from_statistics(totals)
 
 
 def run_federation(grid: Grid, job: ServerJob) -> dict:
@@ -659,11 +660,11 @@ def run_federation(grid: Grid, job: ServerJob) -> dict:
         loop.rows.append(row)
         loop.save_round(rnd)
         if job.progress:
-            console.print(_progress_line(row, cfg.federated.rounds), soft_wrap=True)
+            console.print(_progress_line(row, cfg.federated.rounds, loop.posthoc), soft_wrap=True)
     set_trainable_state(loop.model, loop.global_state, where="final state")
     save_checkpoint(loop.model, job.run.file("checkpoint"), extra={
         "run": cfg.name, "seed": cfg.seed, "strategy": cfg.federated.strategy, "rounds": cfg.federated.rounds,
-        **loop.calibration_record(), **loop.provenance,
+        **loop.posthoc_record(), **loop.provenance,
     })  # fmt: skip
     if loop.past_adapters:  # olora: the checkpoint's model needs the earlier stages' adapters too (load_checkpoint)
         save_file({k: np.ascontiguousarray(v) for k, v in loop.past_adapters.items()},
@@ -683,11 +684,11 @@ def run_federation(grid: Grid, job: ServerJob) -> dict:
     if loop.attackers:
         summary["attack"] = {**dataclasses.asdict(cfg.federated.attack), "attackers": sorted(loop.attackers),
                              "note": "ATTACKED run (simulated poisoning, federated.attack)"}  # fmt: skip
-    if loop.calibration is not None:  # a client-side step: reported beside the per-window figures
-        if not loop.calibrated:  # resumed after the last round: this process has not scored the model yet
+    if loop.posthoc is not None:  # a client-side step: reported beside the per-window figures
+        if not loop.posthoc_scores:  # resumed after the last round: this process has not scored the model yet
             loop.central_metrics()
-        summary["client_calibrated"] = loop.calibrated
-        summary["client_calibration"] = loop.calibration.to_json()
+        summary[f"client_{loop.posthoc.tag}"] = loop.posthoc_scores
+        summary["posthoc"] = loop.posthoc.record()
     if loop.domains is not None:
         from fedhar.continual.results import write_continual
 
@@ -699,14 +700,14 @@ def run_federation(grid: Grid, job: ServerJob) -> dict:
     return summary
 
 
-def _progress_line(row: dict, rounds: int) -> str:
-    """One short line per round (fits an 80-column terminal)."""
+def _progress_line(row: dict, rounds: int, adapter: posthoc.PostHocAdapter | None = None) -> str:
+    """One short line per round (fits an 80-column terminal); with a post-hoc adapter, its test score too."""
     parts = [f"round {row['round']:>3}/{rounds}"]
     for split in ("val", "test"):
         if f"{split}_macro_f1" in row:
             parts.append(f"{split} F1 {row[f'{split}_macro_f1']:.3f}")
-    if "test_calibrated_macro_f1" in row:
-        parts.append(f"calibrated {row['test_calibrated_macro_f1']:.3f}")
+    if adapter is not None and f"test_{adapter.tag}_macro_f1" in row:
+        parts.append(f"{adapter.tag} {row[f'test_{adapter.tag}_macro_f1']:.3f}")
     split = "test" if "test_accuracy" in row else "val"
     parts.append(f"{split} acc {row[f'{split}_accuracy']:.3f}")
     parts.append(f"{row['bytes_total'] / 1e6:.1f} MB")

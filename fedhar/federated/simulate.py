@@ -21,7 +21,7 @@ import warnings
 from contextlib import contextmanager
 from typing import Iterator
 
-from fedhar.calibration import check_pair
+from fedhar import posthoc
 from fedhar.config import ExperimentConfig
 from fedhar.environment import set_process_environment
 from fedhar.errors import ConfigError, FedharError
@@ -119,9 +119,9 @@ def preflight(cfg: ExperimentConfig) -> tuple[ExperimentConfig, list[str]]:
     names = check_federation(cfg)
     parts, _ = simulated_partition(cfg)
     cfg = check_strategy(cfg, sample_size(sum(1 for p in parts if len(p)), cfg))  # Krum's f against the sample...
-    if cfg.train.client_calibration:
+    if (posthoc_config := posthoc.configured(cfg)) is not None:
         train, _, _ = subject_split(cfg)
-        check_pair(train.label_names, cfg.train.client_calibration)
+        posthoc_config.check(train.label_names)
     if cfg.federated.ray_address:
         check_reachable(cfg.federated.ray_address)
         if os.environ.get("RAY_AUTH_MODE", "").lower() != "token":

@@ -15,6 +15,7 @@ import torch
 from safetensors.numpy import load_file, save_file
 from torch import nn
 
+from fedhar import posthoc
 from fedhar.config import ModelConfig, from_dict
 from fedhar.errors import CheckpointError, ConfigError
 
@@ -145,7 +146,7 @@ MAX_INFO_BYTES = 16 << 20
 
 
 def read_checkpoint_info(folder: str | Path) -> dict:
-    """A checkpoint's ``model.json`` (model, data, provenance, calibration), without reading its tensors.
+    """A checkpoint's ``model.json`` (model, data, provenance, post-hoc adapter), without reading its tensors.
 
     Every field fedhar reads from it is checked (:func:`check_info`): a value that is of the wrong type,
     out of range or not finite fails here, naming the file and the field, before a model is built."""
@@ -247,7 +248,7 @@ def _kind(value) -> str:
 
 def check_info(info, path: Path | str) -> None:
     """Validate a parsed ``model.json``: its type, format version, model config, data spec (layout, window,
-    rate, labels, normaliser, windowing), seed, provenance and stored calibration."""
+    rate, labels, normaliser, windowing), seed, provenance and stored post-hoc adapter."""
     f = _Fields(path)
     if not isinstance(info, dict):
         raise CheckpointError(f"{path} must hold a JSON object (the model description), got {_kind(info)}; {_FIX}")
@@ -289,8 +290,7 @@ def check_info(info, path: Path | str) -> None:
             f.text(info[key], key, empty_ok=True)
     if "train_subjects" in info:
         f.texts(info["train_subjects"], "train_subjects", unique=False)
-    if info.get("client_calibration") is not None:
-        _check_calibration(f, f.mapping(info["client_calibration"], "client_calibration"), labels, channels)
+    posthoc.check_stored(f, info, labels, channels)  # the post-hoc adapter it stores, if any
 
 
 def _check_model_cfg(f: _Fields, cfg: ModelConfig) -> None:
@@ -373,18 +373,6 @@ def _check_windowing(f: _Fields, cut: dict) -> None:
                 f.text(u, f"{field}.{g}")
         else:
             f.text(value, field)
-
-
-def _check_calibration(f: _Fields, cal: dict, labels: list[str], channels: int) -> None:
-    """A stored per-client calibration: its pair of the model's classes, direction and gap figures."""
-    pair = f.texts(f.require(cal, "pair", "client_calibration"), "client_calibration.pair", min_len=2, max_len=2)
-    unknown = [p for p in pair if p not in labels]
-    if unknown:
-        raise f.fail("client_calibration.pair", f"names {unknown}, which are not among the classes {labels}")
-    f.numbers(f.require(cal, "direction", "client_calibration"), "client_calibration.direction", channels + 3)
-    if "typical_gap" in cal:  # older checkpoints lack it; PairCalibration says what to do then
-        f.number(cal["typical_gap"], "client_calibration.typical_gap", 0, 1e12, low_open=True)
-    f.number(f.require(cal, "min_gap", "client_calibration"), "client_calibration.min_gap", 0, 1e12)
 
 
 def load_checkpoint(folder: str | Path, device: str = "cpu", allow_download: bool = False) -> nn.Module:

@@ -7,7 +7,7 @@ import time
 
 import torch
 
-from fedhar.calibration import PairCalibration, check_pair
+from fedhar import posthoc
 from fedhar.config import ExperimentConfig
 from fedhar.data.pipeline import split_windows
 from fedhar.data.recording import natural_key
@@ -25,12 +25,13 @@ def peak_rss_mb() -> float:
 
 
 def preflight(cfg: ExperimentConfig) -> None:
-    """Fail on an unknown backbone or missing data before any run folder is created."""
+    """Fail on an unknown backbone, post-hoc adapter or missing data before any run folder is created."""
     from fedhar.data.loaders import check_data_path
     from fedhar.model.backbones import check_spec
 
     if cfg.model.kind == "llm":
         check_spec(cfg.model.backbone)
+    posthoc.configured(cfg)
     check_data_path(cfg.data.dataset, cfg.data.path)
 
 
@@ -40,10 +41,10 @@ def train_centralized(cfg: ExperimentConfig, run: RunDir | None = None, progress
     train, val, test = split_windows(cfg.data, cfg.seed)
     if cfg.data.labelled_per_class is not None or cfg.data.labelled_percent is not None:
         train = low_label(train, cfg.seed, cfg.data.labelled_per_class, cfg.data.labelled_percent)
-    calibration = None
-    if cfg.train.client_calibration:  # fitted before training, so data that cannot hold it costs no run
-        check_pair(train.label_names, cfg.train.client_calibration)
-        calibration = PairCalibration.fit(train, tuple(cfg.train.client_calibration))
+    adapter = None
+    if (posthoc_config := posthoc.configured(cfg)) is not None:  # fitted before training: data that cannot costs no run
+        posthoc_config.check(train.label_names)
+        adapter = posthoc_config.fit(train)
     spec = DataSpec.from_windows(train, normalize=cfg.data.normalize, windowing=windowing_record(cfg.data))
     t_model = time.perf_counter()
     model = build_model(cfg.model, spec, cfg.seed)
@@ -87,10 +88,11 @@ def train_centralized(cfg: ExperimentConfig, run: RunDir | None = None, progress
     }
     extra = {"run": cfg.name, "seed": cfg.seed, "synthetic_data": train.synthetic,  # evaluate flags figures on these
              "train_subjects": sorted(set(train.subject.tolist()), key=natural_key)}  # fmt: skip
-    if calibration is not None:  # a client-side step: reported beside the per-window figures
-        summary["client_calibrated"] = {role: calibration.score(part, logits[role].argmax(axis=1))
-                                        for role, part in (("val", val), ("test", test)) if role in logits}  # fmt: skip
-        extra["client_calibration"] = calibration.to_json()
+    if adapter is not None:  # a client-side step: reported beside the per-window figures
+        summary[f"client_{adapter.tag}"] = {role: adapter.score(part, logits[role].argmax(axis=1))
+                                            for role, part in (("val", val), ("test", test))
+                                            if role in logits}  # fmt: skip
+        summary["posthoc"] = extra["posthoc"] = adapter.record()
     if model.backbone_pretrained is False:
         summary["warning"] = "UNTRAINED test backbone: these figures say nothing about pretrained models"
     if train.synthetic:

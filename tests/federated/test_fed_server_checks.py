@@ -99,7 +99,7 @@ def test_impossible_setup_counts_are_rejected(metrics, problem):
     answer = reply(msg, "phone", **metrics)
     answer.content["moments"] = state_to_record({"sum": np.zeros(6), "sum_sq": np.ones(6)})
     with pytest.raises(FedharError, match=problem):
-        bare_members(grid)._check_description(1, answer, with_moments=True, with_pair=False)
+        bare_members(grid)._check_description(1, answer, with_moments=True, with_posthoc=False)
 
 
 def test_a_message_the_superlink_refuses_is_an_error_reply_and_a_short_id_list_an_error():

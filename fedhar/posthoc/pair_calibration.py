@@ -1,4 +1,4 @@
-"""Per-client calibration of a confused class pair from the client's own unlabelled windows.
+"""Per-client calibration of a confused class pair from the client's own unlabelled windows (``pair-calibration``).
 
 On HAPT almost every error of the default model is SITTING <-> STANDING, and the errors come in whole
 subjects: one person's sitting looks like other people's standing in every cue a waist window
@@ -9,20 +9,29 @@ client's own projections where they separate (Otsu's threshold). No labels and n
 client. It assumes the client holds windows of both classes, which Otsu's split alone cannot tell
 (it cuts one cluster in two just as readily), so the split is applied only where its two sides lie
 nearly as far apart as the two classes' means do in the labelled training windows.
+
+It is the first post-hoc adapter (fedhar/posthoc/base.py): ``train.posthoc: {name: pair-calibration,
+classes: [SITTING, STANDING]}``.
 """
 
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-import torch
 
-from fedhar.data.recording import SensorLayout
-from fedhar.data.windows import WindowSet
 from fedhar.errors import CheckpointError, ConfigError, DataError
+from fedhar.posthoc.base import PostHocAdapter, PostHocConfig, StatisticsSpec, register
+
+if TYPE_CHECKING:
+    from fedhar.data.recording import SensorLayout
+    from fedhar.data.windows import WindowSet
+
+NAME = "pair-calibration"
+#: the model.json key this state was stored under before ``posthoc`` (``train.client_calibration``)
+LEGACY_CHECKPOINT_KEY = "client_calibration"
 
 
 def otsu_threshold(values: np.ndarray, bins: int = 64) -> float:
@@ -106,9 +115,12 @@ def split_per_subject(pred: np.ndarray, cues: np.ndarray, subject: np.ndarray, d
 
 
 @dataclass
-class PairCalibration:
+class PairCalibration(PostHocAdapter):
     """What a client needs to re-split a pair on its own: the pair, the cue direction and the distance between
     the two classes along it (both fitted once, on labelled windows)."""
+
+    name: ClassVar[str] = NAME
+    tag: ClassVar[str] = "calibrated"
 
     first: str
     second: str
@@ -138,24 +150,44 @@ class PairCalibration:
                             "posture")  # fmt: skip
         return cls(pair[0], pair[1], direction, gap, min_gap)
 
-    def apply(self, ws: WindowSet, pred: np.ndarray) -> tuple[np.ndarray, dict]:
-        """``pred`` (the model's labels of ``ws``) with every subject's pair windows re-split on its own."""
-        return self.apply_to(ws.x, pred, ws.subject, list(ws.label_names), ws.layout)
+    @property
+    def pair(self) -> list[str]:
+        return [self.first, self.second]
 
-    def apply_to(self, x: np.ndarray, pred: np.ndarray, subject: np.ndarray, label_names: list[str],
-                 layout: SensorLayout) -> tuple[np.ndarray, dict]:  # fmt: skip
-        """The same on raw windows ``x`` [N, C, T] of ``layout`` (e.g. one recording: one subject)."""
+    def apply(self, x: np.ndarray, pred: np.ndarray, client: np.ndarray, label_names: list[str],
+              layout: SensorLayout) -> tuple[np.ndarray, dict[str, dict]]:  # fmt: skip
+        """``pred`` (the model's labels of raw windows ``x`` [N, C, T] of ``layout``) with every client's pair
+        windows re-split on its own."""
         first, second = _pair_indices(label_names, (self.first, self.second))
-        return split_per_subject(pred, posture_cues(layout, x), subject, self.direction, first, second,
+        return split_per_subject(pred, posture_cues(layout, x), client, self.direction, first, second,
                                  self.typical_gap, self.min_gap)  # fmt: skip
 
-    def score(self, ws: WindowSet, pred: np.ndarray) -> dict:
-        """Metrics on ``ws`` of the model's labels ``pred`` after every subject re-splits the pair, with the
-        per-subject report."""
-        from fedhar.metrics import classification_metrics
+    def apply_client(self, x: np.ndarray, pred: np.ndarray, label_names: list[str],
+                     layout: SensorLayout) -> tuple[np.ndarray, dict]:  # fmt: skip
+        report = {"pair": self.pair, "pair_windows": 0, "applied": False}
+        if not len(pred):
+            return pred, report
+        labels, per_client = super().apply_client(x, pred, label_names, layout)
+        return labels, {**report, **per_client}
 
-        calibrated, per_subject = self.apply(ws, pred)
-        return {**classification_metrics(ws.y, calibrated, list(ws.label_names)), "per_subject": per_subject}
+    def describe(self) -> str:
+        return f"per-client calibrated {'/'.join(self.pair)}"
+
+    def clients_summary(self, per_client: dict[str, dict]) -> str:
+        return f"re-split {sum(r['applied'] for r in per_client.values())} of {len(per_client)} subjects"
+
+    def report_line(self, report: dict) -> str:
+        """What the calibration did to the recordings, and why it left them alone if it did."""
+        pair = "/".join(report["pair"])
+        if report["pair_windows"] < 2:
+            return f"calibration {pair}: not applied, the model gives the pair {report['pair_windows']} windows"
+        gap = report["gap_ratio"]
+        if report["applied"]:
+            return (f"calibration {pair}: re-split {report['pair_windows']} windows, {report['changed']} changed "
+                    f"(the split's halves lie {gap:.2f} of the training distance apart)")  # fmt: skip
+        return (f"calibration {pair}: not applied, the split's halves lie only {gap:.2f} of the training distance "
+                f"apart (at least {self.min_gap:.2f} needed, what one posture cut in two looks like): kept as the "
+                "model labelled them")  # fmt: skip
 
     def to_json(self) -> dict:
         return {"pair": [self.first, self.second], "direction": [float(v) for v in self.direction],
@@ -169,17 +201,61 @@ class PairCalibration:
         return cls(d["pair"][0], d["pair"][1], np.asarray(d["direction"], dtype=np.float64),
                    float(d["typical_gap"]), float(d["min_gap"]))  # fmt: skip
 
+    @classmethod
+    def check_stored(cls, fields: Any, state: Any, where: str, labels: list[str], channels: int) -> None:
+        """A stored calibration: its pair of the model's classes, direction and gap figures."""
+        cal = fields.mapping(state, where)
+        pair = fields.texts(fields.require(cal, "pair", where), f"{where}.pair", min_len=2, max_len=2)
+        unknown = [p for p in pair if p not in labels]
+        if unknown:
+            raise fields.fail(f"{where}.pair", f"names {unknown}, which are not among the classes {labels}")
+        fields.numbers(fields.require(cal, "direction", where), f"{where}.direction", channels + 3)
+        if "typical_gap" in cal:  # older checkpoints lack it; from_json says what to do then
+            fields.number(cal["typical_gap"], f"{where}.typical_gap", 0, 1e12, low_open=True)
+        fields.number(fields.require(cal, "min_gap", where), f"{where}.min_gap", 0, 1e12)
 
-def stored_calibration(checkpoint: str | Path) -> PairCalibration | None:
-    """The calibration a checkpoint stores (``train.client_calibration``), if any."""
-    from fedhar.model.state import read_checkpoint_info
 
-    stored = read_checkpoint_info(checkpoint).get("client_calibration")
-    return None if stored is None else PairCalibration.from_json(stored)
+@register
+@dataclass
+class PairCalibrationConfig(PostHocConfig):
+    """``train.posthoc: {name: pair-calibration, classes: [FIRST, SECOND]}``: fit the pair's cue direction on the
+    training windows (federated: from the clients' per-class cue sums), re-split it on each client."""
+
+    name: ClassVar[str] = NAME
+    adapter: ClassVar[type[PostHocAdapter]] = PairCalibration
+    legacy_checkpoint_key: ClassVar[str | None] = LEGACY_CHECKPOINT_KEY
+
+    classes: list[str] = field(default_factory=list)  # the confused pair, e.g. [SITTING, STANDING]
+    min_gap: float = 0.7  # a client keeps the model's labels when its split's halves lie closer (of the class gap)
+
+    def validate(self, path: str) -> None:
+        if len(self.classes) != 2 or self.classes[0] == self.classes[1]:
+            raise ConfigError(f"{path}.classes must be two different class names (e.g. [SITTING, STANDING]), "
+                              f"got {self.classes}")  # fmt: skip
+        if not self.min_gap >= 0:
+            raise ConfigError(f"{path}.min_gap must be >= 0, got {self.min_gap}")
+
+    def check(self, label_names: list[str]) -> None:
+        check_pair(label_names, self.classes)
+
+    def statistics(self, windows: WindowSet) -> dict[str, np.ndarray]:
+        return labelled_pair_statistics(windows, self.classes)  # class sums of 9 posture cues, not windows
+
+    def statistics_spec(self, layout: SensorLayout) -> StatisticsSpec:
+        d, f64 = num_posture_cues(layout), np.dtype("float64")
+        return {"count": ((2,), f64), "sum": ((2, d), f64), "outer": ((2, d, d), f64)}
+
+    def check_statistics(self, stats: dict[str, np.ndarray], num_windows: int) -> None:
+        count = stats["count"]
+        if (count < 0).any() or (count != np.round(count)).any() or count.sum() > num_windows:
+            raise ValueError(f"pair counts {count.tolist()} of {num_windows} windows")
+
+    def from_statistics(self, totals: dict[str, np.ndarray]) -> PairCalibration:
+        return PairCalibration.from_statistics(totals, self.classes, self.min_gap)
 
 
 #: what to do when a checkpoint stores no calibration
-NO_STORED_CALIBRATION = "train with train.client_calibration=[FIRST,SECOND] to store one"
+NO_STORED_CALIBRATION = "train with `train.posthoc={name: pair-calibration, classes: [FIRST, SECOND]}` to store one"
 
 
 def labelled_pair_statistics(ws: WindowSet, pair: tuple[str, str] | list[str]) -> dict[str, np.ndarray]:
@@ -204,6 +280,8 @@ def check_pair(label_names: list[str], pair: list[str] | tuple[str, str]) -> Non
 
 def posture_cues(layout: SensorLayout, x: np.ndarray) -> np.ndarray:
     """Gravity direction and log sway of raw windows ``x`` [N, C, T] of ``layout`` (``WindowCues.cues``)."""
+    import torch
+
     from fedhar.model.frontend import WindowCues
 
     cue_net = WindowCues(layout.group_dict)
