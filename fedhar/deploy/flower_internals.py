@@ -105,5 +105,15 @@ __all__ = [
     "SendTaskHeartbeatRequest", "HttpGrid", "TaskType", "HeartbeatSender", "make_confirm_message_received_fn_protobuf",
     "make_pull_object_fn_protobuf", "pull_and_inflate_object_from_tree", "RuntimeTokenHttpInterceptor",
     "RuntimeVersionHttpInterceptor", "SuperExecAuthHttpInterceptor", "RetryInvoker", "exponential",
-    "RuntimeHttpClient", "TaskIdentity", "push_message",
+    "RuntimeHttpClient", "TaskIdentity", "push_message", "task_grid",
 ]  # fmt: skip
+
+
+def task_grid(address: str, insecure: bool, root_certificates: bytes | None, token: str,
+              retry: RetryInvoker) -> tuple[HttpGrid, RuntimeHttpClient]:  # fmt: skip
+    """A claimed ServerApp task's Grid over the SuperLink's Runtime API, retrying with ``retry``, and the
+    authenticated Runtime API client it owns. Flower keeps both as private attributes of ``HttpGrid``: this is
+    the one place fedhar touches them (set before the Grid's first use)."""
+    grid = HttpGrid(runtime_api_address=address, insecure=insecure, root_certificates=root_certificates, token=token)
+    grid._retry_invoker = retry  # noqa: SLF001
+    return grid, grid._runtime_client  # noqa: SLF001

@@ -503,11 +503,11 @@ def run_server_task(address: str, tls: Tls, secret: bytes, run_id: int, fab_hash
     Only tasks of fedhar's own FAB (``fab_hash``: it names the run folder) are claimed, so other apps' runs
     on a shared SuperLink are left to their own executors."""
     from fedhar.deploy.flower_internals import (
-        HttpGrid,
         PullTaskInputRequest,
         TaskIdentity,
         context_from_proto,
         run_from_proto,
+        task_grid,
     )
 
     claimer = runtime_client(address, tls, secret=secret)
@@ -527,10 +527,9 @@ def run_server_task(address: str, tls: Tls, secret: bytes, run_id: int, fab_hash
     finally:
         claimer.close()
     insecure, ca = _verify(tls)
-    grid = HttpGrid(runtime_api_address=address, insecure=insecure,
-                    root_certificates=Path(ca).read_bytes() if ca else None, token=claimed[0])  # fmt: skip
-    grid._retry_invoker = transient_retry(600.0)  # noqa: SLF001 - before first use: no SIGINT on a stale token
-    runtime = grid._runtime_client  # noqa: SLF001 - HttpGrid owns the task's authenticated Runtime API client
+    # fedhar's retry policy before first use: no SIGINT on a stale token
+    grid, runtime = task_grid(address, insecure, Path(ca).read_bytes() if ca else None, claimed[0],
+                              transient_retry(600.0))  # fmt: skip
     context, ok, details = None, False, "fedhar server stopped"
     try:
         with task_heartbeat(runtime):

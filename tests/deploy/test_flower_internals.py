@@ -56,3 +56,15 @@ def test_the_supported_version_loads_the_internals():
     for name in module.__all__:
         assert hasattr(module, name), name
     assert module.HttpGrid is flower_internals.HttpGrid
+
+
+def test_a_task_grid_retries_with_fedhars_policy_and_hands_over_its_runtime_client():
+    """HttpGrid keeps its retry policy and Runtime API client private: the adapter sets and returns them, so a
+    Flower that renames them fails here, not in a deployment."""
+    from fedhar.deploy.flower_internals import RuntimeHttpClient, task_grid
+    from fedhar.deploy.runtime import transient_retry
+
+    retry = transient_retry(5.0)
+    grid, runtime = task_grid("127.0.0.1:9", True, None, "token", retry)
+    assert grid._retry_invoker is retry and isinstance(runtime, RuntimeHttpClient)
+    assert runtime is grid._runtime_client
