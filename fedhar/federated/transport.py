@@ -21,39 +21,60 @@ DEPLOY_POLL_S = 0.5
 
 
 def send_and_collect(grid: Grid, messages: list[Message], timeout: float | None, stop: threading.Event | None,
-          poll_s: float = PULL_INTERVAL_S) -> dict[int, Message | None]:  # fmt: skip
+                     poll_s: float = PULL_INTERVAL_S, in_flight: int | None = None) -> dict[int, Message | None]:  # fmt: skip
     """Push one message per node; pull replies until all arrived, ``timeout`` passed, or the engine stopped.
 
     Returns ``{destination node: reply, or None when none came}``. Replies are matched by the message
     they answer, not by their sender: an error reply the SuperLink writes for a node that left the
     federation (node unavailable: it stopped sending heartbeats) comes from the SuperLink itself. A
     message the SuperLink refuses (its node left before it was sent) gets an error reply here.
+
+    With ``in_flight`` at most that many messages wait for a reply at once (the next is pushed as one is
+    answered), and ``timeout`` runs for each message from its push. Why: Flower's simulation engine scans
+    every stored message for every node every 0.1 s, so describing a population of thousands at once costs
+    nodes × messages per scan; a bounded window keeps it nodes × window.
     """
-    ids = list(grid.push_messages(messages))  # same order as `messages`; "" or None for a message refused
+    queue = list(messages)
+    window = len(queue) if in_flight is None else max(1, in_flight)
+    replies: dict[int, Message | None] = {}
+    dst: dict[str, int] = {}
+    pushed_at: dict[str, float] = {}
+    pending: set[str] = set()
+    while queue or pending:
+        if queue and len(pending) < window:
+            batch, queue = queue[: window - len(pending)], queue[window - len(pending) :]
+            for i, m in zip(_push(grid, batch), batch, strict=True):
+                replies[m.metadata.dst_node_id] = None if i else refused_reply(m)
+                if i:
+                    dst[i], pushed_at[i] = m.metadata.dst_node_id, time.monotonic()
+                    pending.add(i)
+        if pending:
+            for reply in grid.pull_messages(pending):
+                answered = reply.metadata.reply_to_message_id
+                if answered in pending:
+                    replies[dst[answered]] = reply
+                    pending.discard(answered)
+        if timeout is not None:  # unanswered in time: its reply stays None
+            pending -= {i for i in pending if time.monotonic() - pushed_at[i] > timeout}
+        if not pending and not queue:
+            break
+        if stop is not None and stop.is_set():
+            raise FedharError("the simulation engine stopped while clients were still training")
+        if len(pending) >= window or not queue:
+            time.sleep(poll_s)
+    return replies
+
+
+def _push(grid: Grid, messages: list[Message]) -> list[str]:
+    """Message ids in the order of ``messages`` ("" or None for a message the SuperLink refused)."""
+    ids = list(grid.push_messages(messages))
     if len(ids) != len(messages):  # HttpGrid answers HTTP 413 with []; InMemoryGrid drops what it refuses
         raise FedharError(
             f"the SuperLink accepted {len(ids)} of {len(messages)} `{messages[0].metadata.message_type}` messages "
             "without saying which (Flower's log above says why; a deployment's HTTP 413 means the request was too "
             "large: sample fewer clients per round, federated.fraction_train)"
         )
-    dst = {i: m.metadata.dst_node_id for i, m in zip(ids, messages, strict=True) if i}
-    replies: dict[int, Message | None] = {
-        m.metadata.dst_node_id: None if i else refused_reply(m) for i, m in zip(ids, messages, strict=True)
-    }
-    pending = set(dst)
-    deadline = None if timeout is None else time.monotonic() + timeout
-    while pending:
-        for reply in grid.pull_messages(pending):
-            answered = reply.metadata.reply_to_message_id
-            if answered in pending:
-                replies[dst[answered]] = reply
-                pending.discard(answered)
-        if not pending or (deadline is not None and time.monotonic() > deadline):
-            break
-        if stop is not None and stop.is_set():
-            raise FedharError("the simulation engine stopped while clients were still training")
-        time.sleep(poll_s)
-    return replies
+    return ids
 
 
 def refused_reply(message: Message) -> Message:

@@ -119,6 +119,37 @@ def test_a_message_the_superlink_refuses_is_an_error_reply_and_a_short_id_list_a
         T.send_and_collect(grid, messages, 1.0, None, 0.01)
 
 
+def test_with_a_window_at_most_in_flight_messages_wait_and_a_hung_node_holds_up_no_other():
+    """Five nodes, two in flight: never more than two wait, every node is asked once, the hung one (node 3) gets
+    no reply after its timeout and the nodes pushed after it are still asked and answered."""
+
+    class Watched(ScriptedGrid):
+        def __init__(self, *args):
+            super().__init__(*args)
+            self.waiting, self.most = set(), 0
+
+        def push_messages(self, messages):
+            ids = list(super().push_messages(messages))
+            self.waiting |= set(ids)
+            self.most = max(self.most, len(self.waiting))
+            return ids
+
+        def pull_messages(self, message_ids):
+            out = super().pull_messages(message_ids)
+            self.waiting -= {r.metadata.reply_to_message_id for r in out}
+            self.waiting &= set(message_ids)  # what the caller stopped waiting for (timed out) is not in flight
+            return out
+
+    grid = Watched([1, 2, 3, 4, 5], lambda m: None if m.metadata.dst_node_id == 3 else reply(m, **{"num-examples": 1}))
+    messages = [Message(RecordDict(), dst_node_id=n, message_type="query") for n in (1, 2, 3, 4, 5)]
+    replies = T.send_and_collect(grid, messages, 0.3, None, 0.01, in_flight=2)
+    assert sorted(grid.sent) == [1, 2, 3, 4, 5] and grid.most == 2
+    assert replies[3] is None and all(T.reply_error(replies[n]) is None for n in (1, 2, 4, 5))
+    everything = T.send_and_collect(ScriptedGrid([1, 2, 3], lambda m: reply(m, **{"num-examples": 1})),
+                                    messages[:3], 0.3, None, 0.01)  # fmt: skip
+    assert sorted(everything) == [1, 2, 3]  # without a window: all at once, as before
+
+
 def test_a_node_that_hangs_at_setup_costs_the_full_timeout_once(tmp_path, monkeypatch):
     """Node 103 never answers: asked at setup (full timeout), again before round 2 (short), not in round 3."""
     from fedhar.federated.server import ServerJob, run_federation
@@ -136,10 +167,10 @@ def test_a_node_that_hangs_at_setup_costs_the_full_timeout_once(tmp_path, monkey
     waits = []
     real_send = T.send_and_collect
 
-    def send(grid, messages, timeout, *args):
+    def send(grid, messages, timeout, *args, **kwargs):
         if 103 in [m.metadata.dst_node_id for m in messages]:
             waits.append(timeout)
-        return real_send(grid, messages, timeout, *args)
+        return real_send(grid, messages, timeout, *args, **kwargs)
 
     monkeypatch.setattr(M, "send_and_collect", send)
     monkeypatch.setattr(M, "DESCRIBE_RETRY_TIMEOUT_S", 0.1)
