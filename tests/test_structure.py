@@ -26,18 +26,7 @@ PACKAGES = ("fedhar", "clients", "server")  # the top-level packages of this rep
 #: (importing module, imported module) → why that import is still allowed. Each one is left out of the cycle
 #: check and allowed by the back-arrow check; any other cycle or back-arrow fails, and so does an entry whose
 #: import no longer happens (remove it then).
-KNOWN_EXCEPTIONS: dict[tuple[str, str], str] = {
-    ("fedhar.model.state", "fedhar.continual.olora"): (
-        "cycle (both imports lazy): loading a checkpoint attaches an olora run's past adapters, and olora "
-        "checks them with model.state; fedhar/continual is being edited elsewhere. The fix: the continual "
-        "layer attaches its adapters after model.state has loaded the model"
-    ),
-    ("fedhar.federated.data", "fedhar.continual.replay"): (
-        "cycle (both imports lazy): a client's data adds its replay buffer, and the buffer is cut with "
-        "federated.data; fedhar/continual is being edited elsewhere. The fix: the replay buffer is added where "
-        "the client's training data is assembled for continual runs, not inside federated.data"
-    ),
-}
+KNOWN_EXCEPTIONS: dict[tuple[str, str], str] = {}
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from torch import nn
 from fedhar import posthoc
 from fedhar.config import ModelConfig, from_dict
 from fedhar.errors import CheckpointError, ConfigError
+from fedhar.model import stacked_adapters
 
 FORMAT_VERSION = 1
 STATE_FILE = "trainable.safetensors"
@@ -404,10 +405,9 @@ def load_checkpoint(folder: str | Path, device: str = "cpu", allow_download: boo
 
 
 def _attach_past_adapters(model: nn.Module, folder: Path) -> None:
-    """A continual ``olora`` run's checkpoint: its earlier stages' frozen adapters, active with the trained one."""
-    from fedhar.continual import olora
-
-    path = folder / olora.PAST_FILE
+    """A checkpoint with frozen adapters beside the trained one (a continual ``olora`` run's earlier stages):
+    attached and active, after their names, shapes and dtypes are checked against the model."""
+    path = folder / stacked_adapters.PAST_FILE
     if not path.is_file():
         return
     try:
@@ -415,7 +415,10 @@ def _attach_past_adapters(model: nn.Module, folder: Path) -> None:
     except Exception as e:  # safetensors' own errors for a damaged file
         raise CheckpointError(f"{path} is not a readable safetensors file ({e}); copy the checkpoint again") from None
     try:
-        olora.attach(model, past)
+        if stacked_adapters.peft_of(model) is not None:
+            spec = stacked_adapters.past_spec(expected_spec(model), stacked_adapters.stages_in(past))
+            check_state(spec, past, where="the past adapters")
+        stacked_adapters.attach(model, past)
     except (ConfigError, CheckpointError) as e:
         raise CheckpointError(f"{path}: {e}; {_FIX}") from None
 
