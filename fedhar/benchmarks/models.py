@@ -186,7 +186,7 @@ def throughput(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
-    p.add_argument("--only", help="comma-separated subset of the settings (default: all)")
+    p.add_argument("--only", nargs="+", metavar="SETTING", help='a subset of the settings (default: all), e.g. "2 blocks" r4')
     args = parse(p, argv, "models", "throughput")
     from fedhar.config import ModelConfig
     from fedhar.data.preprocess import Normalizer
@@ -198,7 +198,7 @@ def throughput(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     spec = DataSpec(IMU6, 128, 50.0, [f"c{i}" for i in range(6)], Normalizer.identity(6))
     settings = _throughput_settings()
-    chosen = list(settings) if not args.only else [s.strip() for s in args.only.split(",")]
+    chosen = args.only or list(settings)
     for name in chosen:
         if name not in settings:
             raise SystemExit(f"unknown setting `{name}`; choose from {list(settings)}")
