@@ -246,3 +246,23 @@ def test_a_device_started_before_the_server_joins_refused_devices_say_why_and_th
     rows = json.loads((tmp_path / "runs" / "deployed" / "rounds.json").read_text())["rounds"]
     assert [(r["clients_updated"], r["clients_failed"]) for r in rows] == [(2, 0)]
     assert np.isfinite(rows[0]["test_macro_f1"]) and np.isfinite(rows[0]["val_macro_f1"])
+
+
+def test_deployed_devices_send_what_the_post_hoc_adapter_is_fitted_from(deployment, tmp_path):
+    """train.posthoc over real processes: each device answers the setup query with its adapter statistics (sums,
+    no windows), the server fits the adapter from them, scores the held-out subjects with it every round and
+    stores it with the checkpoint, where `fedhar evaluate --calibrate` finds it."""
+    devices = [write_device_csv(tmp_path / f"phone{i}" / "recording.csv", [str(i)]) for i in (1, 2)]
+    server = deployment.server("--config", str(server_config(tmp_path, rounds=1, min_clients=2)),
+                               "train.posthoc={name: pair-calibration, classes: [SITTING, STANDING]}")  # fmt: skip
+    for i in (1, 2):
+        deployment.client(i, devices[i - 1])
+    assert server.wait(180) == 0, deployment.text("server.log")
+    run = tmp_path / "runs" / "deployed"
+    (row,) = json.loads((run / "rounds.json").read_text())["rounds"]
+    assert row["clients_updated"] == 2 and 0 <= row["test_calibrated_macro_f1"] <= 1
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert set(metrics["client_calibrated"]["test"]["per_subject"]) == {"5"}
+    stored = json.loads((run / "checkpoint" / "model.json").read_text())["posthoc"]
+    assert stored == metrics["posthoc"] and stored["name"] == "pair-calibration"
+    assert len(stored["state"]["direction"]) == 9 and stored["state"]["typical_gap"] > 0
