@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from tests.deploy.test_deploy import CLASSES, TINY_SPEC, write_device_csv
-from tests.test_federated_sim import leftovers, process_mark  # noqa: F401 - fixture
+from tests.federated.test_federated_sim import leftovers, process_mark  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.slow
 

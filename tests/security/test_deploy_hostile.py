@@ -357,7 +357,7 @@ def test_a_supernode_that_gives_up_exits_instead_of_idling(tmp_path, process_mar
     ``fedhar client`` would start it again, saying why)."""
     from fedhar.deploy import runtime as rt
     from fedhar.deploy.supernode import EXIT_GAVE_UP, MARK
-    from tests.test_federated_sim import leftovers
+    from tests.federated.test_federated_sim import leftovers
 
     create_test_deployment(tmp_path / "certs", None, ["c1"])
     c, port = tmp_path / "certs", rt.free_port()
@@ -391,7 +391,7 @@ def test_a_supernode_that_gives_up_exits_instead_of_idling(tmp_path, process_mar
     assert leftovers(process_mark) == []
 
 
-from tests.test_federated_sim import process_mark  # noqa: E402,F401 - fixture
+from tests.federated.test_federated_sim import process_mark  # noqa: E402,F401 - fixture
 
 
 def test_a_deployment_refuses_a_simulated_attack():

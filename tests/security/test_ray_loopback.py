@@ -9,7 +9,7 @@ import psutil
 
 from fedhar.cli.main import main
 from fedhar.federated import server as fed_server
-from tests.test_federated_sim import TINY_SIM, leftovers, process_mark  # noqa: F401 (fixture)
+from tests.federated.test_federated_sim import TINY_SIM, leftovers, process_mark  # noqa: F401 (fixture)
 
 
 def listening_addresses() -> dict[str, set[str]]:
