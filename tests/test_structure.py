@@ -8,6 +8,8 @@
 * Flower beyond its public API is imported only through ``fedhar.deploy.flower_internals`` (which checks the
   Flower version it was written against).
 
+And the tests mirror the package: ``tests/<layer>/`` for each ``fedhar/<layer>/``.
+
 Imports under ``if TYPE_CHECKING:`` are left out: they never run. And importing the federated package changes
 no environment variable (``fedhar.environment`` sets them where a process starts).
 """
@@ -346,3 +348,18 @@ def test_public_and_internal_flower_are_told_apart():
     assert is_public_flower("flwr.serverapp.strategy") and is_public_flower("flwr.app")
     assert not is_public_flower("flwr.supercore.control") and not is_public_flower("flwr.common.serde")
     assert not is_public_flower("flwr.proto.control_pb2") and not is_public_flower("flwr.supernode")
+
+
+#: test folders that are not a fedhar package: threat scenarios across layers, and the layouts' fixture writers
+CROSS_CUTTING_TEST_FOLDERS = {"security": "hostile inputs across layers", "fixtures": "fixture files in official layouts"}
+
+
+def test_the_tests_mirror_the_package():
+    """tests/<layer>/ for each fedhar/<layer>/, top-level test files for fedhar's top-level modules."""
+    tests = REPO / "tests"
+    folders = {p.name for p in tests.iterdir() if p.is_dir() and p.name != "__pycache__"}
+    packages = {p.name for p in (REPO / "fedhar").iterdir() if (p / "__init__.py").is_file()}
+    assert folders - set(CROSS_CUTTING_TEST_FOLDERS) <= packages, "a test folder that names no fedhar package"
+    modules = {p.stem for p in (REPO / "fedhar").glob("*.py")}
+    loose = {p.stem.removeprefix("test_") for p in tests.glob("test_*.py")} - {"structure"}
+    assert loose <= modules, f"top-level tests of no top-level fedhar module: {loose - modules} (move them)"

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from fedhar.errors import ConfigError, DataError
-from tests.test_federated import DirectGrid, _server_task_identity, tiny_cfg  # noqa: F401 - an autouse fixture
+from tests.federated.test_federated import DirectGrid, _server_task_identity, tiny_cfg  # noqa: F401 - an autouse fixture
 
-#: the synthetic recordings of tests.test_federated.TINY_FED (subjects 1-3 train, 4 validates, 5 tests)
+#: the synthetic recordings of tests.federated.test_federated.TINY_FED (subjects 1-3 train, 4 validates, 5 tests)
 TINY_SPEC = {"subjects": 5, "seconds_per_activity": 4, "devices": ["phone-a"], "placements": ["waist"]}
 CLASSES = ["WALKING", "WALKING_UPSTAIRS", "WALKING_DOWNSTAIRS", "SITTING", "STANDING", "LAYING"]
 
@@ -161,7 +161,7 @@ def test_device_labels_map_onto_the_servers_classes(tmp_path):
 
 def test_bad_updates_are_rejected_with_a_reason_and_counted(tmp_path, monkeypatch):
     from fedhar.federated import client
-    from tests.test_federated import _run_direct
+    from tests.federated.test_federated import _run_direct
 
     real = client.train_client
 

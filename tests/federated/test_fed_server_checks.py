@@ -14,8 +14,8 @@ from fedhar.federated import membership as M
 from fedhar.federated import server as S
 from fedhar.federated import transport as T
 from fedhar.federated.records import state_to_record
-from tests.test_federated import DirectGrid, _run_direct, tiny_cfg
-from tests.test_federated import _server_task_identity  # noqa: F401 - an autouse fixture
+from tests.federated.test_federated import DirectGrid, _run_direct, tiny_cfg
+from tests.federated.test_federated import _server_task_identity  # noqa: F401 - an autouse fixture
 
 
 class ScriptedGrid(DirectGrid):

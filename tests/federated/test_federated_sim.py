@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from fedhar.cli.main import main
-from tests.test_federated import TINY_FED
+from tests.federated.test_federated import TINY_FED
 
 #: the embedded default's two devices and placements, cut to one each for speed
 TINY_SIM = [*TINY_FED, "data.synthetic.devices=[phone-a]", "data.synthetic.placements=[waist]"]

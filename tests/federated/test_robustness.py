@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from fedhar.errors import ConfigError
-from tests.test_federated import _run_direct
-from tests.test_federated import _server_task_identity  # noqa: F401 - an autouse fixture
+from tests.federated.test_federated import _run_direct
+from tests.federated.test_federated import _server_task_identity  # noqa: F401 - an autouse fixture
 
 DP = ["federated.dp.noise_multiplier=1.0", "federated.dp.clipping_norm=0.5"]
 
@@ -62,7 +62,7 @@ def test_adaptive_clipping_moves_its_norm_and_is_not_accounted(tmp_path):
 
 
 def test_dp_settings_that_cannot_work_fail_before_round_one(tmp_path):
-    from tests.test_federated import tiny_cfg
+    from tests.federated.test_federated import tiny_cfg
 
     with pytest.raises(ConfigError, match="max_epsilon must be positive and needs fixed clipping"):
         tiny_cfg("federated.dp.clipping=adaptive", "federated.dp.max_epsilon=8")
@@ -94,7 +94,7 @@ def test_a_sign_flip_attack_is_applied_to_its_clients_and_marked_in_the_results(
 def test_label_flip_shifts_the_attackers_labels_only():
     from fedhar.federated.attacks import attacking_clients
     from fedhar.federated.data import client_data, simulated_partition
-    from tests.test_federated import tiny_cfg
+    from tests.federated.test_federated import tiny_cfg
 
     cfg = tiny_cfg("federated.attack.kind=label-flip", "federated.attack.clients=1")
     clean_cfg = tiny_cfg()
@@ -111,7 +111,7 @@ def test_attacks_are_absent_from_the_deployed_path(tmp_path):
     from fedhar.federated import client, data
     from fedhar.federated.server import RoundLoop, ServerJob
     from fedhar.results.run import RunDir
-    from tests.test_federated import tiny_cfg
+    from tests.federated.test_federated import tiny_cfg
 
     cfg = tiny_cfg(f"output_dir={tmp_path}", "federated.attack.kind=scale")
     with pytest.raises(ConfigError, match="for simulation benchmarks only"):

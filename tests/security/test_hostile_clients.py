@@ -16,8 +16,8 @@ from flwr.app import MetricRecord
 from fedhar.federated import server as S
 from fedhar.federated.client import MESSAGE_DESCRIBE
 from fedhar.federated.records import state_to_record
-from tests.test_federated import DirectGrid, tiny_cfg
-from tests.test_federated import _server_task_identity  # noqa: F401 - an autouse fixture
+from tests.federated.test_federated import DirectGrid, tiny_cfg
+from tests.federated.test_federated import _server_task_identity  # noqa: F401 - an autouse fixture
 
 ATTACKER = 102
 

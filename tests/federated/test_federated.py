@@ -595,8 +595,9 @@ def test_round_loop_fits_the_calibration_from_clients_and_scores_each_held_out_s
 
     summary, run = _run_direct(tmp_path, "calibrated", PAIR, "federated.rounds=1")
     row = json.loads(run.file("rounds.json").read_text())["rounds"][0]
-    assert 0 <= row["test_calibrated_macro_f1"] <= 1 and 0 <= row["val_calibrated_accuracy"] <= 1
-    assert set(summary["client_calibrated"]) == {"val", "test"}
+    assert set(summary["client_calibrated"]) == {"val", "test"}  # one round: the round's model is the final one
+    assert row["test_calibrated_macro_f1"] == pytest.approx(summary["client_calibrated"]["test"]["macro_f1"])
+    assert row["val_calibrated_accuracy"] == pytest.approx(summary["client_calibrated"]["val"]["accuracy"])
     assert set(summary["client_calibrated"]["test"]["per_subject"]) == {"5"}
     assert summary["final"]["test_calibrated_macro_f1"] == summary["client_calibrated"]["test"]["macro_f1"]
     stored = stored_adapter(read_checkpoint_info(run.file("checkpoint")))  # what `fedhar evaluate --calibrate` reuses
@@ -686,7 +687,7 @@ def test_clients_apply_the_calibration_to_their_local_evaluation(tmp_path):
     clients = json.loads(run.file("rounds.json").read_text())["clients"]
     assert len(clients) == 3
     for c in clients:
-        assert 0 <= c["client_eval_calibrated_macro_f1"] <= 1 and 0 <= c["client_eval_calibrated_accuracy"] <= 1
+        assert {"client_eval_calibrated_macro_f1", "client_eval_calibrated_accuracy"} <= set(c), c
     _, plain = _run_direct(tmp_path, "plain", "federated.rounds=1", "federated.client_val_fraction=0.5")
     assert not any("calibrated" in k for c in json.loads(plain.file("rounds.json").read_text())["clients"] for k in c)
 

@@ -1,6 +1,6 @@
 """The post-hoc adapter interface (fedhar/posthoc/): registry, config, what travels and is stored, old checkpoints.
 
-Pair calibration's own maths is in tests/test_calibration.py; here only what any adapter goes through."""
+Pair calibration's own maths is in tests/posthoc/test_pair_calibration.py; here only what any adapter goes through."""
 
 from __future__ import annotations
 
