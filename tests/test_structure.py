@@ -306,8 +306,8 @@ PUBLIC_FLOWER = ("flwr.app", "flwr.clientapp", "flwr.serverapp", "flwr.simulatio
 #: (importing module, Flower module) → why it imports a Flower internal without the adapter
 FLOWER_INTERNALS_ELSEWHERE: dict[tuple[str, str], str] = {
     ("fedhar.federated.client", "flwr.supercore.differential_privacy"): (
-        "KEY_CLIPPING_NORM, the config key Flower's client-side DP strategies send; client.py is being edited "
-        "elsewhere, and the federated layer importing the deploy adapter would point up a layer"
+        "KEY_CLIPPING_NORM, the config key Flower's client-side DP strategies send, which flwr.serverapp does "
+        "not export; the federated layer importing the deploy adapter would point up a layer"
     ),
     ("fedhar.federated.transport", "flwr.common.constant"): (
         "ErrorCode: the codes of flwr.app.Error replies, which flwr.app does not export; the federated layer "

@@ -139,8 +139,8 @@ def wait_for_nodes(grid: Grid, expected: int | None, minimum: int, stop: threadi
 class LocalGrid(Grid):
     """A Grid that hands each message to fedhar's ClientApp in this process, one node after another.
 
-    Why: the round loop without an engine, for timing the engine's overhead against the same loop run
-    serially (``simulations/sim_overhead.py``) and for tests; node ``100 + i`` is simulated partition ``i``.
+    Why: the whole round loop without an engine or Ray, deterministic and fast, for the tests that drive
+    federations end to end; node ``100 + i`` is simulated partition ``i``.
     """
 
     def __init__(self, num_nodes: int):

@@ -90,7 +90,7 @@ def split_per_subject(pred: np.ndarray, cues: np.ndarray, subject: np.ndarray, d
     ``typical_gap`` apart (the distance between the labelled training windows' sitting and standing
     means): two postures. Otsu also cuts the one cluster of a subject that only ever sat, but into
     halves about a third of that distance apart; such a client keeps the model's labels
-    (simulations/calibration_rules.py chose 0.7 on validation subjects).
+    (0.7 was chosen on validation subjects: docs/research/sitting-standing.md).
     """
     if not min_gap >= 0 or not typical_gap > 0:
         raise ValueError(f"min_gap must be >= 0 and typical_gap > 0, got {min_gap} and {typical_gap}")
