@@ -230,8 +230,14 @@ class TrainConfig:
     # {name: ADAPTER, <its options>}: also fit this post-hoc adapter (fedhar/posthoc/, e.g. pair-calibration) on
     # the training windows, report it beside the per-window figures and store it with the checkpoint
     posthoc: dict[str, Any] | None = None
+    # transfer: start from this checkpoint's trained tensors (a `fedhar train` / `simulate` run's checkpoint/):
+    # frontend, LoRA adapters and norm carried over, the head too when the label set is the same, a new head
+    # when it differs; the model settings must match the checkpoint's (fedhar.model.state.init_from_checkpoint)
+    init_from: str | None = None
 
     def validate(self, path: str) -> None:
+        if self.init_from is not None and not self.init_from.strip():
+            raise ConfigError(f"{path}.init_from is empty: give a checkpoint folder (runs/<name>/checkpoint) or null")
         if self.posthoc is not None and not isinstance(self.posthoc.get("name"), str):
             raise ConfigError(f"{path}.posthoc needs a `name`: the post-hoc adapter to fit (fedhar/posthoc/), e.g. "
                               "{name: pair-calibration, classes: [SITTING, STANDING]}")  # fmt: skip

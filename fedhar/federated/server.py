@@ -76,8 +76,8 @@ from fedhar.federated.report import plot_rounds, summarize
 from fedhar.federated import aggregation
 from fedhar.federated.aggregation import ClientUpdate, check_strategy, lora_pairs, product_gap
 from fedhar.model.har_model import DataSpec, HARNet, build_model, parameter_counts, predict_logits, windowing_record
-from fedhar.model.state import (check_state, expected_spec, get_trainable_state, read_checkpoint, save_checkpoint,
-                                set_trainable_state)  # fmt: skip
+from fedhar.model.state import (check_state, expected_spec, get_trainable_state, init_from_checkpoint, read_checkpoint,
+                                save_checkpoint, set_trainable_state)  # fmt: skip
 from fedhar.results.run import RunDir
 from fedhar.training.loop import metrics_from_logits
 
@@ -205,6 +205,9 @@ class RoundLoop:
         spec = DataSpec(reference.layout, reference.window_len, reference.sample_rate, list(reference.label_names),
                         Normalizer.identity(reference.num_channels), windowing_record(self.cfg.data))  # fmt: skip
         self.model: HARNet = build_model(self.cfg.model, spec, self.cfg.seed)
+        # transfer (train.init_from): the initial global state starts from a trained checkpoint's tensors
+        self.init_from = (init_from_checkpoint(self.model, self.cfg.train.init_from)
+                          if self.cfg.train.init_from is not None else None)  # fmt: skip
         self.spec = expected_spec(self.model)
         # ewc: what a Fisher estimate, the Fisher sum and the importance hold (ewc_importance: product: each LoRA
         # layer's <layer>.delta_w [d_out, d_in] in place of its A and B)
@@ -673,6 +676,9 @@ def run_federation(grid: Grid, job: ServerJob) -> dict:
     summary["strategy_args"] = dict(cfg.federated.strategy_args)
     summary["server_setup_seconds"] = round(setup_seconds, 3)
     summary["setup_queries"] = loop.members.queries  # setup messages sent (describe): per node once, then sampled
+    if loop.init_from is not None:  # transfer: where the initial global tensors came from
+        summary["init_from"] = loop.init_from
+        job.run.update_json("run.json", init_from=loop.init_from)
     if loop.stopped:
         summary["stopped"] = loop.stopped
     if cfg.federated.dp is not None:

@@ -116,6 +116,10 @@ def check_federation(cfg: ExperimentConfig) -> list[str]:
 
 def preflight(cfg: ExperimentConfig) -> tuple[ExperimentConfig, list[str]]:
     """Every check that can fail before anything starts: strategy vs model, client count, cluster address."""
+    if cfg.train.init_from is not None:  # transfer: the source checkpoint must be one, before anything starts
+        from fedhar.model.state import check_init_source
+
+        cfg.train.init_from = str(check_init_source(cfg.train.init_from, cfg.model))
     names = check_federation(cfg)
     parts, _ = simulated_partition(cfg)
     cfg = check_strategy(cfg, sample_size(sum(1 for p in parts if len(p)), cfg))  # Krum's f against the sample...

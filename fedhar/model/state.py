@@ -473,6 +473,87 @@ def _check_reads_a_window(model: nn.Module, where: str) -> None:
                               f"scores for a window of zeros: its weights are out of range; {_FIX}")  # fmt: skip
 
 
+#: the model settings that decide which trainable tensors a model has and what they mean: a checkpoint whose
+#: values differ cannot start a run (train.init_from)
+SHAPE_KEYS = ("kind", "backbone", "num_layers", "pretrained", "finetune", "tokens", "conv_channels", "conv_depth",
+              "kernel_size", "stats_token", "head_cues", "hidden", "heads", "depth")  # fmt: skip
+HEAD_PREFIX = "head."
+
+
+def check_init_source(folder: str | Path, model_cfg: ModelConfig | None = None) -> Path:
+    """The checkpoint folder ``train.init_from`` names, checked to be one (and, given ``model_cfg``, one of the
+    same model: :func:`check_same_model`) before anything starts."""
+    try:
+        folder = _checkpoint_folder(folder)
+        info = read_checkpoint_info(folder)
+    except CheckpointError as e:
+        raise CheckpointError(f"train.init_from: {e}") from None
+    if model_cfg is not None:
+        check_same_model(from_dict(ModelConfig, info["model"], "checkpoint.model"), model_cfg, folder)
+    return folder.resolve()
+
+
+def check_same_model(theirs: ModelConfig, ours: ModelConfig, folder: Path) -> None:
+    """A CheckpointError naming both models when a checkpoint's settings (:data:`SHAPE_KEYS`, LoRA rank and
+    targets) are not this config's: its tensors would not fit, or would mean something else."""
+    differ = [k for k in SHAPE_KEYS if getattr(theirs, k) != getattr(ours, k)]
+    differ += [f"lora.{k}" for k in ("r", "targets") if getattr(theirs.lora, k) != getattr(ours.lora, k)]
+    if differ:
+        shown = "; ".join(f"model.{k}: checkpoint {_value(theirs, k)!r}, this config {_value(ours, k)!r}"
+                          for k in differ[:4])  # fmt: skip
+        raise CheckpointError(f"train.init_from {folder}: its model ({_describe(theirs)}) is not this config's "
+                              f"({_describe(ours)}): {shown}; start from a checkpoint of the same model, or set "
+                              "those model.* keys to the checkpoint's")  # fmt: skip
+
+
+def init_from_checkpoint(model: nn.Module, folder: str | Path) -> dict:
+    """Start ``model`` from a trained checkpoint's trainable tensors (transfer, ``train.init_from``).
+
+    Every trainable tensor but the head is carried over (the frontend, the LoRA adapters, the pooled norm, and
+    the backbone itself under full fine-tuning); the head too when the checkpoint knows the same label set (its
+    rows reordered to this model's label order), else this model keeps its new, seeded head. The checkpoint's
+    model settings (:data:`SHAPE_KEYS`, LoRA rank and targets) must be this model's: a CheckpointError names
+    both. The normaliser is not carried: it is this run's own, fitted on its own training windows. Returns the
+    record of what was carried (written into the run's metrics.json and run.json)."""
+    folder = check_init_source(folder)
+    info, state = read_checkpoint(folder)
+    check_same_model(from_dict(ModelConfig, info["model"], "checkpoint.model"), model.model_cfg, folder)
+    their_labels, our_labels = list(info["data"]["label_names"]), list(model.data.label_names)
+    same_labels = sorted(their_labels) == sorted(our_labels)
+    expected = expected_spec(model)
+    if same_labels and their_labels != our_labels:  # the same classes in another order: the head's rows follow
+        order = [their_labels.index(c) for c in our_labels]
+        state = {n: (a[order] if n.startswith(HEAD_PREFIX) else a) for n, a in state.items()}
+    carried = {n: a for n, a in state.items() if same_labels or not n.startswith(HEAD_PREFIX)}
+    spec = {n: v for n, v in expected.items() if same_labels or not n.startswith(HEAD_PREFIX)}
+    try:
+        check_state(spec, carried, where=f"train.init_from {folder / STATE_FILE}")
+    except CheckpointError as e:
+        their_channels = info["data"]["layout"]["channels"]
+        raise CheckpointError(f"{e} (checkpoint data: {len(their_channels)} channels {their_channels}, window "
+                              f"{info['data']['window_len']}; this run: {model.data.layout.num_channels} channels "
+                              f"{list(model.data.layout.channels)}, window {model.data.window_len})") from None
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for n, a in carried.items():
+            params[n].copy_(torch.from_numpy(np.ascontiguousarray(a)))
+    return {"checkpoint": str(folder), "run": info.get("run"), "model": _describe(model.model_cfg),
+            "carried_tensors": len(carried), "new_head": not same_labels,
+            "head": "carried" if same_labels else "new (label set differs)", "source_labels": their_labels,
+            "source_synthetic_data": bool(info.get("synthetic_data", False))}  # fmt: skip
+
+
+def _value(cfg: ModelConfig, key: str):
+    return getattr(cfg.lora, key.split(".", 1)[1]) if key.startswith("lora.") else getattr(cfg, key)
+
+
+def _describe(cfg: ModelConfig) -> str:
+    if cfg.kind != "llm":
+        return cfg.kind
+    random = "" if cfg.pretrained else ", random init"
+    return f"llm {cfg.backbone}, {cfg.num_layers or 'all'} blocks, {cfg.finetune}{random}"
+
+
 def fetch_checkpoint_backbone(folder: str | Path) -> None:
     """Download the backbone a checkpoint names when it is not on this machine (``--allow-download``), so that
     :func:`load_checkpoint`, which reads local files only, finds it."""

@@ -14,7 +14,7 @@ from fedhar.data.recording import natural_key
 from fedhar.data.splits import low_label
 from fedhar.model.backbones import TINY as _TINY
 from fedhar.model.har_model import DataSpec, build_model, parameter_counts, predict_logits, windowing_record
-from fedhar.model.state import save_checkpoint
+from fedhar.model.state import check_init_source, init_from_checkpoint, save_checkpoint
 from fedhar.results.plots import plot_confusion_matrix, plot_learning_curves
 from fedhar.results.run import RunDir
 from fedhar.training.loop import fit, metrics_from_logits
@@ -34,6 +34,8 @@ def preflight(cfg: ExperimentConfig) -> None:
         check_spec(cfg.model.backbone)
     posthoc.configured(cfg)
     check_data_path(cfg.data.dataset, cfg.data.path)
+    if cfg.train.init_from is not None:  # transfer: the source checkpoint must be one, before anything starts
+        cfg.train.init_from = str(check_init_source(cfg.train.init_from, cfg.model))
 
 
 def train_centralized(cfg: ExperimentConfig, run: RunDir | None = None, progress: bool = True) -> dict:
@@ -49,6 +51,7 @@ def train_centralized(cfg: ExperimentConfig, run: RunDir | None = None, progress
     spec = DataSpec.from_windows(train, normalize=cfg.data.normalize, windowing=windowing_record(cfg.data))
     t_model = time.perf_counter()
     model = build_model(cfg.model, spec, cfg.seed)
+    init_record = init_from_checkpoint(model, cfg.train.init_from) if cfg.train.init_from is not None else None
     build_s = time.perf_counter() - t_model
     counts = parameter_counts(model)
     on_epoch = None
@@ -87,6 +90,8 @@ def train_centralized(cfg: ExperimentConfig, run: RunDir | None = None, progress
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "device": _device_name(next(model.parameters()).device),  # figures differ a little between devices
     }
+    if init_record is not None:  # transfer: where the carried tensors came from
+        summary["init_from"] = init_record
     extra = {"run": cfg.name, "seed": cfg.seed, "synthetic_data": train.synthetic,  # evaluate flags figures on these
              "train_subjects": sorted(set(train.subject.tolist()), key=natural_key)}  # fmt: skip
     if adapter is not None:  # a client-side step: reported beside the per-window figures
@@ -101,6 +106,9 @@ def train_centralized(cfg: ExperimentConfig, run: RunDir | None = None, progress
     if train.synthetic:
         summary["data_note"] = "SYNTHETIC data: not a real-data result"
     if run is not None:
+        if init_record is not None:
+            run.update_json("run.json", init_from=init_record)
+            extra["init_from"] = init_record["checkpoint"]
         run.write_json("metrics.json", summary)
         plot_learning_curves(result.history, run.file("learning_curves.png"), title=summary["model"])
         if test_metrics:
