@@ -49,17 +49,26 @@ def compare(argv: list[str] | None = None) -> None:
     args = parse(p, argv, "models", "compare")
     args.out.mkdir(parents=True, exist_ok=True)
     results = {m["variant"]: m for m in load_existing(args.out, "core_benchmark")}
-    for key in args.only.split(","):
-        if key not in MODELS:
-            raise SystemExit(f"unknown model `{key}`; choose from {list(MODELS)}")
-        name, overrides = MODELS[key]
-        if measured_before(results, name, args.config, [*overrides, *args.overrides]):
-            continue
-        results[name] = train_variant(args.config, name, args.out, [*overrides, *args.overrides])
-        save_index(results, args.out / "core_benchmark.json")
+    unknown = [key for key in args.only.split(",") if key not in MODELS]
+    if unknown:
+        raise SystemExit(f"unknown model `{unknown[0]}`; choose from {list(MODELS)}")
+    variants = {MODELS[key][0]: [*MODELS[key][1], *args.overrides] for key in args.only.split(",")}
+    train_variants(variants, results, args.config, args.out, args.out / "core_benchmark.json")
     rows = [train_row(m) for m in results.values()]
     write_train_table(rows, args.out, "core_benchmark")
     plot_f1_vs_params(rows, args.out / "core_benchmark.png", "HAPT test subjects 27-30")
+
+
+def train_variants(variants: dict[str, list[str]], results: dict, config: str, runs: Path, index: Path,
+                   prefix: str = "") -> None:  # fmt: skip
+    """Train each variant (name → overrides of ``config``) in a fresh process into ``runs/<prefix><name>``, unless
+    ``results`` holds it measured with the same settings; the index is saved after each, so a cut run resumes."""
+    for name, overrides in variants.items():
+        if measured_before(results, name, config, overrides):
+            continue
+        results[name] = train_variant(config, prefix + name, runs, overrides)
+        results[name]["variant"] = name
+        save_index(results, index)
 
 
 # ---- sweep: the default model settings -------------------------------------------------------------------
@@ -102,16 +111,12 @@ def sweep(argv: list[str] | None = None) -> None:
     args = parse(p, argv, "models", "sweep")
     args.out.mkdir(parents=True, exist_ok=True)
     results = {m["variant"]: m for m in load_existing(args.out, "sweep")}
-    for name in args.only.split(","):
-        if name not in SWEEP:
-            raise SystemExit(f"unknown variant `{name}`; choose from {list(SWEEP)}")
-        setting = {**SWEEP_BASE, **SWEEP[name]}
-        overrides = [f"{k}={v}" for k, v in setting.items()] + args.overrides
-        if measured_before(results, name, args.config, overrides):
-            continue
-        results[name] = train_variant(args.config, f"sweep-{name}", args.runs or args.out, overrides)
-        results[name]["variant"] = name
-        save_index(results, args.out / "sweep.json")
+    unknown = [name for name in args.only.split(",") if name not in SWEEP]
+    if unknown:
+        raise SystemExit(f"unknown variant `{unknown[0]}`; choose from {list(SWEEP)}")
+    variants = {name: [f"{k}={v}" for k, v in {**SWEEP_BASE, **SWEEP[name]}.items()] + args.overrides
+                for name in args.only.split(",")}  # fmt: skip
+    train_variants(variants, results, args.config, args.runs or args.out, args.out / "sweep.json", prefix="sweep-")
     rows = sorted((train_row(m) for m in results.values()), key=lambda r: -(r["best_val_macro_f1"] or 0))
     write_train_table(rows, args.out, "sweep")
     plot_f1_vs_params(rows, args.out / "sweep.png", "default sweep (HAPT)")

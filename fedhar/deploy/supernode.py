@@ -76,7 +76,10 @@ def main(argv: list[str] | None = None) -> None:
         del args[at : at + 2]
     set_heartbeat(interval)
     last = LastProblem()
-    logging.getLogger("flwr").addHandler(last)
+    flower_log = logging.getLogger("flwr")
+    flower_log.addHandler(last)
+    if not flower_log.isEnabledFor(logging.ERROR):  # a process that ran a quiet simulation silenced Flower
+        flower_log.setLevel(logging.WARNING)  # the reason the loop ends must still reach `last`
 
     def thread_died(info: threading.ExceptHookArgs) -> None:
         name = info.thread.name if info.thread else "?"

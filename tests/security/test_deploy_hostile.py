@@ -7,6 +7,7 @@ The first tests run Flower's own handlers and TLS on loopback sockets, without F
 
 from __future__ import annotations
 
+import logging
 import socket
 import ssl
 import threading
@@ -295,7 +296,7 @@ def wrapper(monkeypatch):
     return types.SimpleNamespace(module=supernode, calls=calls, connection=connection, heartbeat=heartbeat)
 
 
-def test_a_supernode_whose_connection_loop_ends_exits_with_the_reason(wrapper, capsys):
+def test_a_supernode_whose_connection_loop_ends_exits_with_the_reason(wrapper, capsys, monkeypatch):
     from flwr.supercore import log
 
     from fedhar.deploy.supernode import EXIT_GAVE_UP, MARK
@@ -304,6 +305,7 @@ def test_a_supernode_whose_connection_loop_ends_exits_with_the_reason(wrapper, c
         log(40, "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed")
 
     wrapper.calls.body = gives_up
+    monkeypatch.setattr(logging.getLogger("flwr"), "level", logging.CRITICAL)  # as a quiet simulation leaves it
     with pytest.raises(SystemExit) as exited:
         wrapper.module.main(["--heartbeat-interval", "12", "--superlink", "127.0.0.1:9092", "--insecure"])
     assert exited.value.code == EXIT_GAVE_UP
