@@ -60,6 +60,10 @@ class DataConfig:
     common_labels: bool = False  # rename the dataset's labels onto fedhar's common activity set first
     labelled_per_class: int | None = None  # low-label protocol: keep k training windows per class
     labelled_percent: float | None = None  # low-label protocol: keep p % of training windows (stratified)
+    # the labelled budget (labelled_per_class / labelled_percent) in a centralized run: false, of the pooled
+    # training windows; true, per class and training subject, the very windows each client of a federation
+    # partitioned by subject keeps. Federated runs always apply it per client, to each client's own windows
+    labelled_per_subject: bool = False
     sensors: list[str] = field(default_factory=lambda: ["acc", "gyro"])
     normalize: bool = True  # per-channel standardisation fitted on training windows only
     # loaders with several IMUs (PAMAP2, RealWorld, SPAR...): which one, or a list of them, each read with
@@ -90,6 +94,9 @@ class DataConfig:
             raise ConfigError(f"{path}.labelled_per_class must be >= 1, got {self.labelled_per_class}")
         if self.labelled_percent is not None and not 0 < self.labelled_percent <= 100:
             raise ConfigError(f"{path}.labelled_percent must be in (0, 100], got {self.labelled_percent}")
+        if self.labelled_per_subject and self.labelled_per_class is None and self.labelled_percent is None:
+            raise ConfigError(f"{path}.labelled_per_subject applies a labelled budget per subject: set "
+                              f"{path}.labelled_per_class or {path}.labelled_percent too (or drop it)")  # fmt: skip
         if not self.sensors:
             raise ConfigError(f"{path}.sensors must name at least one sensor group (e.g. [acc, gyro])")
         if "placement" in self.loader_options:

@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 #: Bump when windowing, a loader or the cache key changes, so old caches are not reused.
 PIPELINE_VERSION = 3
 #: data settings applied after the cached windows (splits, normalisation, label budgets)
-NOT_CACHED = ("split", "train_overlap", "cache_dir", "normalize", "labelled_per_class", "labelled_percent")
+NOT_CACHED = ("split", "train_overlap", "cache_dir", "normalize", "labelled_per_class", "labelled_percent",
+              "labelled_per_subject")
 
 
 def read_recordings(cfg: DataConfig, seed: int = 0, missing_classes_ok: bool = False) -> RecordingSet:

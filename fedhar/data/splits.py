@@ -89,16 +89,46 @@ def leave_one_out(ws: WindowSet, tag: str) -> list[tuple[str, WindowSet, WindowS
 
 def low_label(ws: WindowSet, seed: int, per_class: int | None = None, percent: float | None = None) -> WindowSet:
     """Stratified, seeded labelled subset: ``per_class`` windows per class, or ``percent`` % of windows."""
+    return ws.subset(_low_label_index(ws, seed, per_class, percent))
+
+
+def _low_label_index(ws: WindowSet, seed: int, per_class: int | None, percent: float | None) -> np.ndarray:
     if (per_class is None) == (percent is None):
         raise DataError("give exactly one of per_class or percent for a low-label protocol")
     if percent is not None and not 0 < percent <= 100:
         raise DataError(f"percent must be in (0, 100], got {percent}")
     rng = np.random.default_rng(seed)
-    keep = []
+    keep = [np.empty(0, np.int64)]
     for c in range(ws.num_classes):
         idx = np.flatnonzero(ws.y == c)
         if len(idx) == 0:
             continue
         n = per_class if per_class is not None else max(1, int(round(len(idx) * percent / 100)))
         keep.append(rng.permutation(idx)[: min(n, len(idx))])
+    return np.sort(np.concatenate(keep))
+
+
+def labelled_seed(seed: int, client: str) -> int:
+    """The seed of one client's labelled subset: the run's seed and the client's name, the same in any process."""
+    import zlib
+
+    return int(np.random.SeedSequence([seed, zlib.crc32(client.encode())]).generate_state(1)[0])
+
+
+def low_label_per_client(ws: WindowSet, seed: int, client: str, per_class: int | None = None,
+                         percent: float | None = None) -> WindowSet:  # fmt: skip
+    """A federated client's labelled subset of its own windows (stratified per class, seeded per client)."""
+    return low_label(ws, labelled_seed(seed, client), per_class, percent)
+
+
+def low_label_per_subject(ws: WindowSet, seed: int, per_class: int | None = None,
+                          percent: float | None = None) -> WindowSet:  # fmt: skip
+    """Stratified per class *and* subject: each subject keeps what :func:`low_label_per_client` keeps for the
+    federated client ``subject-<id>`` (partition by subject), so a centralized run can hold exactly the
+    labelled windows a federation of its training subjects holds."""
+    keep = [np.empty(0, np.int64)]
+    for subject in _sorted_subjects(ws):
+        idx = np.flatnonzero(ws.subject == subject)
+        chosen = _low_label_index(ws.subset(idx), labelled_seed(seed, f"subject-{subject}"), per_class, percent)
+        keep.append(idx[chosen])
     return ws.subset(np.sort(np.concatenate(keep)))

@@ -41,6 +41,7 @@ from fedhar.continual.replay import replay_buffer, replay_folder
 from fedhar.data.partition import NATURAL, client_names, partition
 from fedhar.data.pipeline import load_windows, naming_the_csv, one_csv_as_folder, split_windows, window_cache_dir
 from fedhar.data.recording import natural_key
+from fedhar.data.splits import low_label_per_client
 from fedhar.data.windows import WindowSet
 from fedhar.errors import ConfigError, DataError
 
@@ -160,12 +161,14 @@ def client_data(cfg: ExperimentConfig, node_config: dict, stage: int) -> ClientD
     """The windows this node holds at ``stage``; None when it holds none (it sits the round out)."""
     if DATA_PATH in node_config:
         name, windows = device_windows(cfg, node_config)
+        windows = labelled_part(cfg, name, windows)
     elif PARTITION_ID in node_config:
         parts, names = simulated_partition(cfg, stage)
         pid = int(node_config[PARTITION_ID])
         if pid >= len(parts) or len(parts[pid]) == 0:
             return None
-        name, windows = names[pid], stage_windows(cfg, stage).subset(parts[pid])
+        name = names[pid]
+        windows = labelled_part(cfg, name, stage_windows(cfg, stage).subset(parts[pid]))
         attack = cfg.federated.attack
         if attack is not None and attack.kind == "label-flip":  # simulated data poisoning (fedhar.federated.attacks)
             from fedhar.federated.attacks import attacking_clients, flip_labels
@@ -194,8 +197,18 @@ def simulated_training_windows(cfg: ExperimentConfig, name: str, stage: int) -> 
     parts, names = simulated_partition(cfg, stage)
     if name not in names or len(parts[names.index(name)]) == 0:
         return None
-    windows = stage_windows(cfg, stage).subset(parts[names.index(name)])
+    windows = labelled_part(cfg, name, stage_windows(cfg, stage).subset(parts[names.index(name)]))
     return local_holdout(windows, cfg.federated.client_val_fraction)[0]
+
+
+def labelled_part(cfg: ExperimentConfig, name: str, windows: WindowSet) -> WindowSet:
+    """The low-label protocols (``data.labelled_per_class`` / ``labelled_percent``) per client: each client keeps
+    k windows per class, or p % of each class, of its *own* windows, seeded by the run's seed and its name (the
+    same windows a centralized run with ``data.labelled_per_subject: true`` keeps of that subject)."""
+    per_class, percent = cfg.data.labelled_per_class, cfg.data.labelled_percent
+    if per_class is None and percent is None:
+        return windows
+    return low_label_per_client(windows, cfg.seed, name, per_class, percent)
 
 
 def device_windows(cfg: ExperimentConfig, node_config: dict) -> tuple[str, WindowSet]:

@@ -11,7 +11,7 @@ from fedhar import posthoc
 from fedhar.config import ExperimentConfig
 from fedhar.data.pipeline import split_windows
 from fedhar.data.recording import natural_key
-from fedhar.data.splits import low_label
+from fedhar.data.splits import low_label, low_label_per_subject
 from fedhar.model.backbones import TINY as _TINY
 from fedhar.model.har_model import DataSpec, build_model, parameter_counts, predict_logits, windowing_record
 from fedhar.model.state import check_init_source, init_from_checkpoint, save_checkpoint
@@ -43,7 +43,8 @@ def train_centralized(cfg: ExperimentConfig, run: RunDir | None = None, progress
     t_start = time.perf_counter()
     train, val, test = split_windows(cfg.data, cfg.seed)
     if cfg.data.labelled_per_class is not None or cfg.data.labelled_percent is not None:
-        train = low_label(train, cfg.seed, cfg.data.labelled_per_class, cfg.data.labelled_percent)
+        budget = low_label_per_subject if cfg.data.labelled_per_subject else low_label
+        train = budget(train, cfg.seed, cfg.data.labelled_per_class, cfg.data.labelled_percent)
     adapter = None
     if (posthoc_config := posthoc.configured(cfg)) is not None:  # fitted before training: data that cannot costs no run
         posthoc_config.check(train.label_names)
