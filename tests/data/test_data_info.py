@@ -12,12 +12,6 @@ from fedhar.data.info import data_summary, info_command
 from fedhar.errors import ConfigError, DataError
 
 
-@pytest.fixture(scope="module")
-def layouts(tmp_path_factory):
-    base = tmp_path_factory.mktemp("info_layouts")
-    return {name: write(base / name) for name, write in WRITERS.items()}
-
-
 @pytest.mark.parametrize("name", list(WRITERS))
 def test_summary_of_each_layout(layouts, name):
     s = data_summary(layouts[name])

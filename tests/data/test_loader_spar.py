@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO
+from tests.conftest import REPO
 from tests.fixtures import layouts as L
 from tests.fixtures.layouts import SPAR_LABELS, WRITERS, write_spar
 

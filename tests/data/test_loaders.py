@@ -7,7 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import BASIC6, HAPT, requires_hapt
+from tests.conftest import BASIC6, HAPT, requires_hapt
 from tests.fixtures import layouts as L
 from tests.fixtures.layouts import EXPECTED_TAGS, SUBJECT_INDEX, WRITERS
 
@@ -18,13 +18,6 @@ from fedhar.data.pipeline import load_windows
 from fedhar.data.recording import UNLABELLED
 from fedhar.data.windows import WindowSet
 from fedhar.errors import DataError
-
-@pytest.fixture(scope="module")
-def layouts(tmp_path_factory):
-    """Every fixture layout written once per module: name → path."""
-    base = tmp_path_factory.mktemp("layouts")
-    return {name: write(base / name) for name, write in WRITERS.items()}
-
 
 @pytest.mark.parametrize("name", list(WRITERS))
 def test_detects_its_layout_and_no_other_loader_claims_it(layouts, name):
