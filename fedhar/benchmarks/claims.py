@@ -223,8 +223,8 @@ def tune(args, run, models: list[str]) -> dict[str, dict]:
 def plan(args, hyper: dict) -> list[dict]:
     """Every run of the chosen protocols: (protocol, mode, model, level, seed, name, overrides, source)."""
     out: list[dict] = []
-    protocols = set(args.protocol_list)
     for mode in args.mode_list:
+        protocols = set(args.fed_protocol_list if mode == "fed" else args.protocol_list)
         labelled = ["data.labelled_per_subject=true"] if mode == "central" else []
         for model in (args.fed_model_list if mode == "fed" else args.model_list):
             for seed in args.seed_list:
@@ -398,6 +398,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--models", default=",".join(MODELS))
     p.add_argument("--modes", default=",".join(MODES), help="central (fedhar train), fed (fedhar simulate)")
     p.add_argument("--fed-models", default="", help="the models of the federated runs (default: --models)")
+    p.add_argument("--fed-protocols", default="", help="the protocols of the federated runs (default: --protocols)")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--percents", default="1,5,10,25,100")
     p.add_argument("--shots", default="1,5,10,20")
@@ -418,9 +419,11 @@ def main(argv: list[str] | None = None) -> None:
     args.protocol_list, args.transfer_list = _list(args.protocols), _list(args.transfers)
     args.model_list, args.mode_list = _list(args.models), _list(args.modes)
     args.fed_model_list = _list(args.fed_models) or args.model_list
+    args.fed_protocol_list = _list(args.fed_protocols) or args.protocol_list
     args.seed_list, args.percent_list = _list(args.seeds, int), _list(args.percents, float)
     args.shot_list, args.transfer_shot_list = _list(args.shots, int), _list(args.transfer_shots, int)
-    for name, chosen, known in (("protocol", args.protocol_list, PROTOCOLS), ("transfer", args.transfer_list, TRANSFERS),
+    for name, chosen, known in (("protocol", [*args.protocol_list, *args.fed_protocol_list], PROTOCOLS),
+                                ("transfer", args.transfer_list, TRANSFERS),
                                 ("mode", args.mode_list, MODES),
                                 ("model", [*args.model_list, *args.fed_model_list], MODELS)):  # fmt: skip
         for c in chosen:
@@ -437,7 +440,8 @@ def main(argv: list[str] | None = None) -> None:
     conv = convergence_rows(rows) if "convergence" in args.protocol_list else []
     summary = table(rows, conv)
     record = {"protocols": args.protocol_list, "transfers": args.transfer_list, "models": args.model_list,
-              "modes": args.mode_list, "fed_models": args.fed_model_list, "seeds": args.seed_list, "percents": args.percent_list,
+              "modes": args.mode_list, "fed_models": args.fed_model_list, "fed_protocols": args.fed_protocol_list,
+              "seeds": args.seed_list, "percents": args.percent_list,
               "shots": args.shot_list, "transfer_shots": args.transfer_shot_list,
               "budget": {"epochs": args.epochs, "rounds": args.rounds}, "config": args.config,
               "overrides": args.overrides, "tiny": args.tiny, "quick": args.quick,

@@ -1,5 +1,6 @@
-"""The claims benchmark (simulations/claims.py): every protocol runs at --quick size, centralized and federated,
-and every run trained on exactly the labelled windows its protocol prescribes (counted from the run's own data)."""
+"""The claims benchmark (simulations/claims.py): every protocol runs at --quick size centralized, the labels protocol
+federated too, and every run trained on exactly the labelled windows its protocol prescribes (counted from the
+run's own data)."""
 
 from __future__ import annotations
 
@@ -63,8 +64,9 @@ def test_every_shipped_yaml_key_is_a_flag(quick, capsys):
 def test_the_plan_runs_each_setting_once_and_transfers_from_the_right_source():
     import argparse
 
-    args = argparse.Namespace(protocol_list=list(claims.PROTOCOLS), transfer_list=list(claims.TRANSFERS),
-                              model_list=["deepconvlstm"], fed_model_list=["deepconvlstm"], mode_list=["central", "fed"], seed_list=[0, 1],
+    args = argparse.Namespace(protocol_list=list(claims.PROTOCOLS), fed_protocol_list=list(claims.PROTOCOLS),
+                              transfer_list=list(claims.TRANSFERS), model_list=["deepconvlstm"],
+                              fed_model_list=["deepconvlstm"], mode_list=["central", "fed"], seed_list=[0, 1],
                               percent_list=[10.0, 100.0], shot_list=[5], transfer_shot_list=[5], overrides=[],
                               tiny=False, epochs=3, rounds=2, spar="/spar", spar_train="[a]", spar_val="[b]",
                               spar_test="[c]", synthetic_subjects=4, synthetic_seconds=6.0,
@@ -94,6 +96,9 @@ def test_the_plan_runs_each_setting_once_and_transfers_from_the_right_source():
     shots = [p for p in central if p["protocol"] == "shots"][0]
     assert scratch["overrides"] == shots["overrides"] and scratch["name"] == shots["name"]
     assert len(set(names)) < len(names)
+    args.fed_protocol_list = ["labels"]  # --fed-protocols: the federated runs do only those
+    fed = [p for p in claims.plan(args, {"deepconvlstm": {"lr": "1e-3"}}) if p["mode"] == "fed"]
+    assert {(p["protocol"], p["level"]) for p in fed} == {("labels", "100%"), ("labels", "10%")}
 
 
 def test_unknown_names_stop_with_the_choices(tmp_path):
@@ -125,10 +130,13 @@ def test_quick_runs_every_protocol_from_the_right_number_of_labelled_windows(tmp
     want = {("labels", "100%"), ("labels", "10%"), ("shots", "k=2"), ("transfer-source", "synthetic")}
     want |= {(f"transfer-{t}", f"k=2 {how}") for t in ("spar", "device", "synthetic")
              for how in ("scratch", "from synthetic" if t == "synthetic" else "from hapt")}  # fmt: skip
+    want_fed = {("labels", "100%"), ("labels", "10%")}  # quick: the federated run does the labels protocol only
+    assert record["fed_protocols"] == ["labels"]
     assert {(r["mode"], r["model"]) for r in runs} == set(combos)
     for mode, model in combos:
         mine = {(r["protocol"], r["level"]): r for r in runs if (r["mode"], r["model"]) == (mode, model)}
-        assert set(mine) == want, (mode, model, sorted(set(mine) ^ want))
+        expected = want_fed if mode == "fed" else want
+        assert set(mine) == expected, (mode, model, sorted(set(mine) ^ expected))
         for (protocol, level), r in mine.items():
             assert math.isfinite(r["test_macro_f1"]) and 0 <= r["test_macro_f1"] <= 1, r
             assert math.isfinite(r["val_macro_f1"]), r
@@ -157,7 +165,7 @@ def test_quick_runs_every_protocol_from_the_right_number_of_labelled_windows(tmp
     with (out / "claims_table.csv").open() as f:
         table = list(csv.DictReader(f))
     assert list(table[0]) == claims.TABLE_COLUMNS
-    assert len([t for t in table if t["protocol"] != "convergence"]) == len(want) * len(combos)
+    assert len([t for t in table if t["protocol"] != "convergence"]) == len(want) * len(models) + len(want_fed)
     assert len([t for t in table if t["protocol"] == "convergence"]) == 2 * len(combos)
     assert all(t["seeds"] == "1" for t in table)
     for t in table:  # scores in the score columns, epochs / rounds in theirs
