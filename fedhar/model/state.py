@@ -98,8 +98,11 @@ def save_checkpoint(model: nn.Module, folder: str | Path, extra: dict | None = N
             info["warning"] = ("trained on a randomly initialised backbone (model.pretrained=false: the "
                                "no-pretraining control)")  # fmt: skip
         # its frozen weights are not stored (they are not trainable): load_checkpoint regenerates them from
-        # init_seed and checks them against this fingerprint
-        info["random_backbone_sha256"] = frozen_fingerprint(model.backbone)
+        # init_seed and checks them against this fingerprint. They never change during a run, so the hash is
+        # taken once per model, not at every round's checkpoint
+        if getattr(model, "_frozen_fingerprint", None) is None:
+            model._frozen_fingerprint = frozen_fingerprint(model.backbone)
+        info["random_backbone_sha256"] = model._frozen_fingerprint
     tmp_state, tmp_info = folder / (STATE_FILE + ".tmp"), folder / (MODEL_FILE + ".tmp")
     save_file(state, str(tmp_state), metadata={"format": "fedhar-trainable", "version": str(FORMAT_VERSION)})
     tmp_info.write_text(json.dumps(info, indent=2))
