@@ -42,6 +42,26 @@ CANDIDATES = {
     "lr2e-3": ["train.lr=0.002"],
     "dense": ["data.train_overlap=0.75"],
     "mixup": ["train.augment.mixup_alpha=0.2"],
+    # the recipe axes of the claims' small-data question (#21): rate, steps, blocks kept, tokens, LoRA, frontend,
+    # and two references run through the same folds -- the from-scratch Transformer and the random backbone
+    "lr3e-3": ["train.lr=0.003"],
+    "no-mixup": ["train.augment.mixup_alpha=0"],
+    "epochs30": ["train.epochs=30", "train.patience=10"],
+    "batch16": ["train.batch_size=16"],
+    "blocks2": ["model.num_layers=2"],
+    "blocks8": ["model.num_layers=8"],
+    "tokens8": ["model.tokens=8"],
+    "tokens32": ["model.tokens=32"],
+    "lora-r2": ["model.lora.r=2", "model.lora.alpha=4"],
+    "lora-r32": ["model.lora.r=32", "model.lora.alpha=64"],
+    "lora-all-linear": ["model.lora.targets=[q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj]"],
+    "frozen-backbone": ["model.finetune=frozen"],
+    "frontend-wide": ["model.conv_channels=128"],
+    "transformer": ["model.kind=transformer", "model.hidden=128", "model.depth=4", "model.heads=4"],
+    "transformer-lr3e-3": ["model.kind=transformer", "model.hidden=128", "model.depth=4", "model.heads=4",
+                           "train.lr=0.003"],  # fmt: skip
+    "random-backbone": ["model.pretrained=false"],
+    "random-backbone-lr3e-3": ["model.pretrained=false", "train.lr=0.003"],
 }
 FOCUS = ("SITTING", "STANDING")  # the confused pair on a waist phone
 
