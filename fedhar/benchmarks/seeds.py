@@ -70,16 +70,33 @@ def run_name(candidate: str, seed: int, fold: int | None) -> str:
     return f"{candidate}-s{seed}" + ("" if fold is None else f"-f{fold}")
 
 
-def fold_splits(train: list, val: list, folds: int) -> list[dict[str, list]]:
-    """K subject folds over the training subjects; the validation subjects take the test role."""
+#: --fold-stopping: which subjects pick each fold's epoch (early stopping) and which score it
+FOLD_STOPPING = {
+    # the configured validation subjects stop every fold, the held-out training subjects are scored (test role):
+    # no subject both picks the epoch and judges it
+    "validation": ("each fold's held-out training subjects", "configured validation subjects (they stop the runs)"),
+    # the earlier design: the held-out subjects both stop and score (optimistic for runs that peak early)
+    "held-out": ("each fold's held-out training subjects (they also stop the runs)", "configured validation subjects"),
+}
+
+
+def fold_splits(train: list, val: list, folds: int, stopping: str = "validation") -> list[dict[str, list]]:
+    """K subject folds over the training subjects, the held-out part of each scored, never the test subjects.
+
+    ``stopping="validation"``: the configured validation subjects are each fold's validation role (they stop it)
+    and the held-out training subjects its test role; ``"held-out"``: the held-out subjects validate (stop and
+    score) and the validation subjects take the test role."""
+    if stopping not in FOLD_STOPPING:
+        raise SystemExit(f"--fold-stopping must be one of {list(FOLD_STOPPING)}, got `{stopping}`")
     if not 2 <= folds <= len(train):
         raise SystemExit(f"--folds must be between 2 and the {len(train)} training subjects, got {folds}")
     if not val:
         raise SystemExit("--folds needs validation subjects in the config (data.split.val) to score each fold")
     ordered = sorted((str(x) for x in train), key=natural_key)
     parts = [ordered[k::folds] for k in range(folds)]
-    return [{"train": [x for x in ordered if x not in part], "val": part, "test": [str(x) for x in val]}
-            for part in parts]  # fmt: skip
+    val = [str(x) for x in val]
+    return [{"train": [x for x in ordered if x not in part], "val": val if stopping == "validation" else part,
+             "test": part if stopping == "validation" else val} for part in parts]  # fmt: skip
 
 
 def _finished(out: Path, candidate: str, seed: int, fold: int | None = None) -> Path | None:
@@ -141,16 +158,21 @@ def run_all(args: argparse.Namespace) -> None:
             print(f"done {log.stem} in {time.time() - t0:.0f} s", flush=True)
 
 
-def run_row(out: Path, candidate: str, seed: int, fold: int | None = None) -> dict:
+def run_row(out: Path, candidate: str, seed: int, fold: int | None = None, swapped: bool = False) -> dict:
+    """One run's scores: ``best_val_macro_f1`` is the score that chooses, ``test_macro_f1`` the one reported;
+    ``swapped`` (folds stopped on the validation subjects): the run's test role chooses, its validation reports."""
     m = json.loads(_finished(out, candidate, seed, fold).read_text())
-    per_class = m["test"]["per_class_f1"]
+    choose, report = m["best_val_macro_f1"], m["test"]["macro_f1"]
+    per_class = (m.get("val") or {}).get("per_class_f1", {}) if swapped else m["test"]["per_class_f1"]  # reported set's
+    if swapped:
+        choose, report = report, choose
     return {
         "candidate": candidate,
         "seed": seed,
         "fold": fold,
-        "best_val_macro_f1": round(m["best_val_macro_f1"], 4),
+        "best_val_macro_f1": round(choose, 4),
         "best_epoch": m["best_epoch"],
-        "test_macro_f1": round(m["test"]["macro_f1"], 4),
+        "test_macro_f1": round(report, 4),
         "test_accuracy": round(m["test"]["accuracy"], 4),
         **{f"test_f1_{c}": round(per_class[c], 4) for c in FOCUS if c in per_class},
         "train_seconds": m["train_seconds"],
@@ -216,7 +238,7 @@ def write_outputs(out: Path, rows: list[dict], summary: list[dict], roles: tuple
         mine = [r for r in rows if r["candidate"] == s["candidate"]]
         ax.scatter([r["best_val_macro_f1"] for r in mine], [r["test_macro_f1"] for r in mine], label=s["candidate"])
     ax.axhline(0.95, color="grey", lw=0.8, ls="--")
-    ax.set(xlabel=f"best validation macro-F1 ({roles[0]})", ylabel=f"test macro-F1 ({roles[1]})",
+    ax.set(xlabel=f"macro-F1 that chooses ({roles[0]})", ylabel=f"macro-F1 reported ({roles[1]})",
            title="one point per run")  # fmt: skip
     save_plot(fig, ax, out / "seed_study.png")
 
@@ -234,10 +256,13 @@ def seed_study(argv: list[str] | None = None) -> None:
         python simulations/models.py seeds --out runs/seed-study --candidates base augment --seeds 0 1 2 3
 
     ``--folds K`` is the tie-breaker when two validation subjects cannot tell candidates apart: each
-    seed runs K times, fold k validating on every K-th training subject (sorted) and training on the
-    rest, and scoring on the configured validation subjects in place of the test subjects -- so the
-    test subjects are never touched. Pairs are then (seed, fold) and the verdict is on the held-out
-    training subjects of each fold:
+    seed runs K times, fold k holding out every K-th training subject (sorted) and training on the
+    rest; the test subjects are never touched. Pairs are then (seed, fold) and the verdict is on the
+    held-out training subjects of each fold. ``--fold-stopping validation`` (the default): the
+    configured validation subjects stop each run (early stopping, the epoch kept) and the held-out
+    subjects only score it; ``held-out`` (the earlier design): the held-out subjects both stop and
+    score, the validation subjects are reported -- optimistic for runs whose score spikes early, since
+    the subjects that pick the epoch also judge it:
 
         python simulations/models.py seeds --out runs/subject-cv --candidates base cues --seeds 0 --folds 3
 
@@ -255,6 +280,9 @@ def seed_study(argv: list[str] | None = None) -> None:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3])
     p.add_argument("--folds", type=int, default=0,
                    help="cross-validate over the training subjects in this many folds (0: the config's split)")
+    p.add_argument("--fold-stopping", choices=list(FOLD_STOPPING), default="validation",
+                   help="under --folds, which subjects stop each run: the configured validation subjects (the held-out "
+                        "training subjects are then only scored) or the held-out ones (they stop and score)")
     p.add_argument("--parallel", type=int, default=2, help="runs at a time (the CPU threads are split)")
     p.add_argument("--no-run", action="store_true", help="only tabulate the runs already finished")
     p.add_argument("overrides", nargs="*", help="key=value overrides for every run, applied before each candidate's")
@@ -262,19 +290,22 @@ def seed_study(argv: list[str] | None = None) -> None:
     if args.parallel < 1:
         p.error("--parallel must be >= 1")
     split = load_config(args.config, args.overrides).data.split
-    args.fold_splits = fold_splits(split.train or [], split.val or [], args.folds) if args.folds else []
-    roles = ("each fold's held-out training subjects", "configured validation subjects") if args.folds else (
-        "validation subjects", "test subjects")
+    args.fold_splits = (fold_splits(split.train or [], split.val or [], args.folds, args.fold_stopping)
+                        if args.folds else [])  # fmt: skip
+    roles = FOLD_STOPPING[args.fold_stopping] if args.folds else ("validation subjects", "test subjects")
+    swapped = bool(args.folds) and args.fold_stopping == "validation"
     args.out.mkdir(parents=True, exist_ok=True)
     if not args.no_run:
         run_all(args)
     tabulated = list(dict.fromkeys(["base", *args.candidates]))  # every candidate is judged against the base
-    rows = [run_row(args.out, *job) for job in _jobs(args, tabulated) if _reused(args, job)]
+    rows = [run_row(args.out, *job, swapped=swapped) for job in _jobs(args, tabulated) if _reused(args, job)]
     if not rows:
         raise SystemExit(f"no finished runs of {args.candidates} under {args.out}")
     summary = summarize(rows, [c for c in tabulated if any(r["candidate"] == c for r in rows)])
     write_outputs(args.out, rows, summary, roles, {"config": args.config, "overrides": args.overrides,
-                                                   "seeds": args.seeds, "folds": args.folds})  # fmt: skip
+                                                   "seeds": args.seeds, "folds": args.folds,
+                                                   "fold_stopping": args.fold_stopping if args.folds else None,
+                                                   "chosen_on": roles[0], "reported_on": roles[1]})  # fmt: skip
     for s in summary:
         if s["verdict"] is not None:
             print(f"{s['candidate']} vs base on {roles[0]}, runs {s['paired_seeds']}: {s['val_vs_base']:+.4f} "

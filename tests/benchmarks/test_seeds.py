@@ -42,14 +42,21 @@ def test_folds_pair_on_seed_and_fold():
     assert s["verdict"] == "better"  # the same gain on every fold: zero spread
 
 
-def test_fold_splits_cover_training_subjects_once_and_never_the_test_subjects():
+@pytest.mark.parametrize("stopping, held_out, stops", [("held-out", "val", "val"), ("validation", "test", "val")])
+def test_fold_splits_cover_training_subjects_once_and_never_the_test_subjects(stopping, held_out, stops):
+    """Either design holds every training subject out once; `validation` stops every fold on the configured
+    validation subjects, so the held-out subjects that judge a run never also pick its epoch."""
     train = ["1", "3", "5", "6", "7", "8", "11"]
-    folds = fold_splits(train, ["25", "26"], 3)
-    assert sorted((x for f in folds for x in f["val"]), key=int) == train
+    folds = fold_splits(train, ["25", "26"], 3, stopping)
+    assert sorted((x for f in folds for x in f[held_out]), key=int) == train
     for f in folds:
-        assert set(f["train"]) | set(f["val"]) == set(train) and not set(f["train"]) & set(f["val"])
-        assert f["test"] == ["25", "26"]
-    assert folds[0]["val"] == ["1", "6", "11"]  # every third subject in natural order, not "11" < "3"
+        assert set(f["train"]) | set(f[held_out]) == set(train) and not set(f["train"]) & set(f[held_out])
+        assert f["test" if held_out == "val" else "val"] == ["25", "26"]
+    assert folds[0][held_out] == ["1", "6", "11"]  # every third subject in natural order, not "11" < "3"
+    if stopping == "validation":
+        assert all(f[stops] == ["25", "26"] for f in folds)
+    with pytest.raises(SystemExit, match="--fold-stopping must be one of"):
+        fold_splits(train, ["25"], 3, "test")
     with pytest.raises(SystemExit, match="between 2 and the 7"):
         fold_splits(train, ["25"], 8)
     with pytest.raises(SystemExit, match="needs validation subjects"):
@@ -68,6 +75,32 @@ def _fake_run(out, name, config, overrides, val, test):
     (out / name / "metrics.json").write_text(json.dumps({
         "best_val_macro_f1": val, "best_epoch": 3, "epochs_run": 5, "train_seconds": 60.0,
         "test": {"macro_f1": test, "accuracy": test, "per_class_f1": per_class}}))  # fmt: skip
+
+
+def test_with_validation_stopping_the_held_out_subjects_choose_and_the_stopping_subjects_are_only_reported(tmp_path):
+    """Under `--fold-stopping validation` the run's test role holds the held-out training subjects: the verdict
+    must be read from it, not from the validation score that picked the epoch (which favours early spikes)."""
+    import json
+
+    config = str(Path(__file__).parents[2] / "configs" / "hapt.yaml")
+    from fedhar.config import load_config
+
+    split = load_config(config).data.split
+    folds = fold_splits([str(x) for x in split.train], [str(x) for x in split.val], 2, "validation")
+    for c, (val, test) in {"base": (0.99, 0.90), "lr3e-3": (0.95, 0.93)}.items():  # base: a high stopping score
+        for f, split in enumerate(folds):
+            roles = [f"data.split.{r}=[{', '.join(x)}]" for r, x in split.items()]
+            _fake_run(tmp_path, f"{c}-s0-f{f}", config, ["seed=0", *CAND[c], *roles], val, test + 0.01 * f)
+    seeds.seed_study(["--out", str(tmp_path), "--config", config, "--candidates", "lr3e-3", "--seeds", "0",
+                      "--folds", "2", "--no-run"])  # fmt: skip
+    record = json.loads((tmp_path / "seed_study.json").read_text())
+    s = {x["candidate"]: x for x in record["summary"]}["lr3e-3"]
+    assert s["val_vs_base"] == pytest.approx(0.03) and s["test_vs_base"] == pytest.approx(-0.04)
+    assert s["verdict"] == "better" and record["fold_stopping"] == "validation"
+    assert record["chosen_on"].startswith("each fold's held-out training subjects")
+
+
+CAND = {"base": [], "lr3e-3": ["train.lr=0.003"]}
 
 
 def test_study_reads_the_base_and_stops_on_runs_with_other_settings(tmp_path):
