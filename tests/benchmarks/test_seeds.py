@@ -90,7 +90,7 @@ def test_with_validation_stopping_the_held_out_subjects_choose_and_the_stopping_
     for c, (val, test) in {"base": (0.99, 0.90), "lr3e-3": (0.95, 0.93)}.items():  # base: a high stopping score
         for f, split in enumerate(folds):
             roles = [f"data.split.{r}=[{', '.join(x)}]" for r, x in split.items()]
-            _fake_run(tmp_path, f"{c}-s0-f{f}", config, ["seed=0", *CAND[c], *roles], val, test + 0.01 * f)
+            _fake_run(tmp_path, f"{c}-s0-f{f}", config, ["seed=0", *seeds.CANDIDATES[c], *roles], val, test + 0.01 * f)
     seeds.seed_study(["--out", str(tmp_path), "--config", config, "--candidates", "lr3e-3", "--seeds", "0",
                       "--folds", "2", "--no-run"])  # fmt: skip
     record = json.loads((tmp_path / "seed_study.json").read_text())
@@ -98,9 +98,6 @@ def test_with_validation_stopping_the_held_out_subjects_choose_and_the_stopping_
     assert s["val_vs_base"] == pytest.approx(0.03) and s["test_vs_base"] == pytest.approx(-0.04)
     assert s["verdict"] == "better" and record["fold_stopping"] == "validation"
     assert record["chosen_on"].startswith("each fold's held-out training subjects")
-
-
-CAND = {"base": [], "lr3e-3": ["train.lr=0.003"]}
 
 
 def test_study_reads_the_base_and_stops_on_runs_with_other_settings(tmp_path):
